@@ -1,0 +1,106 @@
+# Site configuration: schema, defaults and validation.
+#
+# Runs on CPython and MicroPython (boot, and every accepted command later), so it uses no
+# f-string format specs, no typing, no dataclasses. Units are in the key names; signs and
+# ranges are documented once in docs/units.md.
+
+POWER_MAX_W = 10000000      # supported power range is +-10 MW (see docs/units.md)
+SOC_FULL_BP = 10000         # 100.00 % in basis points
+RAMP_MAX_W_PER_S = 10000000
+STALE_MAX_MS = 600000
+
+OBJECTIVES = ('gce', 'ss', 'zfi')   # index = objective code used by the core
+OBJECTIVE_TITLES = ('grid capacity expansion', 'self-sufficiency', 'self-sufficiency, zero feed-in')
+
+# key: (default, lo, hi). default None = required. 'objective' is the only non-integer key.
+SCHEMA = {
+    'import_limit_w': (None, 1, POWER_MAX_W),
+    'phase_limit_w': (0, 0, POWER_MAX_W),          # 0 = no per-phase limit
+    'ev_headroom_w': (0, 0, POWER_MAX_W),
+    'min_import_w': (200, 0, POWER_MAX_W),         # zero feed-in: import the battery always leaves
+    'min_soc_bp': (1000, 0, SOC_FULL_BP),
+    'reserve_soc_bp': (None, 0, SOC_FULL_BP),      # default: min_soc_bp (no reserve)
+    'max_soc_bp': (9500, 0, SOC_FULL_BP),
+    'taper_band_bp': (500, 0, SOC_FULL_BP),
+    'hysteresis_bp': (200, 0, SOC_FULL_BP),
+    'max_charge_w': (POWER_MAX_W, 0, POWER_MAX_W),     # default: bounded by the battery's own limits
+    'max_discharge_w': (POWER_MAX_W, 0, POWER_MAX_W),
+    'ramp_w_per_s': (100000, 1, RAMP_MAX_W_PER_S),
+    'deadband_w': (0, 0, POWER_MAX_W),
+    'stale_ms': (2000, 1, STALE_MAX_MS),
+}
+OPTIONAL_DEFAULT_FROM = {'reserve_soc_bp': 'min_soc_bp'}
+
+
+class ConfigError(ValueError):
+    """Raised with every problem found, one per line, so an operator can fix all at once."""
+
+
+def _is_int(v):
+    # bool is an int subclass on CPython; a True in a power field is a mistake, not 1 W.
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate(cfg):
+    """Return a complete, checked copy of cfg (a dict). Raise ConfigError listing every problem.
+
+    Nothing is changed when it raises: callers keep their old config.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError('config: must be a mapping of names to values, got %s' % type(cfg).__name__)
+    errs = []
+    out = {}
+    for k in cfg:
+        if k != 'objective' and k not in SCHEMA:
+            errs.append('%s: unknown setting' % k)
+    obj = cfg.get('objective', 'gce')
+    if obj not in OBJECTIVES:
+        errs.append('objective: must be one of %s, got %r' % ('/'.join(OBJECTIVES), obj))
+    out['objective'] = obj
+    for k in SCHEMA:
+        default, lo, hi = SCHEMA[k]
+        if k in cfg:
+            v = cfg[k]
+        elif default is None and k in OPTIONAL_DEFAULT_FROM:
+            continue    # filled in below from its source key
+        elif default is None:
+            errs.append('%s: required' % k)
+            continue
+        else:
+            v = default
+        if not _is_int(v):
+            errs.append('%s: must be an integer, got %r' % (k, v))
+        elif v < lo or v > hi:
+            errs.append('%s: must be in %d..%d, got %d' % (k, lo, hi, v))
+        else:
+            out[k] = v
+    for k in OPTIONAL_DEFAULT_FROM:
+        if k not in cfg and OPTIONAL_DEFAULT_FROM[k] in out:
+            out[k] = out[OPTIONAL_DEFAULT_FROM[k]]
+    if not errs:
+        _check_consistency(out, errs)
+    if errs:
+        raise ConfigError('invalid config:\n  ' + '\n  '.join(errs))
+    return out
+
+
+def _check_consistency(c, errs):
+    mn, rs, mx, hy = c['min_soc_bp'], c['reserve_soc_bp'], c['max_soc_bp'], c['hysteresis_bp']
+    if not mn <= rs < mx:
+        errs.append('reserve_soc_bp: must satisfy min_soc_bp <= reserve_soc_bp < max_soc_bp, got %d <= %d < %d'
+                    % (mn, rs, mx))
+    if mn + hy >= mx - hy:
+        errs.append('hysteresis_bp: min_soc_bp + hysteresis_bp must stay below max_soc_bp - hysteresis_bp '
+                    '(%d + %d >= %d - %d), or the two SoC locks overlap' % (mn, hy, mx, hy))
+    if mn + c['taper_band_bp'] > mx:
+        errs.append('taper_band_bp: min_soc_bp + taper_band_bp must not exceed max_soc_bp (%d + %d > %d)'
+                    % (mn, c['taper_band_bp'], mx))
+    lim = c['import_limit_w']
+    if c['ev_headroom_w'] >= lim:
+        errs.append('ev_headroom_w: must be below import_limit_w (%d >= %d)' % (c['ev_headroom_w'], lim))
+    if c['min_import_w'] >= lim:
+        errs.append('min_import_w: must be below import_limit_w (%d >= %d)' % (c['min_import_w'], lim))
+
+
+def objective_code(name):
+    return OBJECTIVES.index(name)

@@ -1,0 +1,388 @@
+# The control core: one Controller, one step() per cycle.
+#
+# Pure integer logic, no I/O. step() reads ctl.inp (preallocated Inputs) and writes ctl.out
+# (preallocated Outputs); it allocates nothing on MicroPython as long as every input is a small
+# int (|x| < 2**30) -- host_tests/test_micropython.py proves that under heap_lock on the 63-bit
+# unix port and on 32-bit MicroPython. Units and signs: docs/units.md. Decision order and state
+# machine: docs/control.md.
+#
+# Signs: GCP power + = import; battery power + = discharge, - = charge; SoC in basis points.
+
+try:
+    from micropython import const
+except ImportError:         # CPython
+    def const(x):
+        return x
+
+from bess_config import validate, objective_code, ConfigError, POWER_MAX_W, SOC_FULL_BP  # noqa: F401
+
+_PMAX = const(10000000)     # = POWER_MAX_W; inputs beyond it are invalid data (fail-safe)
+_DT_MAX_MS = const(60000)   # longest supported cycle; larger elapsed times are clamped
+_DISPATCH_MAX_MS = const(86400000)
+
+OBJ_GCE = const(0)
+OBJ_SS = const(1)
+OBJ_ZFI = const(2)
+
+# Outputs.state
+ST_IDLE = const(0)
+ST_CHARGING = const(1)
+ST_DISCHARGING = const(2)
+ST_TAPERING = const(3)
+ST_MIN_SOC_LOCK = const(4)
+ST_MAX_SOC_LOCK = const(5)
+ST_FAILSAFE = const(6)
+ST_DISPATCH = const(7)
+STATE_NAMES = ('idle', 'charging', 'discharging', 'tapering', 'min_soc_lock', 'max_soc_lock',
+               'failsafe', 'dispatch')
+
+# Outputs.binding: what decided the setpoint this cycle (the last rule that changed it).
+B_NONE = const(0)           # the objective's own target, nothing clipped it
+B_IMPORT = const(1)         # total import limit (discharge needed, or charge capped)
+B_PHASE = const(2)          # per-phase import limit (3 x worst phase excess)
+B_HEADROOM = const(3)       # grid charging sized by spare capacity minus EV headroom
+B_CFG_DIS = const(4)        # configured max discharge
+B_CFG_CHG = const(5)        # configured max charge
+B_BMS_DIS = const(6)        # battery-reported allowed discharge
+B_BMS_CHG = const(7)        # battery-reported allowed charge
+B_TAPER = const(8)          # min-SoC taper
+B_MIN_SOC = const(9)        # min-SoC lock
+B_MAX_SOC = const(10)       # max-SoC lock
+B_RESERVE = const(11)       # reserve SoC stops self-sufficiency discharge
+B_FEED_IN = const(12)       # zero feed-in cap
+B_RAMP = const(13)          # rate limit on moves away from 0 W
+B_DEADBAND = const(14)      # change smaller than the deadband: kept the previous setpoint
+B_FAILSAFE = const(15)      # missing, stale or out-of-range data
+B_DISPATCH = const(16)      # dispatch event sets the target
+BINDING_NAMES = ('none', 'import_limit', 'phase_limit', 'ev_headroom', 'max_discharge_cfg',
+                 'max_charge_cfg', 'max_discharge_bms', 'max_charge_bms', 'taper', 'min_soc',
+                 'max_soc', 'reserve_soc', 'feed_in', 'ramp', 'deadband', 'failsafe', 'dispatch')
+
+# Outputs.flags bits
+F_MIN_LOCK = const(1)
+F_MAX_LOCK = const(2)
+F_RESERVE_LOCK = const(4)
+F_TAPER = const(8)          # SoC inside the taper band
+F_METER_BAD = const(16)     # meter invalid or stale
+F_BAT_BAD = const(32)       # battery invalid or stale
+F_PHASE_BAD = const(64)     # per-phase limit configured but per-phase values missing
+F_RANGE = const(128)        # an input outside its documented range
+F_BMS_LIMITS = const(256)   # battery reported its own power limits this cycle
+F_FAILSAFE_MASK = const(16 | 32 | 64 | 128)
+FLAG_NAMES = ('min_lock', 'max_lock', 'reserve_lock', 'taper', 'meter_bad', 'battery_bad',
+              'phase_bad', 'range', 'bms_limits')
+
+
+class Inputs:
+    """One cycle's measurements. The runtime overwrites these fields in place every cycle."""
+
+    def __init__(self):
+        self.gcp_w = 0              # grid connection point, + import
+        self.gcp_l1_w = 0           # per-phase GCP powers (used when phases_valid)
+        self.gcp_l2_w = 0
+        self.gcp_l3_w = 0
+        self.phases_valid = 0
+        self.meter_valid = 0
+        self.meter_age_ms = 0       # age of the meter values, judged from the data itself
+        self.bat_w = 0              # battery actual, + discharge
+        self.soc_bp = 0
+        self.bat_valid = 0
+        self.bat_age_ms = 0
+        self.bms_max_chg_w = -1     # battery-reported allowed charge power; -1 = not reported
+        self.bms_max_dis_w = -1
+        self.dt_ms = 0              # elapsed since the previous step
+
+
+class Outputs:
+    def __init__(self):
+        self.setpoint_w = 0         # battery setpoint, + discharge
+        self.state = ST_FAILSAFE
+        self.binding = B_FAILSAFE
+        self.flags = 0
+        self.avail_chg_w = 0        # what the battery may charge right now (config, BMS, max-SoC lock)
+        self.avail_dis_w = 0        # what it may discharge right now (config, BMS, taper, min-SoC lock)
+        self.net_w = 0              # site load without the battery: GCP + battery
+        self.req_w = 0              # discharge the import limits need (negative: spare capacity)
+        self.phase_excess_w = 0     # worst phase's excess over the phase limit (0 if none)
+        self.phase_cost_w = 0       # battery discharge that excess costs a symmetric battery: 3x
+        self.target_w = 0           # objective target before deadband, ramp and limits
+        self.dispatch_left_ms = 0
+
+
+def muldiv(a, b, c):
+    """floor(a * b / c) for 0 <= a, 0 <= b, 0 < c without forming a * b.
+
+    Intermediates: (a // c) * b and (a % c) * b < c * b. Callers keep both below 2**30.
+    """
+    return (a // c) * b + ((a % c) * b) // c
+
+
+class Controller:
+    def __init__(self, cfg):
+        self.inp = Inputs()
+        self.out = Outputs()
+        self.prev_w = 0
+        self.min_lock = 0
+        self.max_lock = 0
+        self.reserve_lock = 0
+        self.dispatch_w = 0
+        self.dispatch_left_ms = 0
+        self.cfg = None
+        self.configure(cfg)
+
+    def configure(self, cfg):
+        """Validate and apply a config dict (raises ConfigError, changing nothing, if invalid)."""
+        c = validate(cfg)
+        # Copied into plain attributes so step() does one lookup per value.
+        self.objective = objective_code(c['objective'])
+        self.import_limit_w = c['import_limit_w']
+        self.phase_limit_w = c['phase_limit_w']
+        self.ev_headroom_w = c['ev_headroom_w']
+        self.min_import_w = c['min_import_w']
+        self.min_soc_bp = c['min_soc_bp']
+        self.reserve_soc_bp = c['reserve_soc_bp']
+        self.max_soc_bp = c['max_soc_bp']
+        self.taper_band_bp = c['taper_band_bp']
+        self.hysteresis_bp = c['hysteresis_bp']
+        self.max_charge_w = c['max_charge_w']
+        self.max_discharge_w = c['max_discharge_w']
+        self.ramp_w_per_s = c['ramp_w_per_s']
+        self.deadband_w = c['deadband_w']
+        self.stale_ms = c['stale_ms']
+        self.cfg = c
+        return c
+
+    def start_dispatch(self, power_w, duration_ms):
+        """Dispatch event: hold power_w (+ discharge) for duration_ms, then expire by itself."""
+        if not isinstance(power_w, int) or not -POWER_MAX_W <= power_w <= POWER_MAX_W:
+            raise ValueError('dispatch power_w must be an integer in -%d..%d' % (POWER_MAX_W, POWER_MAX_W))
+        if not isinstance(duration_ms, int) or not 1 <= duration_ms <= _DISPATCH_MAX_MS:
+            raise ValueError('dispatch duration_ms must be an integer in 1..%d' % _DISPATCH_MAX_MS)
+        self.dispatch_w = power_w
+        self.dispatch_left_ms = duration_ms
+
+    def stop_dispatch(self):
+        self.dispatch_left_ms = 0
+
+    def step(self):
+        """One control cycle. Allocation-free: only small-int arithmetic and attribute stores."""
+        i = self.inp
+        o = self.out
+        dt = i.dt_ms
+        if dt < 0:
+            dt = 0
+        elif dt > _DT_MAX_MS:
+            dt = _DT_MAX_MS
+        left = self.dispatch_left_ms
+        if left > 0:
+            left -= dt
+            if left < 0:
+                left = 0
+            self.dispatch_left_ms = left
+        o.dispatch_left_ms = left
+
+        # --- 1. data validity: anything missing, stale or out of range -> 0 W ----------------
+        flags = 0
+        stale = self.stale_ms
+        if not i.meter_valid or i.meter_age_ms > stale or i.meter_age_ms < 0:
+            flags |= F_METER_BAD
+        if not i.bat_valid or i.bat_age_ms > stale or i.bat_age_ms < 0:
+            flags |= F_BAT_BAD
+        gcp = i.gcp_w
+        bat = i.bat_w
+        soc = i.soc_bp
+        if gcp > _PMAX or gcp < -_PMAX or bat > _PMAX or bat < -_PMAX or soc < 0 or soc > SOC_FULL_BP:
+            flags |= F_RANGE
+        plim = self.phase_limit_w
+        if plim > 0:
+            if not i.phases_valid:
+                flags |= F_PHASE_BAD
+            else:
+                l1 = i.gcp_l1_w
+                l2 = i.gcp_l2_w
+                l3 = i.gcp_l3_w
+                if (l1 > _PMAX or l1 < -_PMAX or l2 > _PMAX or l2 < -_PMAX
+                        or l3 > _PMAX or l3 < -_PMAX):
+                    flags |= F_RANGE
+        if flags:
+            self.prev_w = 0
+            o.setpoint_w = 0
+            o.state = ST_FAILSAFE
+            o.binding = B_FAILSAFE
+            o.flags = flags | (self.min_lock * F_MIN_LOCK) | (self.max_lock * F_MAX_LOCK)
+            o.avail_chg_w = 0
+            o.avail_dis_w = 0
+            o.net_w = 0
+            o.req_w = 0
+            o.phase_excess_w = 0
+            o.phase_cost_w = 0
+            o.target_w = 0
+            return
+
+        # --- 2. SoC locks with hysteresis ----------------------------------------------------
+        mn = self.min_soc_bp
+        hy = self.hysteresis_bp
+        if soc <= mn:
+            self.min_lock = 1
+        elif soc >= mn + hy:
+            self.min_lock = 0
+        if soc >= self.max_soc_bp:
+            self.max_lock = 1
+        elif soc <= self.max_soc_bp - hy:
+            self.max_lock = 0
+        if soc <= self.reserve_soc_bp:
+            self.reserve_lock = 1
+        elif soc >= self.reserve_soc_bp + hy:
+            self.reserve_lock = 0
+        flags = self.min_lock * F_MIN_LOCK + self.max_lock * F_MAX_LOCK + self.reserve_lock * F_RESERVE_LOCK
+
+        # --- 3. what the battery may do right now (hard bounds, safety first) -----------------
+        dis_cap = self.max_discharge_w
+        dis_bind = B_CFG_DIS
+        b = i.bms_max_dis_w
+        if b >= 0:
+            flags |= F_BMS_LIMITS
+            if b < dis_cap:
+                dis_cap = b
+                dis_bind = B_BMS_DIS
+        band = self.taper_band_bp
+        if soc < mn + band:
+            flags |= F_TAPER
+            num = soc - mn
+            taper = muldiv(self.max_discharge_w, num, band) if num > 0 else 0
+            if taper < dis_cap:
+                dis_cap = taper
+                dis_bind = B_TAPER
+        if self.min_lock:
+            dis_cap = 0
+            dis_bind = B_MIN_SOC
+        chg_cap = self.max_charge_w
+        chg_bind = B_CFG_CHG
+        b = i.bms_max_chg_w
+        if b >= 0:
+            flags |= F_BMS_LIMITS
+            if b < chg_cap:
+                chg_cap = b
+                chg_bind = B_BMS_CHG
+        if self.max_lock:
+            chg_cap = 0
+            chg_bind = B_MAX_SOC
+        o.avail_dis_w = dis_cap
+        o.avail_chg_w = chg_cap
+
+        # --- 4. what the import limits require ------------------------------------------------
+        net = gcp + bat                     # GCP power if the battery were at 0 W
+        req = net - self.import_limit_w     # > 0: discharge needed; < 0: spare import capacity
+        req_bind = B_IMPORT
+        o.phase_excess_w = 0
+        o.phase_cost_w = 0
+        if plim > 0:
+            # A symmetric battery moves each phase by a third of its power, so holding the worst
+            # phase at its limit costs 3x that phase's excess (seed: 1 kW may cost 3 kW).
+            b3 = bat // 3
+            m = l1
+            if l2 > m:
+                m = l2
+            if l3 > m:
+                m = l3
+            ex = m + b3 - plim
+            pr = 3 * ex
+            if ex > 0:
+                o.phase_excess_w = ex
+                o.phase_cost_w = pr
+            if pr > req:
+                req = pr
+                req_bind = B_PHASE
+        o.net_w = net
+        o.req_w = req
+
+        # --- 5. the objective's target ---------------------------------------------------------
+        dispatch = left > 0
+        obj = self.objective
+        if dispatch:
+            tgt = self.dispatch_w
+            bind = B_DISPATCH
+        elif obj == OBJ_GCE:
+            if req > 0:
+                tgt = req
+                bind = req_bind
+            else:
+                # spare capacity (total or 3x worst phase) less the headroom kept for EVs
+                spare = -req - self.ev_headroom_w
+                if spare > 0:
+                    tgt = -spare
+                    bind = B_HEADROOM
+                else:
+                    tgt = 0
+                    bind = B_NONE
+        else:
+            tgt = net
+            if obj == OBJ_ZFI:
+                tgt = net - self.min_import_w
+            bind = B_NONE
+            if tgt > 0 and self.reserve_lock:
+                tgt = 0
+                bind = B_RESERVE
+        o.target_w = tgt
+
+        # --- 6. deadband and ramp: moves toward 0 W are immediate, away from it rate-limited ----
+        prev = self.prev_w
+        sp = tgt
+        if sp != 0:
+            d = sp - prev
+            if d < 0:
+                d = -d
+            if d < self.deadband_w:
+                sp = prev
+                bind = B_DEADBAND
+            r = self.ramp_w_per_s
+            # (r // 1000) * dt <= 10000 * 60000 and (r % 1000) * dt < 1000 * 60000: both < 2**30
+            rstep = (r // 1000) * dt + ((r % 1000) * dt) // 1000
+            if sp > 0:
+                base = prev if prev > 0 else 0
+                if sp > base + rstep:
+                    sp = base + rstep
+                    bind = B_RAMP
+            elif sp < 0:
+                base = prev if prev < 0 else 0
+                if sp < base - rstep:
+                    sp = base - rstep
+                    bind = B_RAMP
+
+        # --- 7. import-limit protection (immediate), then hard bounds (immediate) -------------
+        if not dispatch and sp < req:
+            sp = req
+            bind = req_bind
+        if obj == OBJ_ZFI:
+            # zero feed-in: the battery never discharges below the site's own demand + min import
+            fcap = net - self.min_import_w
+            if fcap < 0:
+                fcap = 0
+            if fcap < dis_cap:
+                dis_cap = fcap
+                dis_bind = B_FEED_IN
+        if sp > dis_cap:
+            sp = dis_cap
+            bind = dis_bind
+        elif sp < -chg_cap:
+            sp = -chg_cap
+            bind = chg_bind
+        self.prev_w = sp
+
+        # --- 8. report -----------------------------------------------------------------------
+        if dispatch:
+            st = ST_DISPATCH
+        elif sp > 0:
+            st = ST_TAPERING if flags & F_TAPER else ST_DISCHARGING
+        elif sp < 0:
+            st = ST_CHARGING
+        elif self.min_lock:
+            st = ST_MIN_SOC_LOCK
+        elif self.max_lock:
+            st = ST_MAX_SOC_LOCK
+        else:
+            st = ST_IDLE
+        o.setpoint_w = sp
+        o.state = st
+        o.binding = bind
+        o.flags = flags
