@@ -249,7 +249,8 @@ class Controller:
         if soc < mn + band:
             flags |= F_TAPER
             num = soc - mn
-            taper = muldiv(self.max_discharge_w, num, band) if num > 0 else 0
+            # scales what the battery may discharge now (config and BMS), not a nominal rating
+            taper = muldiv(dis_cap, num, band) if num > 0 else 0
             if taper < dis_cap:
                 dis_cap = taper
                 dis_bind = B_TAPER
