@@ -315,6 +315,24 @@ def test_dispatch_rejects_bad_arguments(p, d):
     assert c.dispatch_left_ms == 0
 
 
+def test_operator_override_ranks_above_dispatch_and_expires():
+    c = mk()
+    c.start_dispatch(40000, 10000)
+    c.start_override(0, 2000)               # e.g. hold the battery for maintenance
+    o = run(c, 150000, bat=0)               # not even import protection moves it
+    assert o.setpoint_w == 0 and o.state == bc.ST_OVERRIDE and o.binding == bc.B_OVERRIDE
+    assert o.override_left_ms == 1000 and o.dispatch_left_ms == 9000
+    o = run(c, 150000, bat=0)               # override expired: the dispatch event is back
+    assert o.override_left_ms == 0 and o.state == bc.ST_DISPATCH and o.setpoint_w == 40000
+    c.start_override(-90000, 5000)
+    assert run(c, 0, bat=0).setpoint_w == -50000       # still inside the power limits
+    assert run(c, 0, bat=0, soc=9600).setpoint_w == 0  # and the SoC locks
+    c.stop_override()
+    assert run(c, 0, bat=0).state == bc.ST_DISPATCH
+    with pytest.raises(ValueError):
+        c.start_override(True, 1000)
+
+
 def test_muldiv_is_exact_and_stays_small():
     for a, b, cc in ((10000000, 10000, 10000), (10000000, 1, 10000), (9999999, 9999, 10000), (7, 3, 2)):
         assert bc.muldiv(a, b, cc) == a * b // cc

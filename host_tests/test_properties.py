@@ -42,6 +42,7 @@ def cycles(draw):
         'dt': draw(st.sampled_from([1, 100, 1000, 60000])),
         'ok': draw(st.booleans()) or draw(st.booleans()),       # mostly valid data
         'dispatch': draw(st.sampled_from([None, None, None, None, (P, 5000), (-P, 1), (2000, 3000)])),
+        'override': draw(st.sampled_from([None, None, None, None, None, (0, 4000), (-P, 2000)])),
     }
 
 
@@ -69,6 +70,8 @@ def test_safety_invariants(cfg, seq):
         i.dt_ms = cy['dt']
         if cy['dispatch']:
             c.start_dispatch(*cy['dispatch'])
+        if cy['override']:
+            c.start_override(*cy['override'])
         c.step()
         sp, soc, fl = o.setpoint_w, cy['soc'], o.flags
 
@@ -91,7 +94,8 @@ def test_safety_invariants(cfg, seq):
         if c.objective == bc.OBJ_ZFI and sp > 0:
             assert net - sp >= c.min_import_w
         # import-limit protection: at least the required discharge whenever limits allow it
-        if o.state != bc.ST_DISPATCH:
+        external = o.state in (bc.ST_DISPATCH, bc.ST_OVERRIDE)
+        if not external:
             cap = o.avail_dis_w
             if c.objective == bc.OBJ_ZFI:
                 cap = min(cap, max(0, net - c.min_import_w))
@@ -104,7 +108,7 @@ def test_safety_invariants(cfg, seq):
         dt = min(max(cy['dt'], 0), 60000)
         step = (r // 1000) * dt + ((r % 1000) * dt) // 1000
         if sp > max(prev, 0) + step:
-            assert o.state != bc.ST_DISPATCH and sp <= o.req_w
+            assert not external and sp <= o.req_w
         assert sp >= min(prev, 0) - step
         # the per-phase cost is 3x the worst phase excess
         assert o.phase_cost_w == 3 * o.phase_excess_w

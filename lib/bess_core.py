@@ -18,7 +18,7 @@ from bess_config import validate, objective_code, ConfigError, POWER_MAX_W, SOC_
 
 _PMAX = const(10000000)     # = POWER_MAX_W; inputs beyond it are invalid data (fail-safe)
 _DT_MAX_MS = const(60000)   # longest supported cycle; larger elapsed times are clamped
-_DISPATCH_MAX_MS = const(86400000)
+_COMMAND_MAX_MS = const(86400000)  # longest dispatch event or operator override: 24 h
 
 OBJ_GCE = const(0)
 OBJ_SS = const(1)
@@ -33,8 +33,9 @@ ST_MIN_SOC_LOCK = const(4)
 ST_MAX_SOC_LOCK = const(5)
 ST_FAILSAFE = const(6)
 ST_DISPATCH = const(7)
+ST_OVERRIDE = const(8)
 STATE_NAMES = ('idle', 'charging', 'discharging', 'tapering', 'min_soc_lock', 'max_soc_lock',
-               'failsafe', 'dispatch')
+               'failsafe', 'dispatch', 'override')
 
 # Outputs.binding: what decided the setpoint this cycle (the last rule that changed it).
 B_NONE = const(0)           # the objective's own target, nothing clipped it
@@ -54,9 +55,11 @@ B_RAMP = const(13)          # rate limit on moves away from 0 W
 B_DEADBAND = const(14)      # change smaller than the deadband: kept the previous setpoint
 B_FAILSAFE = const(15)      # missing, stale or out-of-range data
 B_DISPATCH = const(16)      # dispatch event sets the target
+B_OVERRIDE = const(17)      # operator override sets the target
 BINDING_NAMES = ('none', 'import_limit', 'phase_limit', 'ev_headroom', 'max_discharge_cfg',
                  'max_charge_cfg', 'max_discharge_bms', 'max_charge_bms', 'taper', 'min_soc',
-                 'max_soc', 'reserve_soc', 'feed_in', 'ramp', 'deadband', 'failsafe', 'dispatch')
+                 'max_soc', 'reserve_soc', 'feed_in', 'ramp', 'deadband', 'failsafe', 'dispatch',
+                 'override')
 
 # Outputs.flags bits
 F_MIN_LOCK = const(1)
@@ -107,6 +110,20 @@ class Outputs:
         self.phase_cost_w = 0       # battery discharge that excess costs a symmetric battery: 3x
         self.target_w = 0           # objective target before deadband, ramp and limits
         self.dispatch_left_ms = 0
+        self.override_left_ms = 0
+
+
+def _count_down(left_ms, dt_ms):
+    if left_ms <= dt_ms:
+        return 0
+    return left_ms - dt_ms
+
+
+def _check_command(what, power_w, duration_ms):
+    if not isinstance(power_w, int) or isinstance(power_w, bool) or not -POWER_MAX_W <= power_w <= POWER_MAX_W:
+        raise ValueError('%s power_w must be an integer in -%d..%d' % (what, POWER_MAX_W, POWER_MAX_W))
+    if not isinstance(duration_ms, int) or isinstance(duration_ms, bool) or not 1 <= duration_ms <= _COMMAND_MAX_MS:
+        raise ValueError('%s duration_ms must be an integer in 1..%d' % (what, _COMMAND_MAX_MS))
 
 
 def muldiv(a, b, c):
@@ -127,6 +144,8 @@ class Controller:
         self.reserve_lock = 0
         self.dispatch_w = 0
         self.dispatch_left_ms = 0
+        self.override_w = 0
+        self.override_left_ms = 0
         self.cfg = None
         self.configure(cfg)
 
@@ -154,15 +173,21 @@ class Controller:
 
     def start_dispatch(self, power_w, duration_ms):
         """Dispatch event: hold power_w (+ discharge) for duration_ms, then expire by itself."""
-        if not isinstance(power_w, int) or not -POWER_MAX_W <= power_w <= POWER_MAX_W:
-            raise ValueError('dispatch power_w must be an integer in -%d..%d' % (POWER_MAX_W, POWER_MAX_W))
-        if not isinstance(duration_ms, int) or not 1 <= duration_ms <= _DISPATCH_MAX_MS:
-            raise ValueError('dispatch duration_ms must be an integer in 1..%d' % _DISPATCH_MAX_MS)
+        _check_command('dispatch', power_w, duration_ms)
         self.dispatch_w = power_w
         self.dispatch_left_ms = duration_ms
 
     def stop_dispatch(self):
         self.dispatch_left_ms = 0
+
+    def start_override(self, power_w, duration_ms):
+        """Operator override: like a dispatch event, ranked above it; expires by itself."""
+        _check_command('override', power_w, duration_ms)
+        self.override_w = power_w
+        self.override_left_ms = duration_ms
+
+    def stop_override(self):
+        self.override_left_ms = 0
 
     def step(self):
         """One control cycle. Allocation-free: only small-int arithmetic and attribute stores."""
@@ -173,13 +198,12 @@ class Controller:
             dt = 0
         elif dt > _DT_MAX_MS:
             dt = _DT_MAX_MS
-        left = self.dispatch_left_ms
-        if left > 0:
-            left -= dt
-            if left < 0:
-                left = 0
-            self.dispatch_left_ms = left
+        left = _count_down(self.dispatch_left_ms, dt)
+        self.dispatch_left_ms = left
         o.dispatch_left_ms = left
+        oleft = _count_down(self.override_left_ms, dt)
+        self.override_left_ms = oleft
+        o.override_left_ms = oleft
 
         # --- 1. data validity: anything missing, stale or out of range -> 0 W ----------------
         flags = 0
@@ -298,9 +322,13 @@ class Controller:
         o.req_w = req
 
         # --- 5. the objective's target ---------------------------------------------------------
-        dispatch = left > 0
+        # an external command (override > dispatch) replaces the objective and import protection
+        command = oleft > 0 or left > 0
         obj = self.objective
-        if dispatch:
+        if oleft > 0:
+            tgt = self.override_w
+            bind = B_OVERRIDE
+        elif left > 0:
             tgt = self.dispatch_w
             bind = B_DISPATCH
         elif obj == OBJ_GCE:
@@ -351,7 +379,7 @@ class Controller:
                     bind = B_RAMP
 
         # --- 7. import-limit protection (immediate), then hard bounds (immediate) -------------
-        if not dispatch and sp < req:
+        if not command and sp < req:
             sp = req
             bind = req_bind
         if obj == OBJ_ZFI:
@@ -371,7 +399,9 @@ class Controller:
         self.prev_w = sp
 
         # --- 8. report -----------------------------------------------------------------------
-        if dispatch:
+        if oleft > 0:
+            st = ST_OVERRIDE
+        elif left > 0:
             st = ST_DISPATCH
         elif sp > 0:
             st = ST_TAPERING if flags & F_TAPER else ST_DISCHARGING

@@ -4,7 +4,8 @@ One corpus = episodes; each episode = a valid config and a sequence of steps run
 Controller (the core is stateful: locks, ramp, dispatch). Each step is VEC_FIELDS integers.
 Values stay small ints (|x| < 2**30) -- the documented input contract -- but include every
 extreme inside that: +-10 MW and beyond (range fail-safe), SoC outside 0..10000, stale and
-negative ages, dt 0 and far above 60 s, BMS limits absent/zero/huge, dispatch start/stop.
+negative ages, dt 0 and far above 60 s, BMS limits absent/zero/huge, dispatch and operator
+override start/stop (dispatch_cmd 1/2 and 3/4).
 
 Text format (read by host_tests/mp/corpus_runner.py on every runtime):
     E <config as JSON>
@@ -93,6 +94,10 @@ def _step(rng, cfg, state, calm):
         cmd, dw, dms = 1, rng.randint(-POWER_MAX_W, POWER_MAX_W), rng.choice([1, 1000, 30000, 86400000])
     elif r < 0.015:
         cmd = 2
+    elif r < 0.022:
+        cmd, dw, dms = 3, rng.randint(-POWER_MAX_W, POWER_MAX_W), rng.choice([1, 1000, 20000, 86400000])
+    elif r < 0.026:
+        cmd = 4
     return [gcp, l1, l2, l3,
             1 if rng.random() < 0.97 else 0,
             1 if rng.random() < 0.98 else 0, age(),

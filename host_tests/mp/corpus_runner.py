@@ -23,7 +23,7 @@ except ImportError:         # CPython: nothing to lock, same outputs
     heap_lock = heap_unlock = None
 
 NV = 17     # fields per input vector, in tools/corpus.py VEC_FIELDS order
-NO = 12     # outputs recorded per step
+NO = 13     # outputs recorded per step
 
 
 def run_episode(cfg, vec, n, out, pos):
@@ -33,6 +33,8 @@ def run_episode(cfg, vec, n, out, pos):
     step = ctl.step                 # bound methods cached before the lock, as a timer would
     start = ctl.start_dispatch
     stop = ctl.stop_dispatch
+    ostart = ctl.start_override
+    ostop = ctl.stop_override
     k = 0
     j = 0
     q = 0
@@ -60,6 +62,10 @@ def run_episode(cfg, vec, n, out, pos):
                 start(vec[j + 15], vec[j + 16])
             elif cmd == 2:
                 stop()
+            elif cmd == 3:
+                ostart(vec[j + 15], vec[j + 16])
+            elif cmd == 4:
+                ostop()
             step()
             out[q] = o.setpoint_w
             out[q + 1] = o.state
@@ -73,6 +79,7 @@ def run_episode(cfg, vec, n, out, pos):
             out[q + 9] = o.phase_cost_w
             out[q + 10] = o.target_w
             out[q + 11] = o.dispatch_left_ms
+            out[q + 12] = o.override_left_ms
             k += 1
             j += NV
             q += NO
