@@ -296,6 +296,17 @@ def test_dispatch_overrides_objective_then_expires_by_itself():
     assert o.dispatch_left_ms == 0 and o.state != bc.ST_DISPATCH and o.setpoint_w == 0
 
 
+def test_dispatch_charging_never_pushes_the_site_over_the_limit():
+    c = mk()
+    c.start_dispatch(-50000, 600000)
+    o = run(c, 90000, bat=0)                # 10 kW spare: charge only that
+    assert o.setpoint_w == -10000 and o.binding == bc.B_IMPORT
+    o = run(c, 130000, bat=0)               # over the limit: no charging at all...
+    assert o.setpoint_w == 0
+    c.start_dispatch(10000, 600000)         # ...but a discharge dispatch stands as commanded
+    assert run(c, 130000, bat=0).setpoint_w == 10000
+
+
 def test_dispatch_stays_inside_soc_and_power_limits():
     c = mk()
     c.start_dispatch(90000, 60000)

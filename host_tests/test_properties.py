@@ -95,6 +95,9 @@ def test_safety_invariants(cfg, seq):
             assert net - sp >= c.min_import_w
         # import-limit protection: at least the required discharge whenever limits allow it
         external = o.state in (bc.ST_DISPATCH, bc.ST_OVERRIDE)
+        if external:
+            # a command may leave an excess it did not cause, but never charges over the limit
+            assert sp >= min(o.req_w, 0)
         if not external:
             cap = o.avail_dis_w
             if c.objective == bc.OBJ_ZFI:

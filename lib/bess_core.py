@@ -379,8 +379,11 @@ class Controller:
                     bind = B_RAMP
 
         # --- 7. import-limit protection (immediate), then hard bounds (immediate) -------------
-        if not command and sp < req:
-            sp = req
+        # An override or dispatch event may leave an import excess the battery did not cause, but
+        # the battery itself never charges the site over its limit: floor min(req, 0).
+        floor = req if (not command or req < 0) else 0
+        if sp < floor:
+            sp = floor
             bind = req_bind
         if obj == OBJ_ZFI:
             # zero feed-in: the battery never discharges below the site's own demand + min import
