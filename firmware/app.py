@@ -1,0 +1,289 @@
+# Device runtime: one control cycle = poll meter -> poll battery -> core step -> write setpoint.
+#
+# The same code runs on an ESP32 / RP2040 and on the MicroPython unix port (firmware/unix/machine.py
+# stands in for `machine`). Pacing: a machine.Timer callback only sets a flag (no allocation, so it
+# is legal as a hard IRQ on RP2040 and as a soft one on ESP32); the main loop sees the flag, runs
+# the cycle, and feeds the watchdog only when a cycle completed. Until the first valid readings the
+# core is in fail-safe and the battery is commanded 0 W.
+#
+# Data age is judged from the data: it is the time since this device last answered every block
+# with a valid frame, not the time since we asked.
+import sys
+import time
+import json
+
+import machine
+
+import bess_core as bc
+from bess_config import ConfigError
+import devprofile
+from rtu import RtuMaster, OK, NO_RESPONSE
+from bus import Bus
+
+AGE_NEVER_MS = 600001           # > the largest stale_ms: "never read" is always stale
+HEARTBEAT_MS = 5000             # rewrite an unchanged setpoint this often (revert timers, resets)
+
+
+class ConfigProblem(Exception):
+    pass
+
+
+class Poller:
+    """One Modbus device described by a profile: reads every block, tracks the age of the data."""
+
+    def __init__(self, bus, prof, unit):
+        self.bus = bus
+        self.prof = prof
+        self.unit = unit
+        self.blocks = prof.blocks
+        self.dev = bus.add_device(unit, prof.name, prof.min_gap_ms)
+        self.t_ok = None                # ticks_ms of the last complete read
+        self.bytes_per_poll = 0
+        for b in self.blocks:           # request 8 bytes, response 5 + 2 x count
+            self.bytes_per_poll += 8 + 5 + 2 * b.count
+
+    def poll(self):
+        read = self.bus.read
+        ok = 1
+        for b in self.blocks:
+            st = read(self.unit, b.fc, b.start, b.count, b.buf)
+            if st == OK:
+                b.ok = 1
+                continue
+            ok = 0
+            b.ok = 0
+            if st == NO_RESPONSE:       # silent device: don't spend the cycle timing out per block
+                self.prof.invalidate()
+                break
+        if ok:
+            self.t_ok = time.ticks_ms()
+        return ok
+
+    def age_ms(self, now):
+        if self.t_ok is None:
+            return AGE_NEVER_MS
+        a = time.ticks_diff(now, self.t_ok)
+        if a < 0:                       # read during this cycle, after `now` was taken
+            return 0
+        return a if a < AGE_NEVER_MS else AGE_NEVER_MS
+
+
+def wire_time_ms(nbytes, baud, bits_per_char=10):
+    return nbytes * bits_per_char * 1000 // baud
+
+
+def load_json(path, what):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise ConfigProblem('%s %s: cannot read (%s)' % (what, path, e))
+    except ValueError as e:
+        raise ConfigProblem('%s %s: not valid JSON (%s)' % (what, path, e))
+
+
+# Where profiles and board files live: at the root on a board (deploy flattens), in firmware/
+# and at the top of a checkout on the unix port.
+PROFILE_DIRS = ('profiles', 'firmware/profiles')
+
+
+def load_profile(root, name):
+    for d in PROFILE_DIRS:
+        try:
+            return devprofile.load('%s/%s/%s.json' % (root, d, name))
+        except OSError:
+            continue
+        except devprofile.ProfileError as e:
+            raise ConfigProblem('device profile %r: %s' % (name, e))
+    raise ConfigProblem('device profile %r not found in %s' % (name, ' or '.join('%s/%s' % (root, d) for d in PROFILE_DIRS)))
+
+
+class Runtime:
+    def __init__(self, site, board, root, uart=None):
+        self.site = site
+        self.board = board
+        bus_cfg = site.get('bus', {})
+        baud = bus_cfg.get('baud', 9600)
+        parity = {'N': None, 'E': 0, 'O': 1}[bus_cfg.get('parity', 'N')]
+        if uart is None:
+            u = board['uart']
+            dev = bus_cfg.get('device') or u.get('device')
+            if dev and hasattr(machine, 'UART_DEVICES'):
+                machine.UART_DEVICES[u['id']] = dev       # unix port: pty or /dev/ttyUSB0
+            kw = {}
+            if u.get('tx') is not None:
+                kw['tx'] = u['tx']
+                kw['rx'] = u['rx']
+            uart = machine.UART(u['id'], baudrate=baud, bits=8, parity=parity, stop=1, **kw)
+        de_pin = board.get('rs485_de_pin')
+        de = machine.Pin(de_pin, machine.Pin.OUT, value=0) if de_pin is not None else None
+        self.master = RtuMaster(uart, de, baudrate=baud, parity=parity,
+                                timeout_ms=bus_cfg.get('timeout_ms', 200))
+        self.bus = Bus(self.master, retries=bus_cfg.get('retries', 1))
+        self.meter = Poller(self.bus, load_profile(root, site['meter']['profile']),
+                            site['meter'].get('unit_id', 1))
+        self.battery = Poller(self.bus, load_profile(root, site['battery']['profile']),
+                              site['battery'].get('unit_id', 2))
+        if self.meter.prof.kind != 'meter' or self.battery.prof.kind != 'battery':
+            raise ConfigProblem('meter profile must be kind "meter" and battery profile kind "battery"')
+        try:
+            self.ctl = bc.Controller(site['control'])
+        except ConfigError as e:
+            raise ConfigProblem(str(e))
+        self.period_ms = site.get('period_ms', 1000)
+        self.log_cycles = site.get('log_cycles', 0)
+        self.baud = baud
+        self.due = 0
+        self.t_last = None
+        self.sp_sent = None
+        self.t_sent = 0
+        self.write_errors = 0
+        self.cycles = 0
+        self.max_cycle_us = 0
+        self.last_cycle_us = 0
+        self.overruns = 0
+        self.tick_ref = self.tick       # bound method created once, not in the IRQ
+        m, b = self.meter, self.battery
+        self.wire_bytes = m.bytes_per_poll + b.bytes_per_poll
+        print('bus: %d baud; meter %s: %d requests, battery %s: %d requests; %d bytes polled per cycle '
+              '= %d ms of line time' % (baud, m.prof.name, len(m.blocks), b.prof.name, len(b.blocks),
+                                        self.wire_bytes, wire_time_ms(self.wire_bytes, baud)))
+
+    def tick(self, _timer):
+        self.due = 1                    # IRQ-safe: one attribute store of a small int
+
+    def read_inputs(self, now):
+        i = self.ctl.inp
+        m = self.meter
+        if m.poll():
+            p = m.prof
+            tot = p.value('total_w')
+            l1 = p.value('l1_w')
+            l2 = p.value('l2_w')
+            l3 = p.value('l3_w')
+            i.meter_valid = 0 if tot is None else 1
+            if tot is not None:
+                i.gcp_w = tot
+            if l1 is None or l2 is None or l3 is None:
+                i.phases_valid = 0
+            else:
+                i.phases_valid = 1
+                i.gcp_l1_w = l1
+                i.gcp_l2_w = l2
+                i.gcp_l3_w = l3
+        i.meter_age_ms = m.age_ms(now)
+        b = self.battery
+        if b.poll():
+            p = b.prof
+            soc = p.value('soc_bp')
+            pw = p.value('power_w')
+            i.bat_valid = 0 if (soc is None or pw is None) else 1
+            if i.bat_valid:
+                i.soc_bp = soc
+                i.bat_w = pw
+            c = p.value('max_chg_w')
+            d = p.value('max_dis_w')
+            i.bms_max_chg_w = -1 if c is None else c
+            i.bms_max_dis_w = -1 if d is None else d
+        i.bat_age_ms = b.age_ms(now)
+
+    def write_setpoint(self, sp, now):
+        """Send the setpoint when it changed or the heartbeat is due. Returns 1 when sent."""
+        if sp == self.sp_sent and time.ticks_diff(now, self.t_sent) < HEARTBEAT_MS:
+            return 0
+        b = self.battery
+        writes = b.prof.control.plan(sp) if b.prof.control is not None else None
+        if writes is None:              # cannot encode (e.g. WChaMax unknown yet): nothing sent
+            return 0
+        for w in writes:
+            if w.fc == 6:
+                st = self.bus.write_register(b.unit, w.addr, w.buf[0])
+            else:
+                st = self.bus.write_registers(b.unit, w.addr, w.buf)
+            if st != OK:
+                self.write_errors += 1
+                self.sp_sent = None     # retry next cycle
+                return 0
+        self.sp_sent = sp
+        self.t_sent = now
+        return 1
+
+    def cycle(self):
+        t0 = time.ticks_us()
+        now = time.ticks_ms()
+        i = self.ctl.inp
+        i.dt_ms = self.period_ms if self.t_last is None else time.ticks_diff(now, self.t_last)
+        self.t_last = now
+        self.read_inputs(now)
+        self.ctl.step()
+        self.write_setpoint(self.ctl.out.setpoint_w, time.ticks_ms())
+        self.cycles += 1
+        us = time.ticks_diff(time.ticks_us(), t0)
+        self.last_cycle_us = us
+        if us > self.max_cycle_us:
+            self.max_cycle_us = us
+        if us > self.period_ms * 1000:
+            self.overruns += 1
+        if self.log_cycles:
+            self.log_line(now, us)
+
+    def log_line(self, now, us):
+        i, o = self.ctl.inp, self.ctl.out
+        print('cyc t=%d gcp=%d l1=%d l2=%d l3=%d bat=%d soc=%d sp=%d state=%s bind=%s flags=%d '
+              'us=%d merr=%d berr=%d' % (
+                  now, i.gcp_w, i.gcp_l1_w, i.gcp_l2_w, i.gcp_l3_w, i.bat_w, i.soc_bp, o.setpoint_w,
+                  bc.STATE_NAMES[o.state], bc.BINDING_NAMES[o.binding], o.flags, us,
+                  self.meter.dev.c[10], self.battery.dev.c[10]))
+
+    def run(self, wdt=None, cycles=0, hard=False, timer_id=-1, on_cycle=None):
+        """Paced loop. cycles=0: forever. on_cycle(): called after each cycle (MQTT link etc.)."""
+        tim = machine.Timer(timer_id)
+        tim.init(mode=machine.Timer.PERIODIC, period=self.period_ms, callback=self.tick_ref, hard=hard)
+        self.due = 1                    # first cycle at once: 0 W goes out immediately
+        try:
+            while cycles == 0 or self.cycles < cycles:
+                if self.due:
+                    self.due = 0
+                    self.cycle()
+                    if wdt is not None:
+                        wdt.feed()
+                    if on_cycle is not None:
+                        on_cycle()
+                else:
+                    machine.idle()
+        finally:
+            tim.deinit()
+
+
+def safe_idle(msg, board, period_ms=1000):
+    """No usable config: command nothing, keep telling why, keep the watchdog fed."""
+    wdt = machine.WDT(timeout=board.get('wdt_timeout_ms', 10000)) if board else None
+    n = 0
+    while True:
+        if n % 10 == 0:
+            print('SAFE STATE (battery not commanded): %s' % msg)
+        n += 1
+        if wdt is not None:
+            wdt.feed()
+        time.sleep_ms(period_ms)
+
+
+def main(config_path='/site.json', root='', cycles=0):
+    board = None
+    try:
+        site = load_json(config_path, 'site config')
+        board = load_json('%s/boards/%s.json' % (root, site.get('board', 'unknown')), 'board file')
+        rt = Runtime(site, board, root)
+    except ConfigProblem as e:
+        safe_idle(str(e), board)
+        return
+    wdt = machine.WDT(timeout=board.get('wdt_timeout_ms', 10000))
+    timer = board.get('timer', {})
+    rt.run(wdt, cycles, hard=timer.get('hard', False), timer_id=timer.get('id', -1))
+    print('done: %d cycles, max cycle %d us, %d overruns, meter failed calls %d, battery failed calls %d, '
+          'setpoint write errors %d' % (rt.cycles, rt.max_cycle_us, rt.overruns, rt.meter.dev.c[10],
+                                        rt.battery.dev.c[10], rt.write_errors))
+
+
+if __name__ == '__main__':
+    main(*sys.argv[1:2])
