@@ -7,12 +7,13 @@ BUILD  := build
 MP32   := $(BUILD)/mp32
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all sim test bench-core deps clean help
+.PHONY: all sim test bench-core bench deps clean help
 
 help:
 	@echo "make sim         run the controller in closed loop against a simulated site for one day"
 	@echo "make test        run all tests (CPython, MicroPython unix, 32-bit MicroPython, mpy-cross)"
 	@echo "make bench-core  core step time, allocation, heap and .mpy sizes"
+	@echo "make bench       scenario benchmark vs comparators and the LP optimum (docs/benchmarks.md)"
 
 # venv is rebuilt when requirements.txt changes (stamp holds a copy of it).
 $(VENV)/.stamp: requirements.txt
@@ -26,7 +27,12 @@ $(MP32)/.stamp: tools/mp32/package.json
 	cd $(MP32) && npm install --silent --no-audit --no-fund
 	cp tools/mp32/package.json $@
 
-deps: $(VENV)/.stamp $(MP32)/.stamp
+# Third-party MicroPython packages (umodbus, umqtt.simple): sdist -> build/vendor/, never committed.
+$(BUILD)/vendor/.stamp: tools/fetch_vendor.py $(VENV)/.stamp
+	$(VPY) tools/fetch_vendor.py --dest $(BUILD)/vendor
+	touch $@
+
+deps: $(VENV)/.stamp $(MP32)/.stamp $(BUILD)/vendor/.stamp
 
 sim: $(VENV)/.stamp
 	$(VPY) tools/sim.py
@@ -39,3 +45,11 @@ bench-core: deps
 
 clean:
 	rm -rf $(BUILD) out .pytest_cache .hypothesis
+
+# Scenario benchmark (issue #6): its own pinned requirements on top of the venv, its own stamp.
+$(VENV)/.stamp-bench: requirements-bench.txt $(VENV)/.stamp
+	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	cp requirements-bench.txt $@
+
+bench: $(VENV)/.stamp-bench
+	$(VPY) tools/bench/main.py $(BENCH_ARGS)
