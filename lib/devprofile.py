@@ -1,0 +1,597 @@
+# Device profiles: load a JSON profile, validate it, compile it for the per-cycle decode.
+#
+# Runs on CPython and MicroPython (json, array). The format is documented in docs/profiles.md.
+# load(path) / from_dict(d) -> Profile, or ProfileError listing every problem found.
+#
+# Per cycle the runtime: for each block in prof.blocks, reads block.count registers with
+# block.fc from block.start into block.buf (a preallocated array('H')) and sets block.ok;
+# then prof.points['total_w'].value() (or prof.value(name)) decodes without allocating.
+# For a battery, prof.control.plan(setpoint_w) fills preallocated write buffers and returns
+# the list of Write objects (fc, addr, buf, n) to send, in order, or None if it cannot encode.
+
+import json
+from array import array
+
+import regdecode as rd
+
+FORMAT = 1
+KINDS = ('meter', 'battery')
+NAMES = {
+    'meter': ('total_w', 'l1_w', 'l2_w', 'l3_w', 'import_wh', 'export_wh'),
+    'battery': ('soc_bp', 'power_w', 'max_chg_w', 'max_dis_w'),
+}
+REQUIRED = {
+    'meter': ('total_w', 'l1_w', 'l2_w', 'l3_w'),
+    'battery': ('soc_bp', 'power_w'),
+}
+UNITS = {'W': rd.LIMIT_W, 'Wh': rd.LIMIT_BIG, 'bp': 10000}
+BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+SCALE_MAX = 9                   # |scale| in a profile; the SunSpec SF adds up to +-10 at run time
+MODBUS_MAX_READ = 125
+SCHEMES = ('sunspec_124', 'command')
+
+_TOP_KEYS = ('format', 'name', 'title', 'kind', 'serial', 'max_regs', 'min_gap_ms', 'blocks',
+             'points', 'control', 'identify', 'doc')
+_SERIAL_KEYS = ('baud', 'parity', 'stop_bits', 'unit_id', 'doc')
+_BLOCK_KEYS = ('fc', 'start', 'count', 'doc')
+_POINT_KEYS = ('fc', 'addr', 'type', 'order', 'scale', 'scale_sf', 'sign', 'unit', 'limit',
+               'sunspec_na', 'doc')
+_ID_KEYS = ('fc', 'addr', 'values', 'doc')
+_CTL_KEYS = {
+    'sunspec_124': ('scheme', 'mod', 'out_rte', 'in_rte', 'win_tms', 'rvrt_tms', 'revert_s',
+                    'rte_sf', 'wchamax', 'write_fc', 'doc'),
+    'command': ('scheme', 'mode', 'command', 'power', 'charge_power', 'discharge_power',
+                'write_fc', 'doc'),
+}
+
+
+class ProfileError(ValueError):
+    """Raised with every problem found, one per line."""
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class Block:
+    def __init__(self, fc, start, count):
+        self.fc = fc
+        self.start = start
+        self.count = count
+        self.buf = array('H', bytes(2 * count))
+        self.ok = 0                 # runtime: 1 after a successful read of this block
+
+    def __repr__(self):
+        return 'Block(fc=%d, start=%d, count=%d)' % (self.fc, self.start, self.count)
+
+
+class Point:
+    """One named value. value() decodes it from its block's buffer (None if invalid)."""
+
+    def __init__(self, name, block, off, typ, lsw, exp10, sign, limit, na, sf_block, sf_off,
+                 fc, addr, unit):
+        self.name = name
+        self.block = block
+        self.off = off
+        self.typ = typ
+        self.lsw = lsw
+        self.exp10 = exp10
+        self.sign = sign
+        self.limit = limit
+        self.na = na
+        self.sf_block = sf_block    # None: fixed scale
+        self.sf_off = sf_off
+        self.fc = fc
+        self.addr = addr
+        self.sf_addr = -1 if sf_block is None else sf_block.start + sf_off
+        self.unit = unit
+
+    def value(self):
+        b = self.block
+        if not b.ok:
+            return None
+        e = self.exp10
+        sb = self.sf_block
+        if sb is not None:
+            if not sb.ok:
+                return None
+            sf = rd.decode_sf(sb.buf, self.sf_off)
+            if sf is None:
+                return None
+            e += sf
+        return rd.decode(b.buf, self.off, self.typ, self.lsw, e, self.sign, self.limit, self.na)
+
+    def encode(self, value, buf, off, sf=0):
+        """Device representation of value (our unit) into buf[off:] (simulator, tests)."""
+        rd.encode(value, self.typ, self.lsw, self.exp10 + sf, self.sign, buf, off)
+
+
+class Write:
+    """One Modbus write request: fc 6 (n == 1) or 16, registers buf[0:n] at addr."""
+
+    def __init__(self, fc, addr, n):
+        self.fc = fc
+        self.addr = addr
+        self.n = n
+        self.buf = array('H', bytes(2 * n))
+
+    def __repr__(self):
+        return 'Write(fc=%d, addr=%d, regs=%r)' % (self.fc, self.addr, list(self.buf))
+
+
+class _Plan:
+    """Registers a control scheme writes, grouped into contiguous writes at load time."""
+
+    def __init__(self, regs, write_fc):
+        # regs: list of (addr, nwords) in the order they should be sent (groups keep first order)
+        addrs = []
+        for a, n in regs:
+            for k in range(n):
+                addrs.append(a + k)
+        srt = sorted(addrs)
+        groups = []
+        for a in srt:
+            if groups and groups[-1][0] + groups[-1][1] == a:
+                groups[-1][1] += 1
+            else:
+                groups.append([a, 1])
+        first = {}
+        for i in range(len(addrs)):
+            first.setdefault(addrs[i], i)
+        # send groups in the order their first register was listed (e.g. powers before command)
+        groups.sort(key=lambda g: min(first[g[0] + k] for k in range(g[1])))
+        self.writes = []
+        self.slot = {}              # addr -> (Write, index)
+        for a, n in groups:
+            fc = 6 if (n == 1 and write_fc != 16) else 16
+            w = Write(fc, a, n)
+            self.writes.append(w)
+            for k in range(n):
+                self.slot[a + k] = (w, k)
+
+    def put(self, addr, value, typ=rd.U16, lsw=0, exp10=0):
+        w, k = self.slot[addr]
+        rd.encode(value, typ, lsw, exp10, 1, w.buf, k)
+
+
+class SunSpecControl:
+    """Model 124: StorCtl_Mod, OutWRte / InWRte in % of WChaMax (scaled by InOutWRte_SF), RvrtTms.
+
+    Discharge P > 0: mod=3, OutWRte=+x, InWRte=-x; charge P < 0: InWRte=+x, OutWRte=-x;
+    0 W: both 0. x = |P| / WChaMax * 100 %, clamped to 100 %. RvrtTms = revert_s (re-armed by
+    every write, i.e. every cycle); the battery reverts to its default after revert_s without one.
+    """
+
+    scheme = 'sunspec_124'
+
+    def __init__(self, c, prof):
+        self.mod_addr = c['mod']['addr']
+        self.mod_value = c['mod'].get('value', 3)
+        self.out_addr = c['out_rte']['addr']
+        self.in_addr = c['in_rte']['addr']
+        self.win_addr = c['win_tms']['addr'] if 'win_tms' in c else -1
+        self.rvrt_addr = c['rvrt_tms']['addr'] if 'rvrt_tms' in c else -1
+        self.revert_s = c.get('revert_s', 0)
+        self.wchamax = prof.compile_point('wchamax', c['wchamax'], 'W')
+        self.rte_sf = prof.compile_point('rte_sf', {'fc': 3, 'addr': c['rte_sf']['addr'],
+                                                    'type': 'int16'}, '')
+        regs = [(self.mod_addr, 1), (self.out_addr, 1), (self.in_addr, 1)]
+        if self.win_addr >= 0:
+            regs.append((self.win_addr, 1))
+        if self.rvrt_addr >= 0:
+            regs.append((self.rvrt_addr, 1))
+        self.plan_ = _Plan(regs, c.get('write_fc', 0))
+        self.writes = self.plan_.writes
+
+    def plan(self, w):
+        wmax = self.wchamax.value()
+        p = self.rte_sf
+        if wmax is None or wmax <= 0 or not p.block.ok:
+            return None
+        sf = rd.decode_sf(p.block.buf, p.off)
+        if sf is None:
+            return None
+        full = rd.scale_int(100, -sf)              # 100 % in register units
+        a = -w if w < 0 else w
+        x = rd.div_round(a * full, wmax)
+        if x > full:
+            x = full
+        if x > 32767:
+            x = 32767
+        pl = self.plan_
+        pl.put(self.mod_addr, self.mod_value)
+        if w > 0:
+            pl.put(self.out_addr, x, rd.I16)
+            pl.put(self.in_addr, -x, rd.I16)
+        else:
+            pl.put(self.out_addr, -x, rd.I16)
+            pl.put(self.in_addr, x, rd.I16)
+        if self.win_addr >= 0:
+            pl.put(self.win_addr, 0)
+        if self.rvrt_addr >= 0:
+            pl.put(self.rvrt_addr, self.revert_s)
+        return self.writes
+
+
+class CommandControl:
+    """Mode register + command register (charge / discharge / stop) + power magnitude register(s)."""
+
+    scheme = 'command'
+
+    def __init__(self, c, prof):
+        m = c.get('mode')
+        self.mode_addr = m['addr'] if m else -1
+        self.mode_value = m['value'] if m else 0
+        cm = c['command']
+        self.cmd_addr = cm['addr']
+        self.cmd_charge = cm['charge']
+        self.cmd_discharge = cm['discharge']
+        self.cmd_stop = cm['stop']
+        self.revert_s = 0
+        regs = []
+        self.pw = {}
+        for key in ('power', 'charge_power', 'discharge_power'):
+            if key in c:
+                p = c[key]
+                typ = rd.type_code(p.get('type', 'uint16'))
+                self.pw[key] = (p['addr'], typ, 1 if p.get('order', 'msw') == 'lsw' else 0,
+                                p.get('scale', 0))
+                regs.append((p['addr'], rd.TYPE_WORDS[typ]))
+        if self.mode_addr >= 0:
+            regs.insert(0, (self.mode_addr, 1))
+        regs.append((self.cmd_addr, 1))
+        self.plan_ = _Plan(regs, c.get('write_fc', 0))
+        self.writes = self.plan_.writes
+
+    def plan(self, w):
+        pl = self.plan_
+        a = -w if w < 0 else w
+        if self.mode_addr >= 0:
+            pl.put(self.mode_addr, self.mode_value)
+        cmd = self.cmd_discharge if w > 0 else (self.cmd_charge if w < 0 else self.cmd_stop)
+        pw = self.pw
+        for key in pw:
+            addr, typ, lsw, e = pw[key]
+            if key == 'power':
+                v = a
+            elif key == 'charge_power':
+                v = a if w < 0 else 0
+            else:
+                v = a if w > 0 else 0
+            if not rd.fits(v, typ, e, 1):
+                return None
+            pl.put(addr, v, typ, lsw, e)
+        pl.put(self.cmd_addr, cmd)
+        return self.writes
+
+
+class Profile:
+    def __init__(self):
+        self.name = ''
+        self.title = ''
+        self.kind = ''
+        self.serial = {}
+        self.unit_id = 1
+        self.max_regs = MODBUS_MAX_READ
+        self.min_gap_ms = 0
+        self.blocks = []
+        self.points = {}
+        self.control = None
+        self.identify = []
+        self.raw = None
+
+    def block_for(self, fc, addr, n):
+        """(block, offset) holding registers addr..addr+n-1 read with fc, or (None, 0)."""
+        for b in self.blocks:
+            if b.fc == fc and b.start <= addr and addr + n <= b.start + b.count:
+                return b, addr - b.start
+        return None, 0
+
+    def compile_point(self, name, p, unit):
+        typ = rd.type_code(p['type'])
+        b, off = self.block_for(p['fc'], p['addr'], rd.TYPE_WORDS[typ])
+        sfb, sfo = None, 0
+        if 'scale_sf' in p:
+            sfb, sfo = self.block_for(p['fc'], p['scale_sf'], 1)
+        limit = p.get('limit', UNITS.get(unit, rd.LIMIT_W))
+        return Point(name, b, off, typ, 1 if p.get('order', 'msw') == 'lsw' else 0,
+                     p.get('scale', 0), p.get('sign', 1), limit,
+                     1 if p.get('sunspec_na', False) else 0, sfb, sfo, p['fc'], p['addr'], unit)
+
+    def value(self, name):
+        p = self.points.get(name)
+        return None if p is None else p.value()
+
+    def invalidate(self):
+        for b in self.blocks:
+            b.ok = 0
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+def _unknown(errs, where, d, allowed):
+    for k in d:
+        if k not in allowed:
+            errs.append('%s: unknown key %r (allowed: %s)' % (where, k, ', '.join(allowed)))
+
+
+def _int_in(errs, where, d, key, lo, hi, required=True):
+    if key not in d:
+        if required:
+            errs.append('%s: missing %r' % (where, key))
+        return False
+    v = d[key]
+    if not _is_int(v):
+        errs.append('%s: %r must be an integer, got %r' % (where, key, v))
+        return False
+    if not lo <= v <= hi:
+        errs.append('%s: %r = %d outside %d..%d' % (where, key, v, lo, hi))
+        return False
+    return True
+
+
+def _covered(blocks, fc, addr, n):
+    for b in blocks:
+        if b[0] == fc and b[1] <= addr and addr + n <= b[1] + b[2]:
+            return True
+    return False
+
+
+def _check_point(errs, where, p, blocks, unit_expected):
+    if not isinstance(p, dict):
+        errs.append('%s: must be an object' % where)
+        return
+    _unknown(errs, where, p, _POINT_KEYS)
+    ok = _int_in(errs, where, p, 'fc', 3, 4) & _int_in(errs, where, p, 'addr', 0, 65535)
+    t = p.get('type')
+    if t not in rd.TYPE_NAMES:
+        errs.append('%s: type %r is not one of %s' % (where, t, ', '.join(rd.TYPE_NAMES)))
+        ok = False
+    n = rd.TYPE_WORDS[rd.type_code(t)] if t in rd.TYPE_NAMES else 1
+    order = p.get('order', 'msw')
+    if order not in ('msw', 'lsw'):
+        errs.append("%s: order %r must be 'msw' or 'lsw'" % (where, order))
+    elif n == 2 and 'order' not in p:
+        errs.append("%s: 32-bit type needs 'order' ('msw' or 'lsw' first)" % where)
+    _int_in(errs, where, p, 'scale', -SCALE_MAX, SCALE_MAX, False)
+    if 'sign' in p and p['sign'] not in (1, -1):
+        errs.append('%s: sign must be 1 or -1, got %r' % (where, p['sign']))
+    if 'limit' in p:
+        _int_in(errs, where, p, 'limit', 1, rd.LIMIT_BIG)
+    if 'sunspec_na' in p and not isinstance(p['sunspec_na'], bool):
+        errs.append('%s: sunspec_na must be true or false' % where)
+    if unit_expected is not None:
+        u = p.get('unit')
+        if u != unit_expected:
+            errs.append('%s: unit must be %r for this name, got %r' % (where, unit_expected, u))
+    if ok:
+        if not _covered(blocks, p['fc'], p['addr'], n):
+            errs.append('%s: registers fc%d %d..%d are not inside any read block'
+                        % (where, p['fc'], p['addr'], p['addr'] + n - 1))
+        if 'scale_sf' in p and _int_in(errs, where, p, 'scale_sf', 0, 65535):
+            if not _covered(blocks, p['fc'], p['scale_sf'], 1):
+                errs.append('%s: scale factor register fc%d %d is not inside any read block'
+                            % (where, p['fc'], p['scale_sf']))
+
+
+def _check_reg(errs, where, d, value=False):
+    if not isinstance(d, dict):
+        errs.append('%s: must be an object with "addr"' % where)
+        return False
+    ok = _int_in(errs, where, d, 'addr', 0, 65535)
+    if value:
+        ok &= _int_in(errs, where, d, 'value', 0, 65535)
+    return ok
+
+
+def _check_control(errs, c, blocks):
+    where = 'control'
+    if not isinstance(c, dict):
+        errs.append('control: must be an object')
+        return
+    s = c.get('scheme')
+    if s not in SCHEMES:
+        errs.append('control: scheme %r is not one of %s' % (s, ', '.join(SCHEMES)))
+        return
+    _unknown(errs, where, c, _CTL_KEYS[s])
+    if 'write_fc' in c and c['write_fc'] not in (0, 16):
+        errs.append('control: write_fc must be 0 (auto: 6 for single registers) or 16')
+    used = []
+    if s == 'sunspec_124':
+        for k in ('mod', 'out_rte', 'in_rte', 'rte_sf'):
+            if k not in c:
+                errs.append('control: missing %r' % k)
+            elif _check_reg(errs, 'control.' + k, c[k]) and k != 'rte_sf':
+                used.append(c[k]['addr'])
+        if 'mod' in c and 'value' in c['mod']:
+            _int_in(errs, 'control.mod', c['mod'], 'value', 0, 65535)
+        for k in ('win_tms', 'rvrt_tms'):
+            if k in c and _check_reg(errs, 'control.' + k, c[k]):
+                used.append(c[k]['addr'])
+        _int_in(errs, where, c, 'revert_s', 0, 65535, 'rvrt_tms' in c)
+        if 'rte_sf' in c and isinstance(c['rte_sf'], dict) and _is_int(c['rte_sf'].get('addr')):
+            if not _covered(blocks, 3, c['rte_sf']['addr'], 1):
+                errs.append('control.rte_sf: register fc3 %d is not inside any read block'
+                            % c['rte_sf']['addr'])
+        if 'wchamax' not in c:
+            errs.append("control: missing 'wchamax' (a point: WChaMax with its scale factor)")
+        else:
+            _check_point(errs, 'control.wchamax', c['wchamax'], blocks, 'W')
+    else:
+        if 'mode' in c and _check_reg(errs, 'control.mode', c['mode'], True):
+            used.append(c['mode']['addr'])
+        cm = c.get('command')
+        if not isinstance(cm, dict):
+            errs.append("control: missing 'command' {addr, charge, discharge, stop}")
+        else:
+            if _check_reg(errs, 'control.command', cm):
+                used.append(cm['addr'])
+            for k in ('charge', 'discharge', 'stop'):
+                _int_in(errs, 'control.command', cm, k, 0, 65535)
+        has = [k for k in ('power', 'charge_power', 'discharge_power') if k in c]
+        if not has:
+            errs.append("control: needs 'power' or 'charge_power' + 'discharge_power'")
+        elif 'power' not in c and len(has) != 2:
+            errs.append("control: 'charge_power' and 'discharge_power' go together")
+        for k in has:
+            p = c[k]
+            w = 'control.' + k
+            if not _check_reg(errs, w, p):
+                continue
+            _unknown(errs, w, p, ('addr', 'type', 'order', 'scale', 'doc'))
+            t = p.get('type', 'uint16')
+            if t not in ('uint16', 'uint32', 'int16', 'int32'):
+                errs.append('%s: type %r must be an integer type' % (w, t))
+                continue
+            n = rd.TYPE_WORDS[rd.type_code(t)]
+            if n == 2 and p.get('order') not in ('msw', 'lsw'):
+                errs.append("%s: 32-bit type needs 'order' ('msw' or 'lsw')" % w)
+            _int_in(errs, w, p, 'scale', -SCALE_MAX, SCALE_MAX, False)
+            for k2 in range(n):
+                used.append(p['addr'] + k2)
+    seen = []
+    for a in used:
+        if a in seen:
+            errs.append('control: register %d is written twice' % a)
+        seen.append(a)
+
+
+def validate(d):
+    """Return a list of problems (empty if the profile is valid)."""
+    errs = []
+    if not isinstance(d, dict):
+        return ['profile must be a JSON object']
+    _unknown(errs, 'profile', d, _TOP_KEYS)
+    if d.get('format') != FORMAT:
+        errs.append('profile: format must be %d, got %r' % (FORMAT, d.get('format')))
+    if not isinstance(d.get('name'), str) or not d.get('name'):
+        errs.append('profile: name must be a non-empty string')
+    kind = d.get('kind')
+    if kind not in KINDS:
+        errs.append('profile: kind %r must be one of %s' % (kind, ', '.join(KINDS)))
+        kind = None
+    s = d.get('serial')
+    if not isinstance(s, dict):
+        errs.append("profile: missing 'serial' {baud, parity, stop_bits, unit_id}")
+    else:
+        _unknown(errs, 'serial', s, _SERIAL_KEYS)
+        if s.get('baud') not in BAUDS:
+            errs.append('serial: baud %r is not one of %s' % (s.get('baud'), BAUDS))
+        if s.get('parity') not in ('N', 'E', 'O'):
+            errs.append("serial: parity %r must be 'N', 'E' or 'O'" % (s.get('parity'),))
+        if s.get('stop_bits') not in (1, 2):
+            errs.append('serial: stop_bits %r must be 1 or 2' % (s.get('stop_bits'),))
+        _int_in(errs, 'serial', s, 'unit_id', 1, 247)
+    max_regs = MODBUS_MAX_READ
+    if 'max_regs' in d and _int_in(errs, 'profile', d, 'max_regs', 1, MODBUS_MAX_READ):
+        max_regs = d['max_regs']
+    _int_in(errs, 'profile', d, 'min_gap_ms', 0, 10000, False)
+    blocks = []
+    bl = d.get('blocks')
+    if not isinstance(bl, list) or not bl:
+        errs.append("profile: 'blocks' must be a non-empty list")
+        bl = []
+    for i in range(len(bl)):
+        b = bl[i]
+        w = 'blocks[%d]' % i
+        if not isinstance(b, dict):
+            errs.append(w + ': must be an object {fc, start, count}')
+            continue
+        _unknown(errs, w, b, _BLOCK_KEYS)
+        ok = _int_in(errs, w, b, 'fc', 3, 4) & _int_in(errs, w, b, 'start', 0, 65535)
+        ok &= _int_in(errs, w, b, 'count', 1, max_regs)
+        if ok and b['start'] + b['count'] > 65536:
+            errs.append('%s: ends beyond register 65535' % w)
+            ok = False
+        if ok:
+            for j in range(len(blocks)):
+                o = blocks[j]
+                if o[0] == b['fc'] and b['start'] < o[1] + o[2] and o[1] < b['start'] + b['count']:
+                    errs.append('%s: overlaps blocks[%d] (fc%d %d..%d)'
+                                % (w, o[3], o[0], o[1], o[1] + o[2] - 1))
+            blocks.append((b['fc'], b['start'], b['count'], i))
+    pts = d.get('points')
+    if not isinstance(pts, dict):
+        errs.append("profile: 'points' must be an object name -> point")
+        pts = {}
+    if kind:
+        names = NAMES[kind]
+        for n in pts:
+            if n not in names:
+                errs.append('points: unknown name %r for a %s (allowed: %s)'
+                            % (n, kind, ', '.join(names)))
+        for n in REQUIRED[kind]:
+            if n not in pts:
+                errs.append('points: %r is required for a %s' % (n, kind))
+    for n in pts:
+        unit = 'W' if n.endswith('_w') else ('Wh' if n.endswith('_wh') else
+                                            ('bp' if n.endswith('_bp') else None))
+        _check_point(errs, 'points.' + n, pts[n], blocks, unit)
+    if kind == 'battery':
+        if 'control' not in d:
+            errs.append("profile: a battery needs a 'control' section")
+        else:
+            _check_control(errs, d['control'], blocks)
+    elif kind == 'meter' and 'control' in d:
+        errs.append("profile: a meter has no 'control' section")
+    idl = d.get('identify', [])
+    if not isinstance(idl, list):
+        errs.append("profile: 'identify' must be a list")
+        idl = []
+    for i in range(len(idl)):
+        e = idl[i]
+        w = 'identify[%d]' % i
+        if not isinstance(e, dict):
+            errs.append(w + ': must be an object {fc, addr, values}')
+            continue
+        _unknown(errs, w, e, _ID_KEYS)
+        _int_in(errs, w, e, 'fc', 3, 4)
+        _int_in(errs, w, e, 'addr', 0, 65535)
+        v = e.get('values')
+        if not isinstance(v, list) or not v or not all(_is_int(x) and 0 <= x <= 65535 for x in v):
+            errs.append(w + ': values must be a non-empty list of 0..65535')
+    return errs
+
+
+def from_dict(d):
+    errs = validate(d)
+    if errs:
+        name = d.get('name', '?') if isinstance(d, dict) else '?'
+        raise ProfileError('profile %s:\n  ' % name + '\n  '.join(errs))
+    p = Profile()
+    p.raw = d
+    p.name = d['name']
+    p.title = d.get('title', d['name'])
+    p.kind = d['kind']
+    p.serial = d['serial']
+    p.unit_id = d['serial']['unit_id']
+    p.max_regs = d.get('max_regs', MODBUS_MAX_READ)
+    p.min_gap_ms = d.get('min_gap_ms', 0)
+    for b in d['blocks']:
+        p.blocks.append(Block(b['fc'], b['start'], b['count']))
+    for n in NAMES[p.kind]:
+        if n in d['points']:
+            unit = 'W' if n.endswith('_w') else ('Wh' if n.endswith('_wh') else 'bp')
+            p.points[n] = p.compile_point(n, d['points'][n], unit)
+    if p.kind == 'battery':
+        c = d['control']
+        p.control = SunSpecControl(c, p) if c['scheme'] == 'sunspec_124' else CommandControl(c, p)
+    p.identify = d.get('identify', [])
+    return p
+
+
+def loads(text):
+    try:
+        d = json.loads(text)
+    except ValueError as e:
+        raise ProfileError('profile is not valid JSON: %s' % e)
+    return from_dict(d)
+
+
+def load(path):
+    with open(path) as f:
+        text = f.read()
+    try:
+        return loads(text)
+    except ProfileError as e:
+        raise ProfileError('%s: %s' % (path, e))
