@@ -409,8 +409,9 @@ print('OK', len(img))
 '''
 
 
-@pytest.mark.skipif(not os.path.exists(MPY), reason='MicroPython unix port not installed')
-def test_micropython_decodes_every_profile(tmp_path):
+@pytest.mark.parametrize('runtime', ['unix', '32bit'])
+def test_micropython_decodes_every_profile(tmp_path, runtime):
+    """Unix port (63-bit) and 32-bit MicroPython: same values, power decode allocation-free."""
     import subprocess
     import site_model
     out = {}
@@ -434,9 +435,16 @@ def test_micropython_decodes_every_profile(tmp_path):
     img = tmp_path / 'img.json'
     img.write_text(json.dumps(out))
     script = tmp_path / 'smoke.py'
-    script.write_text('LIB = %r\nIMG = %r\nPROFILES = %r\n' % (os.path.join(ROOT, 'lib'), str(img),
-                                                               modbus_sim.PROFILE_DIR) + MP_SCRIPT)
-    r = subprocess.run([MPY, str(script)], capture_output=True, text=True, timeout=60)
+    if runtime == 'unix':
+        assert os.path.exists(MPY), 'MicroPython unix port missing: run `make deps`'
+        script.write_text('LIB = %r\nIMG = %r\nPROFILES = %r\n' % (os.path.join(ROOT, 'lib'), str(img),
+                                                                   modbus_sim.PROFILE_DIR) + MP_SCRIPT)
+        cmd = [MPY, str(script)]
+    else:
+        script.write_text("LIB = '/lib'\nIMG = '/img.json'\nPROFILES = '/profiles'\n" + MP_SCRIPT)
+        cmd = ['node', os.path.join(ROOT, 'tools', 'mp32', 'run.mjs'), '--put', os.path.join(ROOT, 'lib') + ':/lib',
+               '--put', str(img) + ':/img.json', '--put', modbus_sim.PROFILE_DIR + ':/profiles', str(script)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == 'OK %d' % len(NAMES), r.stdout + r.stderr
 
 
