@@ -7,10 +7,11 @@ BUILD  := build
 MP32   := $(BUILD)/mp32
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all sim test bench-core bench deps clean help
+.PHONY: all sim sim-day test bench-core bench deps clean help
 
 help:
-	@echo "make sim         run the controller in closed loop against a simulated site for one day"
+	@echo "make sim         firmware on MicroPython controls a simulated site over Modbus RTU (60 s)"
+	@echo "make sim-day     the control core alone against the site model for one simulated day"
 	@echo "make test        run all tests (CPython, MicroPython unix, 32-bit MicroPython, mpy-cross)"
 	@echo "make bench-core  core step time, allocation, heap and .mpy sizes"
 	@echo "make bench       scenario benchmark vs comparators and the LP optimum (docs/benchmarks.md)"
@@ -34,7 +35,12 @@ $(BUILD)/vendor/.stamp: tools/fetch_vendor.py $(VENV)/.stamp
 
 deps: $(VENV)/.stamp $(MP32)/.stamp $(BUILD)/vendor/.stamp
 
-sim: $(VENV)/.stamp
+# The main job: firmware on the MicroPython unix port against the Modbus RTU site simulator.
+sim: deps
+	$(VPY) tools/sim_fil.py
+
+# The control core alone against the physics model, one simulated day in about a second.
+sim-day: $(VENV)/.stamp
 	$(VPY) tools/sim.py
 
 test: deps

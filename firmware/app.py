@@ -283,6 +283,7 @@ def main(config_path='/site.json', root='', cycles=0):
     print('done: %d cycles, max cycle %d us, %d overruns, meter failed calls %d, battery failed calls %d, '
           'setpoint write errors %d' % (rt.cycles, rt.max_cycle_us, rt.overruns, rt.meter.dev.c[10],
                                         rt.battery.dev.c[10], rt.write_errors))
+    print('stats ' + json.dumps({'meter': rt.meter.dev.stats(), 'battery': rt.battery.dev.stats()}))
 
 
 if __name__ == '__main__':

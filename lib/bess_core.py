@@ -361,7 +361,7 @@ class Controller:
             d = sp - prev
             if d < 0:
                 d = -d
-            if d < self.deadband_w:
+            if 0 < d < self.deadband_w:     # d == 0: the target is met, nothing held it
                 sp = prev
                 bind = B_DEADBAND
             r = self.ramp_w_per_s

@@ -1,0 +1,123 @@
+"""The real firmware on the MicroPython unix port against the Modbus RTU site simulator (real time).
+
+Each test starts tools/fil.Rig: the simulator (Eastron SDM630 meter id 1, SunSpec 802/124 battery
+id 2 on one pty) and firmware/main.py with a site config pointing at that pty.
+"""
+import json
+
+from fil import Rig
+from modbus_sim import Scenario
+
+PERIOD_MS = 500
+LIMITS = {'import_limit_w': 60000, 'phase_limit_w': 25000, 'max_charge_w': 40000,
+          'max_discharge_w': 40000, 'ramp_w_per_s': 40000}
+BAT = {'capacity_wh': 100000, 'soc_bp': 6000, 'max_chg_w': 40000, 'max_dis_w': 40000}
+
+
+def rig(scenario, control=None, cycles=0, battery_kw=None, **kw):
+    c = dict(LIMITS)
+    c.update(control or {})
+    return Rig(c, scenario=Scenario(scenario), battery_kw=dict(BAT, **(battery_kw or {})),
+               period_ms=PERIOD_MS, cycles=cycles, **kw)
+
+
+def wait_for(r, pred, cycles, what):
+    for c in r.wait_cycles(cycles):
+        if pred(c):
+            return c
+    raise AssertionError('%s not seen within %d cycles; last: %s' % (what, cycles, r.lines[-3:]))
+
+
+def gcp(c):
+    return c['sim']['gcp_w']
+
+
+def test_ev_step_over_the_limit_is_shaved_within_a_few_cycles_total_and_per_phase():
+    # 30 kW base; at 3 s a 22 kW three-phase EV and two 7.4 kW single-phase EVs on L1:
+    # 66.8 kW total (limit 60), L1 32.1 kW (limit 25): the phase needs 3 x 7.1 kW of battery.
+    sc = [(0, 30000, 0, 0, 0, 0), (3, 30000, 0, 22134, 7333, 7333)]
+    with rig(sc, control={'ev_headroom_w': 25000}) as r:
+        over = wait_for(r, lambda c: c['gcp'] > 60000 or c['l1'] > 25000, 20, 'EV step')
+        assert over['sp'] > 0                # reacts in the cycle that first sees the excess
+        after = r.wait_cycles(4)
+        last = after[-1]
+        g = gcp(last)
+        assert last['state'] == 'discharging' and last['bind'] == 'phase_limit'
+        assert max(g['l1'], g['l2'], g['l3']) <= 25000 + 100 and g['total'] <= 60000
+        assert abs(last['sp'] - 3 * (32134 - 25000)) <= 300
+
+
+def test_taper_and_min_soc_hysteresis_through_the_bus():
+    sc = [(0, 80000, 0, 0, 0, 0)]           # 20 kW over the limit, all the time
+    ctl = {'min_soc_bp': 1000, 'taper_band_bp': 500, 'hysteresis_bp': 200, 'phase_limit_w': 0}
+    with rig(sc, control=ctl, battery_kw={'soc_bp': 3000}) as r:
+        c = wait_for(r, lambda c: c['state'] == 'discharging', 10, 'discharge')
+        assert abs(c['sp'] - 20000) <= 300
+
+        def set_soc(bp):                    # the battery's SoC, as its BMS would report it
+            with r.sim.lock:
+                r.sim.bat.energy_mwh = r.sim.bat.capacity_mwh * bp // 10000
+
+        set_soc(1250)                       # halfway into the taper band: cap 20 kW
+        c = wait_for(r, lambda c: c['state'] == 'tapering' and c['soc'] < 1300, 6, 'taper')
+        assert c['bind'] == 'taper' and c['sp'] <= 40000 * (c['soc'] - 1000) // 500 + 10
+        set_soc(1000)
+        c = wait_for(r, lambda c: c['state'] == 'min_soc_lock', 6, 'min-SoC lock')
+        assert c['sp'] == 0
+        set_soc(1150)                       # inside the hysteresis band: stays locked
+        for c in r.wait_cycles(4):
+            assert c['sp'] == 0 and c['state'] == 'min_soc_lock'
+        assert r.sim.status()['battery']['setpoint_w'] == 0
+        set_soc(1210)                       # min + 2 %: discharge resumes (tapered)
+        c = wait_for(r, lambda c: c['sp'] > 0, 6, 'release at min + hysteresis')
+        assert c['soc'] >= 1200
+
+
+def test_meter_silent_means_zero_watts_within_3_s_and_recovery():
+    sc = [(0, 80000, 0, 0, 0, 0)]
+    with rig(sc, control={'phase_limit_w': 0}) as r:
+        wait_for(r, lambda c: c['state'] == 'discharging', 10, 'discharge')
+        wait_for(r, lambda c: r.sim.status()['battery']['setpoint_w'] > 15000, 6, 'battery at setpoint')
+        r.sim.set_fault('silent', unit=1, duration_s=5)
+        t0 = r.sim.status()['t_ms']
+        zero = wait_for(r, lambda c: c['sim']['battery']['setpoint_w'] == 0, 12, 'battery at 0 W')
+        assert zero['sim']['t_ms'] - t0 <= 3000
+        assert zero['state'] == 'failsafe' and zero['flags'] & 16          # meter_bad
+        c = wait_for(r, lambda c: c['state'] == 'discharging', 16, 'recovery')
+        assert c['sim']['battery']['setpoint_w'] > 0
+
+
+def test_battery_silent_raises_alarm_retries_and_recovers():
+    sc = [(0, 80000, 0, 0, 0, 0)]
+    with rig(sc, control={'phase_limit_w': 0}, cycles=44) as r:
+        wait_for(r, lambda c: c['state'] == 'discharging', 10, 'discharge')
+        r.sim.set_fault('silent', unit=2, duration_s=4)
+        c = wait_for(r, lambda c: c['state'] == 'failsafe', 10, 'battery alarm')
+        assert c['flags'] & 32 and not c['flags'] & 16                    # battery_bad only
+        wait_for(r, lambda c: c['state'] == 'discharging', 16, 'recovery')
+        assert r.wait_exit(30) == 0
+    stats = json.loads([ln for ln in r.lines if ln.startswith('stats ')][0][6:])
+    b = stats['battery']
+    assert b['no_response'] >= 2 and b['retries'] >= 1 and b['failed_calls'] >= 1
+    assert stats['meter']['failed_calls'] == 0
+
+
+def test_every_injected_fault_is_counted_and_never_crashes_the_loop():
+    sc = [(0, 80000, 0, 0, 0, 0)]
+    with rig(sc, control={'phase_limit_w': 0}, cycles=34) as r:
+        wait_for(r, lambda c: c['state'] == 'discharging', 10, 'discharge')
+        for kind, unit in (('bad_crc', 1), ('exception', 2), ('garbage', 1), ('truncate', 2),
+                           ('slow', 1), ('gone', 2)):
+            r.sim.set_fault(kind, unit=unit, count=2, code=2, delay_ms=400)
+            r.wait_cycles(4)
+        assert r.wait_exit(60) == 0
+    stats = json.loads([ln for ln in r.lines if ln.startswith('stats ')][0][6:])
+    m, b = stats['meter'], stats['battery']
+    assert m['bad_crc'] >= 2
+    assert b['exception'] >= 1 and b['last_exc'] == 2
+    assert m['garbled'] + m['bad_crc'] + m['wrong_unit'] >= 4          # garbage: random bytes
+    assert b['garbled'] >= 1                                            # truncated answers
+    assert m['no_response'] + m['garbled'] >= 1                         # slow: past the timeout
+    assert b['no_response'] >= 2                                        # gone
+    done = [ln for ln in r.lines if ln.startswith('done:')]
+    assert done and 'Traceback' not in '\n'.join(r.lines)
