@@ -43,7 +43,7 @@ sim: deps
 sim-day: $(VENV)/.stamp
 	$(VPY) tools/sim.py
 
-test: deps
+test: deps $(VENV)/.stamp-bench
 	$(VPY) -m pytest -q host_tests
 
 bench-core: deps
