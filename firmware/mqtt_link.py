@@ -1,0 +1,629 @@
+# MQTT link over umqtt.simple: telemetry with store-and-forward, commands, status, HA discovery.
+#
+# The main loop calls poll(now_ms) once per cycle. It does a bounded amount of work per call and
+# never waits for the broker: connect, CONNACK and SUBACK are polled across cycles; reads wait
+# only for the rest of a packet whose first byte has arrived, writes only while the send buffer
+# is full -- each bounded by sock_timeout_ms (then the link is declared dead and reconnects).
+#
+# umqtt.simple (PyPI 1.3.4 or the current micropython-lib version; the link uses only the API
+# both share) encodes and decodes MQTT packets. Its known gaps are handled here:
+#   - no keepalive pings (micropython-lib #909): the link sends PINGREQ every keepalive/2 and
+#     after each batch of telemetry;
+#   - PINGRESP swallowed by wait_msg() (#332): the link watches packet types on its own socket
+#     wrapper, so it sees every PINGRESP and declares the link dead when one is overdue;
+#   - wait_msg() sets the socket blocking after the first byte, dropping any timeout: the
+#     wrapper turns "blocking" into "blocking with sock_timeout_ms" and reads whole lengths;
+#   - IndexError from _recv_len() on a closed socket: caught like any socket error;
+#   - connect() opens its own blocking socket and waits for CONNACK, subscribe() waits for
+#     SUBACK: the link opens the TCP connection itself, non-blocking, polled across cycles,
+#     hands it to connect() (via a stand-in for umqtt.simple's `socket` module) to encode
+#     CONNECT, cuts the waits short (_Deferred) and reads CONNACK / skips SUBACK in later
+#     polls; the whole connect is bounded by connect_timeout_ms. Only a TLS handshake waits
+#     (bounded by sock_timeout_ms per read); TLS is wrapped by the link, not by umqtt.
+# QoS 0 throughout (umqtt's QoS 1 publish waits for PUBACK inside publish()). Delivery of
+# telemetry is confirmed instead by a PINGRESP that follows it on the same connection (see
+# lib/telemetry.py): at-least-once, in order, with seq numbers for de-duplication.
+#
+# Configuration: a dict in the style of Peter Hinch's mqtt_as (copy `config`, fill it in).
+# Topics, payloads and the telemetry schema: docs/telemetry.md.
+
+import time
+import json
+import errno
+import select
+import socket
+try:
+    import random
+    _rand = random.getrandbits
+except (ImportError, AttributeError):
+    import os
+
+    def _rand(bits):
+        return int.from_bytes(os.urandom(4), 'little') & ((1 << bits) - 1)
+
+import umqtt.simple as _simple
+from umqtt.simple import MQTTClient
+import telemetry
+
+config = {
+    'client_id': None,          # device id: also the topic level <id>
+    'server': None,             # broker address (an IP avoids a blocking DNS lookup)
+    'port': 0,                  # 0: 1883, or 8883 with TLS
+    'user': None,
+    'password': None,
+    'ssl': False,               # False | True (ssl.wrap_socket(sock, **ssl_params)) | an SSLContext
+    'ssl_params': {},
+    'keepalive': 60,            # s, announced to the broker; PINGREQ every keepalive/2
+    'prefix': 'bess',
+    'sock_timeout_ms': 1000,    # bound on any one blocking socket operation
+    'connect_timeout_ms': 5000,  # TCP connect (non-blocking, polled)
+    'ping_timeout_ms': 0,       # PINGRESP overdue -> link dead; 0: keepalive/2
+    'backoff_min_ms': 1000,     # reconnect delay: doubles per failure up to max, with jitter
+    'backoff_max_ms': 60000,
+    'telemetry_ms': 10000,      # telemetry record period
+    'ring_records': 360,        # store-and-forward capacity (docs/telemetry.md)
+    'max_pub_per_poll': 4,      # telemetry records published per poll() at most
+    'max_rx_per_poll': 4,       # inbound packets handled per poll() at most
+    'max_rx_bytes': 2048,       # longer inbound topic/payload: connection dropped unread (memory)
+    'ha_discovery': True,
+    'ha_prefix': 'homeassistant',
+    'device_name': None,        # shown in Home Assistant; default "BESS <id>"
+    'on_command': None,         # f(name, topic, payload, retained) -> ack dict or None
+}
+
+DOWN = 0
+CONNECTING = 1     # TCP connect in progress (non-blocking)
+HANDSHAKE = 2      # CONNECT sent, waiting for CONNACK (non-blocking)
+UP = 3
+STATE_NAMES = ('down', 'connecting', 'handshake', 'up')
+
+# what a broken connection or a hostile peer can raise inside umqtt.simple or the wrapper
+_ERRS = (OSError, IndexError, TypeError, AssertionError, ValueError, MemoryError, _simple.MQTTException)
+
+
+def _ticks_add(t, d):
+    return time.ticks_add(t, d)
+
+
+def _ticks_diff(a, b):
+    return time.ticks_diff(a, b)
+
+
+class _Deferred(Exception):
+    """Raised into umqtt.simple where it would wait for an answer (CONNACK, SUBACK)."""
+
+
+class _Sock:
+    """Socket wrapper handed to umqtt.simple: bounded blocking, whole reads, packet-type tap."""
+
+    def __init__(self, raw, timeout_ms, max_read):
+        self.max_read = max_read
+        self.raw = raw          # the TCP socket (timeouts are set here; SSL sockets lack them)
+        self.s = raw            # what is read and written (raw or the SSL socket)
+        self.tmo = timeout_ms
+        self.nb = False
+        self.last1 = None       # result of the latest read(1): a packet-type byte candidate
+        self.pkt = 0            # type byte of the last packet started
+        self.pongs = 0          # PINGRESPs seen
+        self.rx_pkts = 0
+        self.wbuf = bytearray()
+        self.defer = False
+        raw.settimeout(timeout_ms / 1000)
+
+    # --- what umqtt.simple calls ---
+    def connect(self, addr):    # already connected by the link
+        pass
+
+    def settimeout(self, t):    # newer umqtt connect(timeout=None): keep our bound
+        pass
+
+    def setblocking(self, flag):
+        if flag:
+            if self.nb:
+                self.nb = False
+                self.raw.settimeout(self.tmo / 1000)
+            b = self.last1
+            if b:
+                # wait_msg() calls setblocking(True) right after reading a packet's first byte
+                self.pkt = b[0]
+                self.rx_pkts += 1
+                if b[0] == 0xD0:
+                    self.pongs += 1
+            self.last1 = None
+        elif not self.nb:
+            self.nb = True
+            self.raw.setblocking(False)
+
+    def read_nb(self, n):
+        """Whatever is there, up to n bytes, without waiting: bytes, b'' at EOF, or None."""
+        if self.wbuf:
+            self.flush()
+        self.raw.setblocking(False)
+        try:
+            return self.s.read(n)
+        except OSError as e:
+            if e.args[0] in (errno.EAGAIN, errno.ETIMEDOUT):
+                return None
+            raise
+        finally:
+            self.raw.settimeout(self.tmo / 1000)
+
+    def read(self, n):
+        if self.wbuf:
+            self.flush()
+        if self.defer:
+            raise _Deferred()
+        if n > self.max_read:
+            # umqtt would allocate the whole payload: refuse instead (the link reconnects)
+            raise ValueError('inbound packet too large')
+        if self.nb:
+            try:
+                r = self.s.read(n)
+            except OSError as e:
+                if e.args[0] in (errno.EAGAIN, errno.ETIMEDOUT):
+                    r = None
+                else:
+                    raise
+            self.last1 = r if n == 1 else None
+            return r
+        deadline = _ticks_add(time.ticks_ms(), self.tmo)
+        buf = b''
+        while len(buf) < n:
+            try:
+                r = self.s.read(n - len(buf))
+            except OSError as e:
+                if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
+                    raise
+                r = None
+            if r == b'':
+                raise OSError(errno.ECONNRESET)
+            if r:
+                buf = r if not buf else buf + r
+            elif _ticks_diff(deadline, time.ticks_ms()) <= 0:
+                raise OSError(errno.ETIMEDOUT)
+        self.last1 = buf if n == 1 else None
+        return buf
+
+    def write(self, data, n=None):
+        # Collected and sent by flush() (before any read, and by the link after each batch):
+        # umqtt writes a packet in 3-4 pieces, and small separate segments meet Nagle and
+        # delayed ACKs (a 40 ms stall before CONNACK / SUBACK on Linux).
+        if n is None:
+            self.wbuf += data
+        else:
+            self.wbuf += memoryview(data)[:n]
+        if len(self.wbuf) >= 1024:
+            self.flush()
+        return n if n is not None else len(data)
+
+    def flush(self):
+        if not self.wbuf:
+            return
+        if self.nb:
+            self.nb = False
+            self.raw.settimeout(self.tmo / 1000)
+        mv = memoryview(self.wbuf)
+        deadline = _ticks_add(time.ticks_ms(), self.tmo)
+        off = 0
+        total = len(mv)
+        try:
+            while off < total:
+                try:
+                    w = self.s.write(mv[off:])
+                except OSError as e:
+                    if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
+                        raise
+                    w = None
+                if w:
+                    off += w
+                elif _ticks_diff(deadline, time.ticks_ms()) <= 0:
+                    raise OSError(errno.ETIMEDOUT)
+        finally:
+            self.wbuf = bytearray()
+
+    def close(self):
+        try:
+            self.flush()            # e.g. DISCONNECT written by umqtt's disconnect()
+        except Exception:
+            pass
+        try:
+            self.s.close()
+        except Exception:
+            pass
+        if self.s is not self.raw:
+            try:
+                self.raw.close()
+            except Exception:
+                pass
+
+
+class _SocketModule:
+    """Stands in for the `socket` module inside umqtt.simple during connect()."""
+
+    def __init__(self, sock, addr):
+        self.sock = sock
+        self.addr = addr
+
+    def socket(self, *a):
+        return self.sock
+
+    def getaddrinfo(self, host, port, *a):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 0, '', self.addr)]
+
+
+class MqttLink:
+    def __init__(self, cfg):
+        c = dict(config)
+        for k in cfg:
+            if k not in config:
+                raise ValueError('mqtt config: unknown key %r' % k)
+            c[k] = cfg[k]
+        if not c['client_id'] or not c['server']:
+            raise ValueError('mqtt config: client_id and server are required')
+        self.cfg = c
+        self.id = c['client_id']
+        base = '%s/%s/' % (c['prefix'], self.id)
+        self.t_base = base
+        self.t_status = (base + 'status').encode()
+        self.t_state = (base + 'state').encode()
+        self.t_config = (base + 'config').encode()
+        self.t_tele = (base + 'telemetry').encode()
+        self.t_cmd = (base + 'cmd/').encode()
+        self.t_ack = (base + 'cmd/ack').encode()
+        self.port = c['port'] or (8883 if c['ssl'] else 1883)
+        self.ring = telemetry.Ring(c['ring_records'])
+        self.on_command = c['on_command']
+        self.state = DOWN
+        self.sock = None
+        self.client = None
+        self.addr = None
+        self.poller = None
+        self.delay_ms = 0           # current backoff (0 = first attempt now)
+        self.next_try = None
+        self.t_start = 0
+        self.last_ping = 0
+        self.ping_out = False
+        self.ping_sent = 0
+        self.pongs_seen = 0
+        self.pending = None         # (topic, msg, retained) from the umqtt callback
+        self.connack = b''
+        self.out = []               # small queue of (topic, payload bytes, retain) to send
+        self.state_msg = None       # latest retained state payload to (re)publish
+        self.state_dirty = False
+        self.config_msg = None
+        self.config_dirty = False
+        self.notice = None          # e.g. the boot message about a corrupt config file
+        self._st = -1
+        self._obj = -1
+        self._next_tele = None
+        # counters (for telemetry and tests)
+        self.connects = 0
+        self.lost = 0
+        self.published = 0
+        self.cmds = 0
+        self.last_error = None
+        ka = c['keepalive']
+        self.ping_every_ms = ka * 500 if ka else 30000
+        self.ping_timeout_ms = c['ping_timeout_ms'] or self.ping_every_ms
+
+    # --- public API ---------------------------------------------------------------------------
+    def connected(self):
+        return self.state == UP
+
+    def publish_telemetry(self, now_ms, ctl, stats, ts_s, ts_ms):
+        """Call once per cycle after ctl.step(). Every telemetry_ms it copies one record into the
+        ring (allocation-free, see telemetry.Ring; poll() publishes it); when the controller's
+        state or objective changed it queues the retained state message (allocates, rarely).
+        ts_s / ts_ms: wall-clock time of this cycle (unix seconds, ms part). Returns the seq of
+        the record captured, or -1."""
+        o = ctl.out
+        if o.state != self._st or ctl.objective != self._obj:
+            self._st = o.state
+            self._obj = ctl.objective
+            d = telemetry.state_dict(ctl, ts_s * 1000 + ts_ms)
+            if self.notice:
+                d['notice'] = self.notice
+            self.set_state(d)
+        if self._next_tele is not None and _ticks_diff(now_ms, self._next_tele) < 0:
+            return -1
+        self._next_tele = _ticks_add(now_ms if self._next_tele is None else self._next_tele,
+                                     self.cfg['telemetry_ms'])
+        if _ticks_diff(self._next_tele, now_ms) <= 0:      # fell behind: no burst of catch-up
+            self._next_tele = _ticks_add(now_ms, self.cfg['telemetry_ms'])
+        stats.mqtt_lost = self.lost
+        return self.ring.capture(ctl, ts_s, ts_ms, stats)
+
+    def set_state(self, payload):
+        """Retained <prefix>/<id>/state: the caller passes a dict when state/objective changed."""
+        self.state_msg = json.dumps(payload).encode()
+        self.state_dirty = True
+
+    def set_config(self, cfg):
+        """Retained <prefix>/<id>/config: the config in force (after boot and accepted commands)."""
+        self.config_msg = json.dumps(cfg).encode()
+        self.config_dirty = True
+
+    def poll(self, now_ms):
+        """Bounded work: connect steps, inbound commands, pings, publish from the ring."""
+        st = self.state
+        if st == DOWN:
+            if self.next_try is None or _ticks_diff(now_ms, self.next_try) >= 0:
+                self._start_connect(now_ms)
+        elif st != UP:
+            self._continue_connect(now_ms)
+        else:
+            try:
+                self._service(now_ms)
+            except _ERRS as e:
+                self._lost(now_ms, e)
+
+    def close(self):
+        """Orderly shutdown: offline status, DISCONNECT (the will is then not sent)."""
+        if self.state == UP:
+            try:
+                self.client.publish(self.t_status, b'offline', True)
+                self.sock.flush()
+                self.client.disconnect()
+            except _ERRS:
+                pass
+        self._drop()
+
+    # --- connection ---------------------------------------------------------------------------
+    def _drop(self):
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self.poller = None
+        self.state = DOWN
+        self.ring.rewind()
+        self.ping_out = False
+        self.pending = None
+
+    def _schedule(self, now_ms):
+        d = self.delay_ms
+        if d == 0:
+            d = self.cfg['backoff_min_ms']
+        else:
+            d = min(d * 2, self.cfg['backoff_max_ms'])
+        self.delay_ms = d
+        # "equal jitter": wait d/2 .. d
+        half = d // 2
+        self.next_try = _ticks_add(now_ms, half + (_rand(16) * (d - half)) // 65536)
+
+    def _fail(self, now_ms, e):
+        self.last_error = repr(e)
+        self._drop()
+        self._schedule(now_ms)
+
+    def _lost(self, now_ms, e):
+        self.lost += 1
+        self._fail(now_ms, e)
+
+    def _start_connect(self, now_ms):
+        try:
+            if self.addr is None:
+                # a hostname costs one blocking DNS lookup, cached afterwards
+                self.addr = socket.getaddrinfo(self.cfg['server'], self.port)[0][-1]
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(self.addr)
+            except OSError as e:
+                if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+                    s.close()
+                    raise
+            self.sock = _Sock(s, self.cfg['sock_timeout_ms'], self.cfg['max_rx_bytes'])
+            s.setblocking(False)
+            self.poller = select.poll()
+            self.poller.register(s, select.POLLOUT)
+            self.state = CONNECTING
+            self.t_start = now_ms
+        except _ERRS as e:
+            self._fail(now_ms, e)
+
+    def _continue_connect(self, now_ms):
+        try:
+            if _ticks_diff(now_ms, self.t_start) > self.cfg['connect_timeout_ms']:
+                raise OSError(errno.ETIMEDOUT)
+            if self.state == CONNECTING:
+                ev = self.poller.poll(0)
+                if not ev:
+                    return
+                if ev[0][1] & (select.POLLERR | select.POLLHUP):
+                    raise OSError(errno.ECONNREFUSED)
+                self._send_connect()
+            if self.state == HANDSHAKE:
+                # CONNACK: 4 bytes, collected without waiting
+                r = self.sock.read_nb(4 - len(self.connack))
+                if r == b'':
+                    raise OSError(errno.ECONNRESET)
+                if r:
+                    self.connack += r
+                if len(self.connack) == 4:
+                    self._connected(now_ms)
+        except _ERRS as e:
+            self._fail(now_ms, e)
+
+    def _send_connect(self):
+        """TCP is up: (TLS,) then CONNECT, encoded by umqtt.simple's connect(); its wait for
+        CONNACK is cut short (_Deferred) and CONNACK is read by the following polls."""
+        c = self.cfg
+        sk = self.sock
+        sk.raw.settimeout(c['sock_timeout_ms'] / 1000)
+        if c['ssl']:
+            # the TLS handshake is the one step that waits: bounded by sock_timeout_ms per read
+            ssl = c['ssl']
+            if ssl is True:
+                try:
+                    import ssl as _ssl
+                except ImportError:
+                    import ussl as _ssl
+                sk.s = _ssl.wrap_socket(sk.raw, **c['ssl_params'])
+            else:
+                sk.s = ssl.wrap_socket(sk.raw, server_hostname=c['server'])
+        cl = MQTTClient(self.id, c['server'], self.port, c['user'], c['password'], c['keepalive'])
+        cl.set_callback(self._on_msg)
+        cl.set_last_will(self.t_status, b'offline', True)
+        saved = _simple.socket
+        _simple.socket = _SocketModule(sk, self.addr)
+        sk.defer = True
+        try:
+            cl.connect(True)
+            raise OSError(errno.EIO)        # not reached: connect() reads CONNACK
+        except _Deferred:
+            pass
+        finally:
+            sk.defer = False
+            _simple.socket = saved
+        self.client = cl
+        self.connack = b''
+        self.state = HANDSHAKE
+
+    def _connected(self, now_ms):
+        r = self.connack
+        if r[0] != 0x20 or r[1] != 0x02:
+            raise _simple.MQTTException('bad CONNACK')
+        if r[3] != 0:
+            raise _simple.MQTTException(r[3])     # 4 = bad user/password, 5 = not authorised
+        c = self.cfg
+        cl = self.client
+        sk = self.sock
+        sk.defer = True
+        try:
+            cl.subscribe(self.t_cmd + b'+')     # SUBACK is skipped later by _service()
+        except _Deferred:
+            pass
+        finally:
+            sk.defer = False
+        self.state = UP
+        self.connects += 1
+        self.delay_ms = 0
+        self.next_try = None
+        self.last_ping = now_ms
+        self.pongs_seen = sk.pongs
+        cl.publish(self.t_status, b'online', True)
+        self.state_dirty = self.state_msg is not None
+        self.config_dirty = self.config_msg is not None
+        sk.flush()
+        if c['ha_discovery']:
+            self.out = self._discovery()
+
+    # --- connected: one bounded service step --------------------------------------------------
+    def _service(self, now_ms):
+        c = self.cfg
+        cl = self.client
+        sk = self.sock
+        # 1. inbound: commands and PINGRESPs (check_msg reads at most one packet)
+        if self.pending is not None:        # arrived during subscribe() in the handshake
+            self._command(now_ms)
+        for _ in range(c['max_rx_per_poll']):
+            rx = sk.rx_pkts
+            op = cl.check_msg()
+            if sk.rx_pkts == rx:
+                break                       # nothing was waiting
+            if op is not None and op & 0xF0 != 0x30:
+                # a packet umqtt leaves unread (SUBACK, PUBACK...): skip its body
+                n = cl._recv_len()
+                if n:
+                    sk.read(n)
+            if self.pending is not None:
+                self._command(now_ms)
+        if sk.pongs != self.pongs_seen:
+            self.pongs_seen = sk.pongs
+            if self.ping_out:
+                self.ping_out = False
+                self.ring.confirm_mark()
+        # 2. liveness
+        if self.ping_out and _ticks_diff(now_ms, self.ping_sent) > self.ping_timeout_ms:
+            raise OSError(errno.ETIMEDOUT)
+        # 3. outbound: queued control messages, retained state/config, then telemetry
+        n = c['max_pub_per_poll']
+        while self.out and n > 0:
+            t, p, r = self.out.pop(0)
+            cl.publish(t, p, r)
+            n -= 1
+        if self.state_dirty and n > 0:
+            cl.publish(self.t_state, self.state_msg, True)
+            self.state_dirty = False
+            n -= 1
+        if self.config_dirty and n > 0:
+            cl.publish(self.t_config, self.config_msg, True)
+            self.config_dirty = False
+            n -= 1
+        ring = self.ring
+        while n > 0:
+            o = ring.next_unsent()
+            if o < 0:
+                break
+            cl.publish(self.t_tele, telemetry.to_json(ring.buf, o).encode())
+            ring.mark_sent()
+            self.published += 1
+            n -= 1
+        # 4. PINGREQ: keepalive, and as the delivery confirmation of what was just sent
+        if not self.ping_out and (ring.sent > 0 or _ticks_diff(now_ms, self.last_ping) >= self.ping_every_ms):
+            cl.ping()
+            self.ping_out = True
+            self.ping_sent = now_ms
+            self.last_ping = now_ms
+            ring.set_mark()
+        sk.flush()
+
+    def _on_msg(self, topic, msg, *rest):
+        self.pending = (topic, msg, self.sock.pkt & 1)
+
+    def _command(self, now_ms):
+        topic, msg, retained = self.pending
+        self.pending = None
+        if not topic.startswith(self.t_cmd):
+            return
+        name = topic[len(self.t_cmd):].decode()
+        if name == 'ack':       # our own acks come back on cmd/+
+            return
+        self.cmds += 1
+        if self.on_command is None:
+            a = {'cmd': name, 'ok': False, 'reason': 'commands disabled'}
+        else:
+            try:
+                a = self.on_command(name, topic, msg, retained)
+            except Exception as e:      # a bug in the handler must not take the link down
+                a = {'cmd': name, 'ok': False, 'reason': 'internal error: %r' % e}
+        if a is not None:
+            if a.get('ok'):
+                a['eff_seq'] = self.ring.seq    # first telemetry record that shows the change
+            self.out.append((self.t_ack, json.dumps(a).encode(), False))
+
+    # --- Home Assistant discovery -------------------------------------------------------------
+    def _discovery(self):
+        c = self.cfg
+        did = self.id
+        dev = {'identifiers': ['bess_' + did], 'name': c['device_name'] or ('BESS ' + did),
+               'manufacturer': 'bess-controller'}
+        avail = self.t_status.decode()
+        tele = self.t_tele.decode()
+        out = []
+        # (object id, name, template, unit, device_class, state_class)
+        for oid, name, tpl, unit, dc in (
+                ('gcp_w', 'Grid power', '{{ value_json.gcp_w }}', 'W', 'power'),
+                ('import_limit_w', 'Import limit', '{{ value_json.import_limit_w }}', 'W', 'power'),
+                ('bat_w', 'Battery power', '{{ value_json.bat_w }}', 'W', 'power'),
+                ('bat_sp_w', 'Battery setpoint', '{{ value_json.bat_sp_w }}', 'W', 'power'),
+                ('soc', 'State of charge', '{{ value_json.soc_bp / 100 }}', '%', 'battery'),
+                ('avail_chg_w', 'Available charge power', '{{ value_json.avail_chg_w }}', 'W', 'power'),
+                ('avail_dis_w', 'Available discharge power', '{{ value_json.avail_dis_w }}', 'W', 'power'),
+                ('state', 'Controller state', '{{ value_json.state }}', None, None)):
+            d = {'name': name, 'unique_id': '%s_%s' % (did, oid), 'state_topic': tele,
+                 'value_template': tpl, 'availability_topic': avail, 'device': dev}
+            if unit:
+                d['unit_of_measurement'] = unit
+                d['device_class'] = dc
+                d['state_class'] = 'measurement'
+            out.append((('%s/sensor/%s/%s/config' % (c['ha_prefix'], did, oid)).encode(),
+                        json.dumps(d).encode(), True))
+        d = {'name': 'Objective', 'unique_id': did + '_objective', 'state_topic': self.t_state.decode(),
+             'value_template': '{{ value_json.objective }}',
+             'command_topic': self.t_cmd.decode() + 'objective',
+             'command_template': '{"value": "{{ value }}"}',
+             'options': ['gce', 'ss', 'zfi'], 'availability_topic': avail, 'device': dev}
+        out.append((('%s/select/%s/objective/config' % (c['ha_prefix'], did)).encode(),
+                    json.dumps(d).encode(), True))
+        return out

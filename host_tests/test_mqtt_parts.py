@@ -1,0 +1,195 @@
+"""Unit tests of the MQTT link's portable parts: lib/commands.py (validation, HMAC, replay),
+lib/telemetry.py (ring, schema), firmware/persist.py and firmware/cmd_handler.py; on CPython and
+(host_tests/mp/mqtt_parts_mp.py) on the MicroPython unix port."""
+import copy
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import bess_core
+import commands
+import telemetry
+from mqtt_fixtures import MICROPYPATH, ROOT, micropython_exe
+
+sys.path.insert(0, os.path.join(ROOT, 'firmware'))
+import persist  # noqa: E402
+import cmd_handler  # noqa: E402
+
+TOPIC = b'bess/d1/cmd/import_limit'
+
+
+def base():
+    return bess_core.Controller({'import_limit_w': 10000}).cfg
+
+
+@pytest.mark.parametrize('klen', [0, 1, 16, 32, 63, 64, 65, 100, 200])
+def test_hmac_matches_python_hmac(klen):
+    key = bytes(range(klen % 256))[:klen] if klen < 256 else os.urandom(klen)
+    for msg in (b'', b'a', TOPIC + b'\n{"value":1}', bytes(1000)):
+        assert commands.hmac_sha256(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def test_equal_ct():
+    assert commands.equal_ct(b'abc', b'abc') and not commands.equal_ct(b'abc', b'abd')
+    assert not commands.equal_ct(b'abc', b'ab')
+
+
+def test_sign_format_and_check():
+    key = b'k' * 32
+    p = commands.sign(key, TOPIC, b'{"value":9000,"ctr":7,"id":"r1"}')
+    obj = json.loads(p)
+    assert list(obj)[-1] == 'mac' and len(obj['mac']) == 64
+    assert obj['mac'] == hmac.new(key, TOPIC + b'\n{"value":9000,"ctr":7,"id":"r1"}', hashlib.sha256).hexdigest()
+    cfg = base()
+    cfg0 = copy.deepcopy(cfg)
+    auth = commands.Auth(key, 6)
+    c = commands.check('import_limit', p, cfg, auth, TOPIC)
+    assert (c.kind, c.data['import_limit_w'], c.ctr, c.id) == ('config', 9000, 7, 'r1')
+    assert cfg == cfg0 and auth.last_ctr == 6          # check() changes nothing
+    with pytest.raises(commands.Rejected, match='replay'):
+        commands.check('import_limit', p, cfg, commands.Auth(key, 7), TOPIC)
+    with pytest.raises(commands.Rejected, match='bad mac'):
+        commands.check('import_limit', p, cfg, auth, b'bess/d2/cmd/import_limit')
+    with pytest.raises(commands.Rejected, match='mac required'):
+        commands.check('import_limit', b'{"value":9000,"ctr":8}', cfg, auth, TOPIC)
+
+
+def test_check_rules():
+    cfg = base()
+    a = commands.Auth()
+    ok = lambda n, b: commands.check(n, json.dumps(b).encode(), cfg, a)   # noqa: E731
+    assert ok('objective', {'value': 'ss'}).data['objective'] == 'ss'
+    assert ok('min_soc', {'value': 500}).data['min_soc_bp'] == 500
+    assert ok('dispatch', {'power_w': -3000, 'duration_ms': 1000}).data == (-3000, 1000)
+    assert ok('dispatch', {'duration_ms': 0}).data == (0, 0)
+    small = dict(cfg, max_discharge_w=2000, max_charge_w=1000)
+    with pytest.raises(commands.Rejected, match='max_discharge_w'):
+        commands.check('dispatch', b'{"power_w":2500,"duration_ms":10}', small, a)
+    with pytest.raises(commands.Rejected, match='max_charge_w'):
+        commands.check('override', b'{"power_w":-1500,"duration_ms":10}', small, a)
+    for name, body in (('import_limit', b'{"value":1e3}'), ('import_limit', b'{"value":null}'),
+                       ('import_limit', b'\xff\xfe'), ('import_limit', b'{"value":99999999999999999999}'),
+                       ('min_soc', b'{"value":9600}'), ('import_limit', b'{"value":9000,"id":5}')):
+        with pytest.raises(commands.Rejected):
+            commands.check(name, body, cfg, a)
+
+
+def test_apply_to_controller():
+    ctl = bess_core.Controller({'import_limit_w': 10000})
+    a = commands.Auth()
+    commands.apply(ctl, commands.check('import_limit', b'{"value":8000}', ctl.cfg, a))
+    assert ctl.import_limit_w == 8000
+    commands.apply(ctl, commands.check('dispatch', b'{"power_w":100,"duration_ms":50}', ctl.cfg, a))
+    assert ctl.dispatch_left_ms == 50
+    commands.apply(ctl, commands.check('dispatch', b'{"duration_ms":0}', ctl.cfg, a))
+    assert ctl.dispatch_left_ms == 0
+
+
+def _ctl():
+    ctl = bess_core.Controller({'import_limit_w': 10000})
+    i = ctl.inp
+    i.meter_valid = i.bat_valid = 1
+    i.gcp_w, i.soc_bp, i.dt_ms = 12000, 5000, 100
+    ctl.step()
+    return ctl
+
+
+def test_ring_overflow_drops_oldest_and_counts():
+    r = telemetry.Ring(5)
+    ctl, st = _ctl(), telemetry.Stats()
+    n0 = len(r.buf)
+    for k in range(8):
+        r.capture(ctl, 1700000000 + k, 0, st)
+    assert len(r.buf) == n0 and len(r) == 5 and r.dropped == 3
+    assert [r.buf[r.offset(k)] for k in range(5)] == [3, 4, 5, 6, 7]
+    rec = telemetry.record_dict(r.buf, r.offset(4))
+    assert set(rec) == set(telemetry.SCHEMA_V1) and rec['err']['ring_dropped'] == 3
+    assert rec['ts_ms'] == 1700000007000 and rec['state'] == 'discharging'
+
+
+def test_ring_confirmation_cursor():
+    r = telemetry.Ring(4)
+    ctl, st = _ctl(), telemetry.Stats()
+    for _ in range(3):
+        r.capture(ctl, 0, 0, st)
+    sent = []
+    while r.next_unsent() >= 0:
+        sent.append(r.buf[r.next_unsent()])
+        r.mark_sent()
+    r.set_mark()
+    r.capture(ctl, 0, 0, st)                 # seq 3, after the mark
+    r.confirm_mark()
+    assert sent == [0, 1, 2] and len(r) == 1 and r.buf[r.next_unsent()] == 3
+    r.mark_sent()
+    r.rewind()                               # connection lost before confirmation
+    assert r.buf[r.next_unsent()] == 3
+    # overflow while records await confirmation: the mark shrinks with them
+    r.mark_sent()
+    r.set_mark()
+    for _ in range(4):
+        r.capture(ctl, 0, 0, st)
+    assert r.mark == 0 and r.sent == 0 and r.dropped == 1
+    r.confirm_mark()
+    assert [r.buf[r.offset(k)] for k in range(len(r))] == [4, 5, 6, 7]
+
+
+def test_persist_roundtrip_and_damage(tmp_path):
+    p = str(tmp_path / 's.json')
+    assert persist.load(p) == (None, '%s: missing' % p)
+    persist.save(p, {'a': 1})
+    persist.save(p, {'a': 2})
+    assert persist.load(p) == ({'a': 2}, None) and not os.path.exists(p + '.tmp')
+    raw = open(p, 'rb').read()
+    open(p, 'wb').write(raw[:5])
+    assert 'truncated' in persist.load(p)[1]
+    open(p, 'wb').write(raw.replace(b'2', b'3', 1))
+    assert 'checksum' in persist.load(p)[1]
+    # FAT-style interruption: old file removed, complete .tmp left behind -> recovered
+    os.remove(p)
+    open(p + '.tmp', 'wb').write(raw)
+    assert persist.load(p) == ({'a': 2}, None) and os.path.exists(p)
+
+
+def test_load_state_and_handler(tmp_path):
+    p = str(tmp_path / 'state.json')
+    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 10000})
+    assert cfg['import_limit_w'] == 10000 and ctr == 0 and 'no saved settings' in msg
+    ctl = bess_core.Controller(cfg)
+    st = telemetry.Stats()
+    h = cmd_handler.CommandHandler(ctl, p, b'k' * 32, 0, st)
+    good = commands.sign(b'k' * 32, TOPIC, b'{"value":9000,"ctr":4}')
+    assert h('import_limit', TOPIC, good, False)['ok']
+    assert not h('import_limit', TOPIC, good, False)['ok'] and st.cmd_rejected == 1
+    assert not h('import_limit', TOPIC, commands.sign(b'k' * 32, TOPIC, b'{"value":9100,"ctr":5}'), True)['ok']
+    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 10000})
+    assert (cfg['import_limit_w'], ctr, msg) == (9000, 4, None)
+    # storage failure: rejected, nothing changed
+    h.path = str(tmp_path / 'no_such_dir' / 'state.json')
+    a = h('import_limit', TOPIC, commands.sign(b'k' * 32, TOPIC, b'{"value":8000,"ctr":9}'), False)
+    assert not a['ok'] and 'storage' in a['reason'] and ctl.import_limit_w == 9000 and h.auth.last_ctr == 4
+    # valid file, invalid content -> commissioned config with a message
+    persist.save(p, {'v': 1, 'config': {'import_limit_w': -5}, 'ctr': 4})
+    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 10000})
+    assert cfg['import_limit_w'] == 10000 and ctr == 0 and 'INVALID' in msg
+
+
+def test_parts_on_micropython(tmp_path):
+    triples = []
+    for k, m in ((b'', b''), (b'k' * 16, b'abc'), (b'x' * 64, TOPIC), (b'y' * 65, b'z' * 300)):
+        triples.append('%s:%s:%s' % (k.hex(), m.hex(), hmac.new(k, m, hashlib.sha256).hexdigest()))
+    (tmp_path / 'hmac.txt').write_text('\n'.join(triples) + '\n')
+    r = subprocess.run([micropython_exe(), os.path.join(ROOT, 'host_tests', 'mp', 'mqtt_parts_mp.py'),
+                        str(tmp_path)], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, MICROPYPATH=MICROPYPATH))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res['hmac_ok'] == len(triples)
+    assert res['check'] == ['config', 9000, 3] and 'bad mac' in res['tamper']
+    assert res['capture_heap_locked'] == 'ok'
+    assert res['ring'] == [4, 6, 6, 9]
+    assert res['load'] == {'a': 2} and 'checksum' in res['corrupt'] and 'missing' in res['missing']

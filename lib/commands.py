@@ -1,0 +1,249 @@
+# Remote commands: parse, authenticate and validate one command; pure, no I/O.
+#
+# Runs on CPython and MicroPython. A command arrives on <prefix>/<id>/cmd/<name> with a JSON
+# object payload (format: docs/telemetry.md). check() either returns a Command (a complete new
+# validated config, or a dispatch / override start or stop) or raises Rejected(reason); it never
+# changes the config it was given. apply() hands an accepted Command to a bess_core.Controller.
+#
+# Optional authentication: HMAC-SHA256 (implemented here over hashlib.sha256; MicroPython has
+# no hmac module) with a per-device key over "<topic>\n<payload without the mac member>", and a
+# counter that must increase (replay protection). The counter advances only when a command is
+# accepted, so a rejected command changes nothing at all (docs/telemetry.md, "Security").
+
+import json
+import hashlib
+try:
+    import binascii
+except ImportError:     # very old MicroPython
+    import ubinascii as binascii
+
+from bess_config import validate, ConfigError, POWER_MAX_W
+
+MAX_PAYLOAD = 512               # bytes; larger payloads are rejected unread
+COMMAND_MAX_MS = 86400000       # = bess_core._COMMAND_MAX_MS (24 h)
+CTR_MAX = 9007199254740991      # 2**53 - 1: exact in every JSON implementation
+ID_MAX = 32                     # longest request id echoed in the ack
+
+# command name -> config key it sets
+SETTINGS = {
+    'objective': 'objective',
+    'import_limit': 'import_limit_w',
+    'ev_headroom': 'ev_headroom_w',
+    'min_soc': 'min_soc_bp',
+    'reserve_soc': 'reserve_soc_bp',
+    'max_soc': 'max_soc_bp',
+    'max_charge': 'max_charge_w',
+    'max_discharge': 'max_discharge_w',
+}
+ACTIONS = ('dispatch', 'override')
+
+# Command.kind
+K_CONFIG = 'config'
+K_DISPATCH = 'dispatch'
+K_OVERRIDE = 'override'
+
+_MAC_HEAD = b',"mac":"'
+_MAC_LEN = 64
+_MAC_TAIL_LEN = len(_MAC_HEAD) + _MAC_LEN + 2     # ,"mac":"<64 hex>"}
+_SETTING_KEYS = ('value', 'id', 'ctr')
+_ACTION_KEYS = ('power_w', 'duration_ms', 'id', 'ctr')
+
+
+class Rejected(ValueError):
+    """The command was refused; str(e) is the reason sent back in the ack."""
+
+
+class Command:
+    """An accepted command. kind: 'config' (data = new validated config dict) or 'dispatch' /
+    'override' (data = (power_w, duration_ms); duration_ms 0 = stop)."""
+
+    def __init__(self, name, kind, data, ctr, req_id):
+        self.name = name
+        self.kind = kind
+        self.data = data
+        self.ctr = ctr
+        self.id = req_id
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# --- HMAC-SHA256 (RFC 2104) -------------------------------------------------------------------
+def hmac_sha256(key, msg):
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key + bytes(64 - len(key))
+    inner = hashlib.sha256(bytes([b ^ 0x36 for b in key]))
+    inner.update(msg)
+    outer = hashlib.sha256(bytes([b ^ 0x5C for b in key]))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def equal_ct(a, b):
+    """Constant-time comparison of two byte strings (time independent of where they differ)."""
+    if len(a) != len(b):
+        return False
+    r = 0
+    for i in range(len(a)):
+        r |= a[i] ^ b[i]
+    return r == 0
+
+
+def sign(key, topic, body):
+    """Client side: body is the JSON object (bytes, compact, no mac member, with "ctr"). Returns
+    the payload to publish: body with ,"mac":"<hex>" appended as its last member."""
+    if isinstance(topic, str):
+        topic = topic.encode()
+    if isinstance(body, str):
+        body = body.encode()
+    mac = binascii.hexlify(hmac_sha256(key, topic + b'\n' + body))
+    return body[:-1] + _MAC_HEAD + mac + b'"}'
+
+
+def parse_key(hexkey):
+    """Per-device key from its hex form (config / provisioning). 16..64 bytes."""
+    try:
+        k = binascii.unhexlify(hexkey)
+    except Exception:
+        raise ValueError('hmac key: must be hex')
+    if not 16 <= len(k) <= 64:
+        raise ValueError('hmac key: must be 16..64 bytes')
+    return k
+
+
+class Auth:
+    """Command authentication state: key (bytes or None = off) and the last accepted counter."""
+
+    def __init__(self, key=None, last_ctr=0):
+        self.key = key
+        self.last_ctr = last_ctr
+
+    def verify(self, topic, payload):
+        """Return (body bytes to parse, counter or None). Raises Rejected. Changes nothing."""
+        if self.key is None:
+            return payload, None
+        n = len(payload)
+        if n < _MAC_TAIL_LEN + 2 or payload[n - _MAC_TAIL_LEN:n - _MAC_TAIL_LEN + len(_MAC_HEAD)] != _MAC_HEAD \
+                or payload[n - 2:] != b'"}':
+            raise Rejected('unauthorized: mac required as the last member ,"mac":"<64 hex>"}')
+        body = payload[:n - _MAC_TAIL_LEN] + b'}'
+        try:
+            mac = binascii.unhexlify(payload[n - 2 - _MAC_LEN:n - 2])
+        except Exception:
+            raise Rejected('unauthorized: mac is not hex')
+        if isinstance(topic, str):
+            topic = topic.encode()
+        if not equal_ct(hmac_sha256(self.key, topic + b'\n' + body), mac):
+            raise Rejected('unauthorized: bad mac')
+        return body, True
+
+    def check_ctr(self, obj):
+        ctr = obj.get('ctr')
+        if not _is_int(ctr) or not 0 < ctr <= CTR_MAX:
+            raise Rejected('unauthorized: ctr must be an integer in 1..%d' % CTR_MAX)
+        if ctr <= self.last_ctr:
+            raise Rejected('unauthorized: replay (ctr %d <= last accepted %d)' % (ctr, self.last_ctr))
+        return ctr
+
+
+def _decode(body):
+    try:
+        obj = json.loads(body)
+    except Exception:
+        raise Rejected('malformed: payload is not JSON')
+    if not isinstance(obj, dict):
+        raise Rejected('malformed: payload must be a JSON object')
+    return obj
+
+
+def _only(obj, keys):
+    for k in obj:
+        if k not in keys:
+            raise Rejected('malformed: unknown member %r' % k)
+
+
+def check(name, payload, cfg, auth, topic=b''):
+    """Parse, authenticate and validate one command against the current config cfg.
+
+    name: the last topic level; payload: bytes; auth: Auth; topic: the full command topic (bytes,
+    covered by the mac). Returns a Command or raises Rejected. cfg and auth are not modified.
+    """
+    if not payload:
+        raise Rejected('malformed: empty payload')
+    if len(payload) > MAX_PAYLOAD:
+        raise Rejected('oversized: payload %d bytes > %d' % (len(payload), MAX_PAYLOAD))
+    if name not in SETTINGS and name not in ACTIONS:
+        raise Rejected('unknown command %r' % name)
+    body, signed = auth.verify(topic, payload)
+    obj = _decode(body)
+    if signed:
+        ctr = auth.check_ctr(obj)
+    else:
+        ctr = None
+        if 'ctr' in obj:
+            ctr = obj['ctr']
+            if not _is_int(ctr) or not 0 < ctr <= CTR_MAX:
+                raise Rejected('malformed: ctr must be an integer in 1..%d' % CTR_MAX)
+    req_id = obj.get('id')
+    if req_id is not None and not (isinstance(req_id, str) and len(req_id) <= ID_MAX):
+        raise Rejected('malformed: id must be a string of at most %d characters' % ID_MAX)
+    if name in SETTINGS:
+        _only(obj, _SETTING_KEYS)
+        if 'value' not in obj:
+            raise Rejected('malformed: missing "value"')
+        new = dict(cfg)
+        new[SETTINGS[name]] = obj['value']
+        try:
+            new = validate(new)
+        except ConfigError as e:
+            # validate() lists every problem; report the lines after its header
+            msg = str(e)
+            i = msg.find('\n')
+            raise Rejected(('invalid: ' + msg[i + 1:].strip()) if i >= 0 else msg)
+        return Command(name, K_CONFIG, new, ctr, req_id)
+    _only(obj, _ACTION_KEYS)
+    p = obj.get('power_w')
+    d = obj.get('duration_ms')
+    if not _is_int(d) or not 0 <= d <= COMMAND_MAX_MS:
+        raise Rejected('invalid: duration_ms must be an integer in 0..%d (0 = stop)' % COMMAND_MAX_MS)
+    if d == 0:
+        if p is not None and p != 0:
+            raise Rejected('invalid: a stop (duration_ms 0) takes power_w 0 or none')
+        return Command(name, name, (0, 0), ctr, req_id)
+    if not _is_int(p) or not -POWER_MAX_W <= p <= POWER_MAX_W:
+        raise Rejected('invalid: power_w must be an integer in -%d..%d' % (POWER_MAX_W, POWER_MAX_W))
+    if p > cfg['max_discharge_w']:
+        raise Rejected('invalid: power_w %d exceeds max_discharge_w %d' % (p, cfg['max_discharge_w']))
+    if -p > cfg['max_charge_w']:
+        raise Rejected('invalid: power_w %d exceeds max_charge_w %d' % (p, cfg['max_charge_w']))
+    return Command(name, name, (p, d), ctr, req_id)
+
+
+def apply(ctl, cmd):
+    """Hand an accepted command to a bess_core.Controller; effective from its next step()."""
+    if cmd.kind == K_CONFIG:
+        ctl.configure(cmd.data)
+    elif cmd.kind == K_DISPATCH:
+        if cmd.data[1]:
+            ctl.start_dispatch(cmd.data[0], cmd.data[1])
+        else:
+            ctl.stop_dispatch()
+    elif cmd.kind == K_OVERRIDE:
+        if cmd.data[1]:
+            ctl.start_override(cmd.data[0], cmd.data[1])
+        else:
+            ctl.stop_override()
+
+
+def ack(cmd_name, ok, reason=None, req_id=None, ctr=None):
+    """The ack record published on <prefix>/<id>/cmd/ack (a dict; the link encodes it)."""
+    a = {'cmd': cmd_name, 'ok': ok}
+    if reason is not None:
+        a['reason'] = reason
+    if req_id is not None:
+        a['id'] = req_id
+    if ctr is not None:
+        a['ctr'] = ctr
+    return a

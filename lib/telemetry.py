@@ -1,0 +1,250 @@
+# Telemetry records: capture into a preallocated ring (store-and-forward), encode to JSON.
+#
+# Runs on CPython and MicroPython. capture() copies one record of integers out of a
+# bess_core.Controller and a Stats object into a fixed array: no allocation as long as every
+# value is a small int (the array never grows; when it is full the oldest record is dropped and
+# counted). to_json() allocates (strings) and belongs outside the control step, in the link.
+#
+# Delivery bookkeeping (three cursors, all counts from the oldest record held):
+#   [oldest .. sent)  published on the current connection, not yet confirmed
+#   [sent .. end)     not published yet
+# confirm(n) frees the n oldest records (the link calls it when the broker has answered a
+# PINGREQ sent after them: MQTT keeps order on one connection, so they were processed);
+# rewind() (on disconnect) makes unconfirmed records unsent again. So a record is published at
+# least once; it is published twice only if the connection dies between the publish and the
+# broker's confirmation. Every record carries seq, so a consumer can drop such repeats.
+# Schema: docs/telemetry.md.
+
+from array import array
+
+SCHEMA_VERSION = 1
+
+# field order inside one ring slot
+F_SEQ = 0
+F_TS_S = 1          # wall clock, unix seconds (the runtime's clock; 0 if unknown)
+F_TS_MS = 2         # milliseconds part 0..999
+F_GCP = 3
+F_L1 = 4
+F_L2 = 5
+F_L3 = 6
+F_PHASES = 7        # per-phase values valid
+F_LIMIT = 8         # import_limit_w in force
+F_SP = 9            # battery setpoint, + discharge
+F_BAT = 10          # battery actual, + discharge
+F_SOC = 11
+F_OBJ = 12          # objective code (bess_config.OBJECTIVES)
+F_STATE = 13        # bess_core.STATE_NAMES index
+F_BIND = 14         # bess_core.BINDING_NAMES index
+F_FLAGS = 15
+F_AV_CHG = 16
+F_AV_DIS = 17
+F_E_METER = 18      # error counters (cumulative since boot)
+F_E_BAT = 19
+F_E_CMD = 20        # rejected commands
+F_E_MQTT = 21       # MQTT connection losses
+F_E_DROP = 22       # telemetry records dropped by ring overflow
+F_HEAP = 23         # free heap, bytes
+F_CYC_MAX = 24      # longest cycle since the previous record, us
+F_DISP_LEFT = 25
+F_OVR_LEFT = 26
+NFIELDS = 27
+
+
+class Stats:
+    """Counters the runtime keeps (plain attributes; it increments them in place)."""
+
+    def __init__(self):
+        self.meter_err = 0
+        self.bat_err = 0
+        self.cmd_rejected = 0
+        self.mqtt_lost = 0
+        self.heap_free = 0
+        self.cycle_max_us = 0       # capture() resets it: each record has the max since the last
+
+
+class Ring:
+    """Fixed-capacity ring of telemetry records (NFIELDS ints each, 'l' = 32 bit on ESP32/RP2040)."""
+
+    def __init__(self, capacity):
+        if capacity < 1:
+            raise ValueError('ring capacity must be >= 1')
+        self.cap = capacity
+        self.buf = array('l', range(capacity * NFIELDS))     # allocated once, never grows
+        self.head = 0           # slot of the oldest record
+        self.count = 0          # records held
+        self.sent = 0           # of those, published and awaiting confirmation
+        self.seq = 0            # seq of the next record captured
+        self.dropped = 0        # overflow count (oldest dropped)
+        self.mark = 0           # records covered by the outstanding confirmation (set_mark)
+
+    def __len__(self):
+        return self.count
+
+    def pending(self):
+        """Records not published yet."""
+        return self.count - self.sent
+
+    def capture(self, ctl, ts_s, ts_ms, st):
+        """Copy one record from controller ctl (its inp / out / config) and Stats st. Returns its seq.
+        Allocation-free for small-int values."""
+        cap = self.cap
+        if self.count == cap:
+            # full: drop the oldest (even if it was sent and awaits confirmation)
+            self.head += 1
+            if self.head == cap:
+                self.head = 0
+            self.count -= 1
+            if self.sent > 0:
+                self.sent -= 1
+            if self.mark > 0:
+                self.mark -= 1
+            self.dropped += 1
+        slot = self.head + self.count
+        if slot >= cap:
+            slot -= cap
+        b = self.buf
+        o = slot * NFIELDS
+        i = ctl.inp
+        out = ctl.out
+        b[o] = self.seq
+        b[o + F_TS_S] = ts_s
+        b[o + F_TS_MS] = ts_ms
+        b[o + F_GCP] = i.gcp_w
+        b[o + F_L1] = i.gcp_l1_w
+        b[o + F_L2] = i.gcp_l2_w
+        b[o + F_L3] = i.gcp_l3_w
+        b[o + F_PHASES] = 1 if i.phases_valid else 0
+        b[o + F_LIMIT] = ctl.import_limit_w
+        b[o + F_SP] = out.setpoint_w
+        b[o + F_BAT] = i.bat_w
+        b[o + F_SOC] = i.soc_bp
+        b[o + F_OBJ] = ctl.objective
+        b[o + F_STATE] = out.state
+        b[o + F_BIND] = out.binding
+        b[o + F_FLAGS] = out.flags
+        b[o + F_AV_CHG] = out.avail_chg_w
+        b[o + F_AV_DIS] = out.avail_dis_w
+        b[o + F_E_METER] = st.meter_err
+        b[o + F_E_BAT] = st.bat_err
+        b[o + F_E_CMD] = st.cmd_rejected
+        b[o + F_E_MQTT] = st.mqtt_lost
+        b[o + F_E_DROP] = self.dropped
+        b[o + F_HEAP] = st.heap_free
+        b[o + F_CYC_MAX] = st.cycle_max_us
+        st.cycle_max_us = 0         # the next record reports the longest cycle after this one
+        b[o + F_DISP_LEFT] = out.dispatch_left_ms
+        b[o + F_OVR_LEFT] = out.override_left_ms
+        self.count += 1
+        self.seq += 1
+        return self.seq - 1
+
+    def offset(self, k):
+        """Array offset of the k-th record held (0 = oldest)."""
+        slot = self.head + k
+        if slot >= self.cap:
+            slot -= self.cap
+        return slot * NFIELDS
+
+    def next_unsent(self):
+        """Offset of the oldest unpublished record, or -1."""
+        if self.sent >= self.count:
+            return -1
+        return self.offset(self.sent)
+
+    def mark_sent(self):
+        self.sent += 1
+
+    def confirm(self, n):
+        """The n oldest records are delivered: free them."""
+        if n > self.sent:
+            n = self.sent
+        self.head += n
+        if self.head >= self.cap:
+            self.head -= self.cap
+        self.count -= n
+        self.sent -= n
+
+    def set_mark(self):
+        """A confirmation request (PINGREQ) goes out now: it covers every record sent so far."""
+        self.mark = self.sent
+
+    def confirm_mark(self):
+        """Its answer arrived: free the records it covers."""
+        self.confirm(self.mark)
+        self.mark = 0
+
+    def rewind(self):
+        """Connection lost: unconfirmed records will be published again."""
+        self.sent = 0
+        self.mark = 0
+
+
+def _names():
+    # imported lazily so this module does not need the core for Ring alone
+    from bess_core import STATE_NAMES, BINDING_NAMES
+    from bess_config import OBJECTIVES
+    return STATE_NAMES, BINDING_NAMES, OBJECTIVES
+
+
+def _name(names, i):
+    return names[i] if 0 <= i < len(names) else str(i)
+
+
+def record_dict(buf, o):
+    """The schema-v1 record (a dict) at offset o of a ring buffer."""
+    sn, bn, on = _names()
+    ph = buf[o + F_PHASES]
+    ts = buf[o + F_TS_S] * 1000 + buf[o + F_TS_MS]
+    return {
+        'v': SCHEMA_VERSION,
+        'seq': buf[o],
+        'ts_ms': ts,
+        'gcp_w': buf[o + F_GCP],
+        'gcp_l1_w': buf[o + F_L1] if ph else None,
+        'gcp_l2_w': buf[o + F_L2] if ph else None,
+        'gcp_l3_w': buf[o + F_L3] if ph else None,
+        'import_limit_w': buf[o + F_LIMIT],
+        'bat_sp_w': buf[o + F_SP],
+        'bat_w': buf[o + F_BAT],
+        'soc_bp': buf[o + F_SOC],
+        'objective': _name(on, buf[o + F_OBJ]),
+        'state': _name(sn, buf[o + F_STATE]),
+        'binding': _name(bn, buf[o + F_BIND]),
+        'flags': buf[o + F_FLAGS],
+        'avail_chg_w': buf[o + F_AV_CHG],
+        'avail_dis_w': buf[o + F_AV_DIS],
+        'dispatch_left_ms': buf[o + F_DISP_LEFT],
+        'override_left_ms': buf[o + F_OVR_LEFT],
+        'err': {
+            'meter': buf[o + F_E_METER],
+            'battery': buf[o + F_E_BAT],
+            'cmd_rejected': buf[o + F_E_CMD],
+            'mqtt_lost': buf[o + F_E_MQTT],
+            'ring_dropped': buf[o + F_E_DROP],
+        },
+        'heap_free': buf[o + F_HEAP],
+        'cycle_max_us': buf[o + F_CYC_MAX],
+    }
+
+
+def to_json(buf, o):
+    import json
+    return json.dumps(record_dict(buf, o))
+
+
+def state_dict(ctl, ts_ms):
+    """The retained <prefix>/<id>/state message: published when state or objective changes."""
+    sn, bn, on = _names()
+    return {'v': SCHEMA_VERSION, 'ts_ms': ts_ms, 'state': _name(sn, ctl.out.state),
+            'objective': _name(on, ctl.objective)}
+
+
+# Field list of schema v1 (for consumers and tests): name -> type ('int', 'int|null', 'str', 'obj').
+SCHEMA_V1 = {
+    'v': 'int', 'seq': 'int', 'ts_ms': 'int', 'gcp_w': 'int', 'gcp_l1_w': 'int|null',
+    'gcp_l2_w': 'int|null', 'gcp_l3_w': 'int|null', 'import_limit_w': 'int', 'bat_sp_w': 'int',
+    'bat_w': 'int', 'soc_bp': 'int', 'objective': 'str', 'state': 'str', 'binding': 'str',
+    'flags': 'int', 'avail_chg_w': 'int', 'avail_dis_w': 'int', 'dispatch_left_ms': 'int',
+    'override_left_ms': 'int', 'err': 'obj', 'heap_free': 'int', 'cycle_max_us': 'int',
+}
+ERR_KEYS = ('meter', 'battery', 'cmd_rejected', 'mqtt_lost', 'ring_dropped')
