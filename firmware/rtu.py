@@ -5,7 +5,7 @@
 # request buffer is cached per length), a transaction allocates nothing on MicroPython: registers
 # are stored into a caller-owned list/array.
 #
-# Timing (char_us = (1 + bits + parity + stop) * 1e6 / baud; 1146 us at 9600 8N1... 8E1 is 11 bits):
+# Timing (char_us = (1 + bits + parity + stop) * 10^6 / baud: 1041 us at 9600 8N1, 1145 us 8E1):
 #   * before sending: the line must have been silent for t3.5 = 3.5 chars (1750 us above 19200 bd)
 #   * DE/RE is asserted, the request written, and DE released once the last stop bit is out:
 #     UART.txdone() where the port has it, else the computed on-wire time n x char_us; plus a
