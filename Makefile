@@ -7,7 +7,7 @@ BUILD  := build
 MP32   := $(BUILD)/mp32
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all sim sim-day test bench-core bench deps clean help
+.PHONY: all sim sim-day test bench-core bench deps clean help build deploy repl logs
 
 help:
 	@echo "make sim         firmware on MicroPython controls a simulated site over Modbus RTU (60 s)"
@@ -15,6 +15,10 @@ help:
 	@echo "make test        run all tests (CPython, MicroPython unix, 32-bit MicroPython, mpy-cross)"
 	@echo "make bench-core  core step time, allocation, heap and .mpy sizes"
 	@echo "make bench       scenario benchmark vs comparators and the LP optimum (docs/benchmarks.md)"
+	@echo "make build BOARD=esp32                 device filesystem in build/device/BOARD, .mpy sizes"
+	@echo "make deploy BOARD=esp32 PORT=/dev/ttyUSB0 [VALUES=site.env] [SITE=site.json] [NAME=VALUE ...]"
+	@echo "                 copy what changed, write site.json, soft reset, boot log (docs/deploy.md)"
+	@echo "make repl PORT=...   REPL on the board (Ctrl-] leaves)    make logs PORT=...   the board's output"
 
 # venv is rebuilt when requirements.txt changes (stamp holds a copy of it).
 $(VENV)/.stamp: requirements.txt
@@ -59,3 +63,20 @@ $(VENV)/.stamp-bench: requirements-bench.txt $(VENV)/.stamp
 
 bench: $(VENV)/.stamp-bench
 	$(VPY) tools/bench/main.py $(BENCH_ARGS)
+
+# Boards and deployment (issue #5, docs/deploy.md). Site config values: VALUES=file of NAME=VALUE
+# lines and/or NAME=VALUE on the make line (names in tools/site.template.json), or SITE=a JSON file.
+SITE_VARS := $(strip $(foreach v,$(filter-out BOARD PORT VALUES SITE FROZEN LOG_S SECONDS,$(.VARIABLES)),$(if $(filter command line,$(origin $(v))),$(v)=$($(v)))))
+build: deps
+	$(VPY) tools/build.py "$(BOARD)"
+
+deploy: deps
+	$(VPY) tools/deploy.py deploy --board "$(BOARD)" --port "$(PORT)" $(if $(VALUES),--values "$(VALUES)") \
+		$(if $(SITE),--site "$(SITE)") $(if $(FROZEN),--frozen) $(if $(LOG_S),--log-seconds $(LOG_S)) $(SITE_VARS)
+
+repl: $(VENV)/.stamp
+	@test -n "$(PORT)" || { echo "PORT missing, e.g. make repl PORT=/dev/ttyUSB0" >&2; exit 2; }
+	$(VENV)/bin/mpremote connect "$(PORT)" resume repl
+
+logs: $(VENV)/.stamp
+	$(VPY) tools/deploy.py logs --port "$(PORT)" $(if $(SECONDS),--seconds $(SECONDS))

@@ -17,14 +17,20 @@ import machine
 import bess_core as bc
 from bess_config import ConfigError
 import devprofile
+import sitecfg
 from rtu import RtuMaster, OK, NO_RESPONSE
 from bus import Bus
+from comms import Comms
 
 AGE_NEVER_MS = 600001           # > the largest stale_ms: "never read" is always stale
 HEARTBEAT_MS = 5000             # rewrite an unchanged setpoint this often (revert timers, resets)
 
 
 class ConfigProblem(Exception):
+    pass
+
+
+class ConfigMissing(ConfigProblem):
     pass
 
 
@@ -77,9 +83,18 @@ def load_json(path, what):
         with open(path) as f:
             return json.load(f)
     except OSError as e:
+        if e.args and e.args[0] == 2:       # ENOENT: first boot, nothing deployed yet
+            raise ConfigMissing('%s %s: missing' % (what, path))
         raise ConfigProblem('%s %s: cannot read (%s)' % (what, path, e))
     except ValueError as e:
         raise ConfigProblem('%s %s: not valid JSON (%s)' % (what, path, e))
+
+
+def check_site(site, path):
+    """Structural check of the site config (lib/sitecfg.py: the same check `make deploy` runs)."""
+    errs = sitecfg.check(site)
+    if errs:
+        raise ConfigProblem('site config %s invalid:\n  %s' % (path, '\n  '.join(errs)))
 
 
 # Where profiles and board files live: at the root on a board (deploy flattens), in firmware/
@@ -99,27 +114,12 @@ def load_profile(root, name):
 
 
 class Runtime:
-    def __init__(self, site, board, root, uart=None):
+    def __init__(self, site, board, root):
         self.site = site
         self.board = board
-        bus_cfg = site.get('bus', {})
-        baud = bus_cfg.get('baud', 9600)
-        parity = {'N': None, 'E': 0, 'O': 1}[bus_cfg.get('parity', 'N')]
-        if uart is None:
-            u = board['uart']
-            dev = bus_cfg.get('device') or u.get('device')
-            if dev and hasattr(machine, 'UART_DEVICES'):
-                machine.UART_DEVICES[u['id']] = dev       # unix port: pty or /dev/ttyUSB0
-            kw = {}
-            if u.get('tx') is not None:
-                kw['tx'] = u['tx']
-                kw['rx'] = u['rx']
-            uart = machine.UART(u['id'], baudrate=baud, bits=8, parity=parity, stop=1, **kw)
-        de_pin = board.get('rs485_de_pin')
-        de = machine.Pin(de_pin, machine.Pin.OUT, value=0) if de_pin is not None else None
-        self.master = RtuMaster(uart, de, baudrate=baud, parity=parity,
-                                timeout_ms=bus_cfg.get('timeout_ms', 200))
-        self.bus = Bus(self.master, retries=bus_cfg.get('retries', 1))
+        self.bus = open_bus(site, board)
+        self.master = self.bus.m
+        baud = site.get('bus', {}).get('baud', 9600)
         self.meter = Poller(self.bus, load_profile(root, site['meter']['profile']),
                             site['meter'].get('unit_id', 1))
         self.battery = Poller(self.bus, load_profile(root, site['battery']['profile']),
@@ -255,31 +255,132 @@ class Runtime:
             tim.deinit()
 
 
-def safe_idle(msg, board, period_ms=1000):
-    """No usable config: command nothing, keep telling why, keep the watchdog fed."""
+def open_bus(site, board):
+    """UART (+ DE pin) and Bus from the board file and the site's bus section."""
+    bus_cfg = site.get('bus', {})
+    baud = bus_cfg.get('baud', 9600)
+    parity = {'N': None, 'E': 0, 'O': 1}[bus_cfg.get('parity', 'N')]
+    u = board['uart']
+    dev = bus_cfg.get('device') or u.get('device')
+    if dev and hasattr(machine, 'UART_DEVICES'):
+        machine.UART_DEVICES[u['id']] = dev
+    kw = {}
+    if u.get('tx') is not None:
+        kw['tx'] = u['tx']
+        kw['rx'] = u['rx']
+    uart = machine.UART(u['id'], baudrate=baud, bits=8, parity=parity, stop=1, **kw)
+    de_pin = board.get('rs485_de_pin')
+    de = machine.Pin(de_pin, machine.Pin.OUT, value=0) if de_pin is not None else None
+    master = RtuMaster(uart, de, baudrate=baud, parity=parity, timeout_ms=bus_cfg.get('timeout_ms', 200))
+    return Bus(master, retries=bus_cfg.get('retries', 1))
+
+
+class SafeBattery:
+    """Safe state: only the battery, held at 0 W while the rest of the config is unusable."""
+
+    def __init__(self, site, board, root):
+        b = site['battery']
+        prof = load_profile(root, b['profile'])
+        if prof.kind != 'battery' or prof.control is None:
+            raise ConfigProblem('battery profile %r cannot take a setpoint' % b['profile'])
+        self.bus = open_bus(site, board)
+        self.poller = Poller(self.bus, prof, b.get('unit_id', 2))
+        self.name = '%s id %d' % (prof.name, self.poller.unit)
+        self.sent = 0                   # 0 W writes acknowledged
+        self.failed = 0
+
+    def zero(self):
+        """Read the battery (a SunSpec plan needs WChaMax first), write 0 W. 1 when acknowledged."""
+        p = self.poller
+        p.poll()
+        writes = p.prof.control.plan(0)
+        if writes is not None:
+            for w in writes:
+                if w.fc == 6:
+                    st = self.bus.write_register(p.unit, w.addr, w.buf[0])
+                else:
+                    st = self.bus.write_registers(p.unit, w.addr, w.buf)
+                if st != OK:
+                    break
+            else:
+                self.sent += 1
+                return 1
+        self.failed += 1
+        return 0
+
+
+SET_HINT = ('set the site config: board, bus {baud, parity}, meter {profile, unit_id}, battery {profile, '
+            'unit_id}, control {import_limit_w, ...} (docs/deploy.md; `make deploy` writes it from '
+            'tools/site.template.json)')
+
+
+def safe_battery(site, board, root):
+    """(SafeBattery or None, why not, board). Loads the board file if main() did not get to it."""
+    if not isinstance(site, dict):
+        return None, 'no site config', board
+    if board is None and isinstance(site, dict) and sitecfg.name_ok(site.get('board')):
+        try:
+            board = load_json('%s/boards/%s.json' % (root, site['board']), 'board file')
+        except ConfigProblem as e:
+            return None, str(e), None
+    if board is None:
+        return None, 'no board file', None
+    errs = sitecfg.battery_errors(site)
+    if errs:
+        return None, '; '.join(errs), board
+    try:
+        return SafeBattery(site, board, root), None, board
+    except Exception as e:             # profile missing, UART cannot open, ...
+        return None, str(e), board
+
+
+def safe_idle(msg, board, period_ms=1000, site=None, root='', cycles=0):
+    """No usable config: hold the battery at 0 W if it can be reached, keep telling why, keep the
+    watchdog fed. cycles=0: forever (tests pass a number)."""
+    bat, why, board = safe_battery(site, board, root)
+    if bat is None:
+        state = 'battery NOT commanded: cannot talk to any battery (%s)' % why
     wdt = machine.WDT(timeout=board.get('wdt_timeout_ms', 10000)) if board else None
     n = 0
-    while True:
+    while cycles == 0 or n < cycles:
+        if bat is not None:
+            ok = bat.zero()
+            state = ('battery held at 0 W (%s, %d writes)' % (bat.name, bat.sent) if ok else
+                     'battery 0 W NOT confirmed: %s not answering (%d tries)' % (bat.name, bat.failed))
         if n % 10 == 0:
-            print('SAFE STATE (battery not commanded): %s' % msg)
+            print('SAFE STATE (%s): %s' % (state, msg))
         n += 1
         if wdt is not None:
             wdt.feed()
         time.sleep_ms(period_ms)
 
 
+def problem_text(e):
+    if isinstance(e, ConfigMissing):
+        return '%s; %s' % (e, SET_HINT)
+    if isinstance(e, ConfigProblem):
+        return str(e)
+    hint = ' (bus.device / the board file\'s uart pins?)' if isinstance(e, OSError) else ''
+    return 'cannot start: %s: %s%s' % (type(e).__name__, e, hint)
+
+
 def main(config_path='/site.json', root='', cycles=0):
     board = None
+    site = None
     try:
         site = load_json(config_path, 'site config')
+        check_site(site, config_path)
         board = load_json('%s/boards/%s.json' % (root, site.get('board', 'unknown')), 'board file')
+        comms = Comms(site, config_path)    # saved settings (accepted commands) replace site['control']
         rt = Runtime(site, board, root)
-    except ConfigProblem as e:
-        safe_idle(str(e), board)
+        comms.attach(rt)
+    except Exception as e:              # any failure to start: safe state, saying why
+        safe_idle(problem_text(e), board, site=site, root=root)
         return
     wdt = machine.WDT(timeout=board.get('wdt_timeout_ms', 10000))
     timer = board.get('timer', {})
-    rt.run(wdt, cycles, hard=timer.get('hard', False), timer_id=timer.get('id', -1))
+    rt.run(wdt, cycles, hard=timer.get('hard', False), timer_id=timer.get('id', -1),
+           on_cycle=comms.cycle if comms.link is not None else None)
     print('done: %d cycles, max cycle %d us, %d overruns, meter failed calls %d, battery failed calls %d, '
           'setpoint write errors %d' % (rt.cycles, rt.max_cycle_us, rt.overruns, rt.meter.dev.c[10],
                                         rt.battery.dev.c[10], rt.write_errors))

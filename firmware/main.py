@@ -1,9 +1,40 @@
-# Boot entry. On a board: runs with the defaults (/site.json, boards/ and profiles/ at the root).
-# On the unix port: MICROPYPATH=firmware/unix:firmware:lib:build/vendor \
-#     micropython firmware/main.py SITE.json ROOT [CYCLES]
+# Boot entry (the only source file on a board: everything else is .mpy or data).
+#
+# On a board: /site.json, /boards/<board>.json and /profiles/ at the filesystem root.
+# On the unix port the filesystem root is the current directory (a Linux gateway's install dir,
+# or the virtual board of the deploy tests): site.json, boards/, profiles/ relative to it.
+# Explicit paths (firmware-in-the-loop rig):
+#     MICROPYPATH=firmware/unix:firmware:lib:build/vendor micropython firmware/main.py SITE.json ROOT [CYCLES]
+#
+# Deploy hold: `make deploy` writes HOLD and resets the board, so that the firmware (and its
+# watchdog, which a soft reset does not stop) stays off while files are copied. The hold is
+# one-shot: it is removed here, so the next reset runs the firmware again.
+import os
 import sys
 
-import app
+HOLD = 'deploy_hold'
+
+
+def _held():
+    try:
+        os.stat(HOLD)
+    except OSError:
+        return False
+    try:
+        os.remove(HOLD)
+    except OSError:
+        pass
+    return True
+
 
 _a = sys.argv[1:] if hasattr(sys, 'argv') else []
-app.main(_a[0] if _a else '/site.json', _a[1] if len(_a) > 1 else '', int(_a[2]) if len(_a) > 2 else 0)
+_unix = sys.platform in ('linux', 'darwin')
+if _held():
+    print('main.py: deploy hold: firmware not started (next reset starts it)')
+else:
+    import net
+    import app
+    _cfg = _a[0] if _a else ('site.json' if _unix else '/site.json')
+    _root = _a[1] if len(_a) > 1 else ('.' if _unix else '')
+    net.start_from_files(_cfg, _root)
+    app.main(_cfg, _root, int(_a[2]) if len(_a) > 2 else 0)

@@ -1,0 +1,118 @@
+# Site config structure: what the firmware needs besides the control settings.
+#
+# Runs on CPython (tools/site_config.py, before `make deploy` copies anything) and on the device
+# (firmware/app.py at boot, so a bad config lands in the safe state with the same message).
+# check(site) returns a list of problems, one string each; [] means usable. The control section
+# is checked with bess_config.validate; files (board file, profiles) are checked by the callers,
+# which know where they live.
+#
+#   {"board": "esp32",
+#    "bus": {"baud": 9600, "parity": "N", "timeout_ms": 200, "retries": 1, "device": null},
+#    "meter": {"profile": "eastron_sdm630", "unit_id": 1},
+#    "battery": {"profile": "sunspec_battery_802_124", "unit_id": 2},
+#    "control": {...docs/config.md...},
+#    "period_ms": 1000, "log_cycles": 0,
+#    "network": {"ssid": "...", "password": "..."},  # wlan boards; lan / host need nothing
+#    "mqtt": {...}}                                   # the MQTT link (docs/telemetry.md)
+
+from bess_config import validate, ConfigError
+
+BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+PARITIES = ('N', 'E', 'O')
+KNOWN = ('board', 'bus', 'meter', 'battery', 'control', 'period_ms', 'log_cycles', 'network',
+         'mqtt', 'doc')
+_BUS_KEYS = ('baud', 'parity', 'timeout_ms', 'retries', 'device')
+_DEV_KEYS = ('profile', 'unit_id')
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int(errs, where, d, k, lo, hi, required=False):
+    if k not in d:
+        if required:
+            errs.append('%s%s: required' % (where + '.' if where else '', k))
+        return
+    v = d[k]
+    if not _is_int(v) or v < lo or v > hi:
+        errs.append('%s%s: must be an integer in %d..%d, got %r' % (where + '.' if where else '', k, lo, hi, v))
+
+
+def name_ok(v):
+    return isinstance(v, str) and 0 < len(v) <= 40 and '/' not in v and '.' not in v
+
+
+def check_bus(site, errs):
+    bus = site.get('bus', {})
+    if not isinstance(bus, dict):
+        errs.append('bus: must be an object')
+        return
+    for k in bus:
+        if k not in _BUS_KEYS:
+            errs.append('bus.%s: unknown setting (known: %s)' % (k, ', '.join(_BUS_KEYS)))
+    if 'baud' in bus and bus['baud'] not in BAUDS:
+        errs.append('bus.baud: must be one of %s, got %r' % (', '.join(str(b) for b in BAUDS), bus['baud']))
+    if 'parity' in bus and bus['parity'] not in PARITIES:
+        errs.append('bus.parity: must be "N", "E" or "O", got %r' % (bus['parity'],))
+    _int(errs, 'bus', bus, 'timeout_ms', 10, 5000)
+    _int(errs, 'bus', bus, 'retries', 0, 5)
+    if bus.get('device') is not None and not isinstance(bus['device'], str):
+        errs.append('bus.device: must be a path (unix port) or null')
+
+
+def check_device(site, key, errs):
+    d = site.get(key)
+    if not isinstance(d, dict):
+        errs.append('%s: required: {"profile": NAME, "unit_id": 1..247}' % key)
+        return
+    for k in d:
+        if k not in _DEV_KEYS:
+            errs.append('%s.%s: unknown setting (known: %s)' % (key, k, ', '.join(_DEV_KEYS)))
+    if not name_ok(d.get('profile')):
+        errs.append('%s.profile: required: a profile name (a file in profiles/ without .json), got %r'
+                    % (key, d.get('profile')))
+    _int(errs, key, d, 'unit_id', 1, 247)
+
+
+def check(site):
+    """Every structural problem of a site config (a dict), control settings included."""
+    if not isinstance(site, dict):
+        return ['site config: must be a JSON object']
+    errs = []
+    if not name_ok(site.get('board')):
+        errs.append('board: required: a board name (a file in boards/ without .json), got %r'
+                    % (site.get('board'),))
+    check_bus(site, errs)
+    check_device(site, 'meter', errs)
+    check_device(site, 'battery', errs)
+    m, b = site.get('meter'), site.get('battery')
+    if isinstance(m, dict) and isinstance(b, dict) and m.get('unit_id', 1) == b.get('unit_id', 2):
+        errs.append('meter.unit_id and battery.unit_id: must differ (one RS-485 line), both %r'
+                    % (site['meter'].get('unit_id', 1),))
+    _int(errs, '', site, 'period_ms', 100, 60000)
+    _int(errs, '', site, 'log_cycles', 0, 1)
+    for k in ('network', 'mqtt'):
+        if k in site and site[k] is not None and not isinstance(site[k], dict):
+            errs.append('%s: must be an object' % k)
+    if 'control' not in site:
+        errs.append('control: required (docs/config.md; at least import_limit_w)')
+    else:
+        try:
+            validate(site['control'])
+        except ConfigError as e:
+            lines = str(e).split('\n')
+            for line in (lines[1:] if len(lines) > 1 else lines):
+                errs.append('control.' + line.strip())
+    return errs
+
+
+def battery_errors(site):
+    """Problems that stop the firmware from talking to the battery at all (bus, battery section).
+    [] means it can at least command 0 W even though the rest of the config is unusable."""
+    if not isinstance(site, dict):
+        return ['no site config']
+    errs = []
+    check_bus(site, errs)
+    check_device(site, 'battery', errs)
+    return errs
