@@ -17,6 +17,7 @@ import build as fwbuild
 import site_config
 from modbus_sim import SiteSimulator, Scenario
 from vboard import VirtualBoard
+from mqtt_fixtures import Broker, Collector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIGURES = os.path.join(ROOT, 'out', 'deploy_figures.json')
@@ -169,8 +170,20 @@ def test_every_board_file_is_complete():
 
 # --- deploy, re-deploy, run -------------------------------------------------------------------------
 
-def test_deploy_then_nothing_unchanged_then_only_the_config_and_the_firmware_controls_the_site(board, sim):
-    rc, out, dt1 = deploy(board, sim)
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path)
+    b.start()
+    col = Collector(b.port)
+    yield b, col
+    col.close()
+    b.stop()
+
+
+def test_deploy_then_nothing_unchanged_then_only_the_config_and_the_firmware_controls_the_site(board, sim, broker):
+    b, col = broker
+    mq = dict(MQTT_SERVER='127.0.0.1', MQTT_PORT=b.port, DEVICE_ID='site1', MQTT_TELEMETRY_MS=1000)
+    rc, out, dt1 = deploy(board, sim, **mq)
     assert rc == 0, out
     n1, bytes1, same1, c1 = copied(out)
     build_files = fwbuild.build('unix')['files']
@@ -190,14 +203,19 @@ def test_deploy_then_nothing_unchanged_then_only_the_config_and_the_firmware_con
     assert wait(discharging, 20), board.console_text()[-2000:]
     g = wait(lambda: sim.status()['gcp_w']['total'] <= 60000 + 300 and sim.status()['gcp_w'], 10)
     assert g, sim.status()
+    # ... and publishes to the test broker: telemetry with what it read and did
+    tele = wait(lambda: [t for t in col.telemetry('site1') if t['state'] == 'discharging'
+                         and t['bat_sp_w'] > 15000], 15)
+    assert tele and tele[-1]['import_limit_w'] == 60000, col.get()[-5:]
+    assert [m for m in col.get('bess/site1/status') if m[1] == b'online']
 
-    rc, out, dt2 = deploy(board, sim)                          # the firmware is running: interrupted
+    rc, out, dt2 = deploy(board, sim, **mq)                    # the firmware is running: interrupted
     assert rc == 0, out
     n2, _, same2, c2 = copied(out)
     assert n2 == 0 and same2 == len(build_files) + 1, out
     assert wait(lambda: len(cycles_in(board.console_since(board.mark() - 2000))) > 0, 10)
 
-    rc, out, dt3 = deploy(board, sim, IMPORT_LIMIT_W=70000)
+    rc, out, dt3 = deploy(board, sim, IMPORT_LIMIT_W=70000, **mq)
     assert rc == 0, out
     n3, _, _, c3 = copied(out)
     assert n3 == 1 and '  copied site.json' in out, out
