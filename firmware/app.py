@@ -74,6 +74,18 @@ class Poller:
         return a if a < AGE_NEVER_MS else AGE_NEVER_MS
 
 
+def send_writes(bus, unit, writes):
+    """Send a profile's planned setpoint writes in order; OK, or the first failing status."""
+    for w in writes:
+        if w.fc == 6:
+            st = bus.write_register(unit, w.addr, w.buf[0])
+        else:
+            st = bus.write_registers(unit, w.addr, w.buf)
+        if st != OK:
+            return st
+    return OK
+
+
 def wire_time_ms(nbytes, baud, bits_per_char=10):
     return nbytes * bits_per_char * 1000 // baud
 
@@ -195,15 +207,10 @@ class Runtime:
         writes = b.prof.control.plan(sp) if b.prof.control is not None else None
         if writes is None:              # cannot encode (e.g. WChaMax unknown yet): nothing sent
             return 0
-        for w in writes:
-            if w.fc == 6:
-                st = self.bus.write_register(b.unit, w.addr, w.buf[0])
-            else:
-                st = self.bus.write_registers(b.unit, w.addr, w.buf)
-            if st != OK:
-                self.write_errors += 1
-                self.sp_sent = None     # retry next cycle
-                return 0
+        if send_writes(self.bus, b.unit, writes) != OK:
+            self.write_errors += 1
+            self.sp_sent = None         # retry next cycle
+            return 0
         self.sp_sent = sp
         self.t_sent = now
         return 1
@@ -294,17 +301,9 @@ class SafeBattery:
         p = self.poller
         p.poll()
         writes = p.prof.control.plan(0)
-        if writes is not None:
-            for w in writes:
-                if w.fc == 6:
-                    st = self.bus.write_register(p.unit, w.addr, w.buf[0])
-                else:
-                    st = self.bus.write_registers(p.unit, w.addr, w.buf)
-                if st != OK:
-                    break
-            else:
-                self.sent += 1
-                return 1
+        if writes is not None and send_writes(self.bus, p.unit, writes) == OK:
+            self.sent += 1
+            return 1
         self.failed += 1
         return 0
 

@@ -17,26 +17,14 @@ import build as fwbuild
 import site_config
 from modbus_sim import SiteSimulator, Scenario
 from vboard import VirtualBoard
-from mqtt_fixtures import Broker, Collector
+from figures import record
+from mqtt_fixtures import Broker, Collector, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIGURES = os.path.join(ROOT, 'out', 'deploy_figures.json')
 BAT = {'capacity_wh': 100000, 'soc_bp': 6000, 'max_chg_w': 40000, 'max_dis_w': 40000}
 OVER = [(0, 80000, 0, 0, 0, 0)]         # 80 kW base load: 20 kW over a 60 kW limit, all the time
 VALUES = {'IMPORT_LIMIT_W': 60000, 'MAX_CHARGE_W': 40000, 'MAX_DISCHARGE_W': 40000, 'RAMP_W_PER_S': 40000,
           'PERIOD_MS': 500, 'LOG_CYCLES': 1, 'BUS_TIMEOUT_MS': 150}
-
-
-def record(**kw):
-    os.makedirs(os.path.dirname(FIGURES), exist_ok=True)
-    try:
-        with open(FIGURES) as f:
-            d = json.load(f)
-    except (OSError, ValueError):
-        d = {}
-    d.update(kw)
-    with open(FIGURES, 'w') as f:
-        json.dump(d, f, indent=1, sort_keys=True)
 
 
 def make(target, timeout=120, **var):
@@ -78,16 +66,6 @@ def board(tmp_path):
 
 def cycles_in(text):
     return [ln for ln in text.splitlines() if ln.startswith('cyc ')]
-
-
-def wait(pred, timeout, step=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 # --- checks before anything is copied ---------------------------------------------------------------
@@ -142,7 +120,7 @@ def test_build_layout_sizes_and_packaging():
             assert sizes[b] < r['fs_bytes'] // 4
     frozen = fwbuild.build('pico_w', frozen=True)
     assert set(p.split('/')[0] for p in frozen['files']) == {'main.py', 'profiles', 'boards'}
-    record(build_bytes=sizes, mpy_bytes={p: s for p, (s, _) in files.items() if p.endswith('.mpy')})
+    record('deploy', build_bytes=sizes, mpy_bytes={p: s for p, (s, _) in files.items() if p.endswith('.mpy')})
     # generated packaging is current (tools/build.py --packaging)
     with open(os.path.join(ROOT, 'package.json')) as f:
         assert f.read() == fwbuild.package_json(), 'run: .venv/bin/python tools/build.py --packaging'
@@ -200,11 +178,11 @@ def test_deploy_then_nothing_unchanged_then_only_the_config_and_the_firmware_con
     def discharging():
         c = cycles_in(board.console_text())
         return c and 'state=discharging' in c[-1] and sim.status()['battery']['actual_w'] > 15000
-    assert wait(discharging, 20), board.console_text()[-2000:]
-    g = wait(lambda: sim.status()['gcp_w']['total'] <= 60000 + 300 and sim.status()['gcp_w'], 10)
+    assert wait_for(discharging, 20), board.console_text()[-2000:]
+    g = wait_for(lambda: sim.status()['gcp_w']['total'] <= 60000 + 300 and sim.status()['gcp_w'], 10)
     assert g, sim.status()
     # ... and publishes to the test broker: telemetry with what it read and did
-    tele = wait(lambda: [t for t in col.telemetry('site1') if t['state'] == 'discharging'
+    tele = wait_for(lambda: [t for t in col.telemetry('site1') if t['state'] == 'discharging'
                          and t['bat_sp_w'] > 15000], 15)
     assert tele and tele[-1]['import_limit_w'] == 60000, col.get()[-5:]
     assert [m for m in col.get('bess/site1/status') if m[1] == b'online']
@@ -213,14 +191,14 @@ def test_deploy_then_nothing_unchanged_then_only_the_config_and_the_firmware_con
     assert rc == 0, out
     n2, _, same2, c2 = copied(out)
     assert n2 == 0 and same2 == len(build_files) + 1, out
-    assert wait(lambda: len(cycles_in(board.console_since(board.mark() - 2000))) > 0, 10)
+    assert wait_for(lambda: len(cycles_in(board.console_since(board.mark() - 2000))) > 0, 10)
 
     rc, out, dt3 = deploy(board, sim, IMPORT_LIMIT_W=70000, **mq)
     assert rc == 0, out
     n3, _, _, c3 = copied(out)
     assert n3 == 1 and '  copied site.json' in out, out
     assert json.loads(board.files()['site.json'])['control']['import_limit_w'] == 70000
-    record(deploy_first_copy_s=c1, deploy_first_files=n1, deploy_first_bytes=bytes1,
+    record('deploy', deploy_first_copy_s=c1, deploy_first_files=n1, deploy_first_bytes=bytes1,
            deploy_second_copy_s=c2, deploy_second_copied=n2, deploy_config_change_copied=n3,
            deploy_config_change_copy_s=c3, make_deploy_wall_s=[round(dt1, 2), round(dt2, 2), round(dt3, 2)],
            boot_log_s=3)
@@ -235,7 +213,7 @@ def test_make_deploy_board_esp32_runs_on_the_virtual_board(tmp_path, sim):
         assert 'WIFI_SSID is not set' in out                   # a warning, not an error
         assert 'boards/esp32.json' in vb.files() and 'boards/unix.json' not in vb.files()
         assert '| network: wlan not available on this port' in out, out
-        assert wait(lambda: sim.status()['battery']['actual_w'] > 15000, 20), vb.console_text()[-2000:]
+        assert wait_for(lambda: sim.status()['battery']['actual_w'] > 15000, 20), vb.console_text()[-2000:]
     finally:
         vb.stop()
 
@@ -279,7 +257,7 @@ def test_bad_config_is_safe_battery_held_at_0_w_with_the_validation_error(board,
         json.dump(site, f)
     mark = _reboot(board)
     assert board.wait_console('SAFE STATE', mark, 10), board.console_since(mark)
-    assert wait(lambda: sim.status()['battery']['setpoint_w'] == 0, 10), sim.status()
+    assert wait_for(lambda: sim.status()['battery']['setpoint_w'] == 0, 10), sim.status()
     assert board.wait_console('battery held at 0 W (sunspec_battery_802_124 id 2', mark, 10), \
         board.console_since(mark)
     text = board.console_since(mark)

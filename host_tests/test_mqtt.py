@@ -14,22 +14,10 @@ import pytest
 
 import commands
 import telemetry
+from figures import record
 from mqtt_fixtures import Broker, Collector, Device, wait_for, ROOT
 
 KEY = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff'
-FIGURES = os.path.join(ROOT, 'out', 'mqtt_figures.json')
-
-
-def record_figures(**kw):
-    os.makedirs(os.path.dirname(FIGURES), exist_ok=True)
-    try:
-        with open(FIGURES) as f:
-            d = json.load(f)
-    except (OSError, ValueError):
-        d = {}
-    d.update(kw)
-    with open(FIGURES, 'w') as f:
-        json.dump(d, f, indent=1, sort_keys=True)
 
 
 def check_schema(r):
@@ -185,7 +173,7 @@ def test_broker_outage_store_and_forward(tmp_path, procs):
     # the control cycle kept its 100 ms period while the broker was down
     assert s['late_max_down_ms'] < 50, s
     assert s['work_max_down_us'] < 50000, s
-    record_figures(outage={
+    record('mqtt', outage={
         'broker_down_ms': int(t_restart - t_stop), 'buffered_at_restart': buffered,
         'records_captured_during_outage': len(during), 'records_received_total': len(seqs),
         'distinct_records': len(firsts), 'repeats_at_reconnect': dups,
@@ -228,7 +216,7 @@ def test_unresponsive_broker_is_bounded(tmp_path, procs):
         assert s['err'] and ('ETIMEDOUT' in s['err'] or '110' in s['err']), s
     for s in (s1, s2):
         assert s['work_max_us'] < 20000 and s['late_max_ms'] < 20, s       # never blocked
-    record_figures(black_hole={'connect_timeout_ms': 400, 'worst_cycle_work_us': s1['work_max_us'],
+    record('mqtt', black_hole={'connect_timeout_ms': 400, 'worst_cycle_work_us': s1['work_max_us'],
                                'worst_cycle_lateness_ms': s1['late_max_ms']},
                    silent_broker={'sock_timeout_ms': 200, 'worst_cycle_work_us': s2['work_max_us'],
                                   'worst_cycle_lateness_ms': s2['late_max_ms']})
