@@ -193,6 +193,9 @@ def test_deploy_then_nothing_unchanged_then_only_the_config_and_the_firmware_con
     assert n2 == 0 and same2 == len(build_files) + 1, out
     assert wait_for(lambda: len(cycles_in(board.console_since(board.mark() - 2000))) > 0, 10)
 
+    rc, out = make('logs', PORT=board.port, SECONDS=3)          # the running firmware's output
+    assert rc == 0 and 'cyc ' in out and 'state=discharging' in out, out
+
     rc, out, dt3 = deploy(board, sim, IMPORT_LIMIT_W=70000, **mq)
     assert rc == 0, out
     n3, _, _, c3 = copied(out)

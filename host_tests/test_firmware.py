@@ -47,6 +47,17 @@ def test_ev_step_over_the_limit_is_shaved_within_a_few_cycles_total_and_per_phas
         assert abs(last['sp'] - 3 * (32134 - 25000)) <= 300
 
 
+def test_rp2040_board_hard_timer_and_de_pin():
+    """pico_w.json: hard timer IRQ (the shim runs it with the heap locked, as an RP2040 would) and a
+    DE/RE pin; the same firmware holds the limit. The UART is mapped onto the simulator's pty."""
+    sc = [(0, 80000, 0, 0, 0, 0)]
+    with rig(sc, control={'phase_limit_w': 0}, cycles=12, board='pico_w') as r:
+        c = wait_for(r, lambda c: c['state'] == 'discharging' and abs(c['sp'] - 20000) <= 300, 10,
+                     'discharge under a hard timer')
+        assert r.wait_exit(30) == 0
+    assert 'MemoryError' not in '\n'.join(r.lines) and any(ln.startswith('done: 12 cycles') for ln in r.lines)
+
+
 def test_taper_and_min_soc_hysteresis_through_the_bus():
     sc = [(0, 80000, 0, 0, 0, 0)]           # 20 kW over the limit, all the time
     ctl = {'min_soc_bp': 1000, 'taper_band_bp': 500, 'hysteresis_bp': 200, 'phase_limit_w': 0}

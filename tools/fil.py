@@ -40,11 +40,11 @@ def parse_cycle(line):
 class Rig:
     def __init__(self, control, scenario=None, meter='eastron_sdm630', battery='sunspec_battery_802_124',
                  battery_kw=None, period_ms=1000, bus=None, cycles=0, echo=None, speed=1.0, revert_s=0,
-                 mqtt=None, workdir=None):
+                 mqtt=None, workdir=None, board='unix'):
         self.sim = SiteSimulator(meter=meter, battery=battery, scenario=scenario, speed=speed,
                                  battery_kw=battery_kw, revert_s=revert_s)
         self.dir = workdir or tempfile.mkdtemp(prefix='fil-')   # site.json, settings.json
-        self.site = {'board': 'unix', 'period_ms': period_ms, 'log_cycles': 1,
+        self.site = {'board': board, 'period_ms': period_ms, 'log_cycles': 1,
                      'bus': dict({'baud': 9600, 'timeout_ms': 150, 'retries': 1}, **(bus or {})),
                      'meter': {'profile': meter, 'unit_id': self.sim.meter.unit_id},
                      'battery': {'profile': battery, 'unit_id': self.sim.battery.unit_id},
