@@ -18,8 +18,10 @@
 #     SUBACK: the link opens the TCP connection itself, non-blocking, polled across cycles,
 #     hands it to connect() (via a stand-in for umqtt.simple's `socket` module) to encode
 #     CONNECT, cuts the waits short (_Deferred) and reads CONNACK / skips SUBACK in later
-#     polls; the whole connect is bounded by connect_timeout_ms. Only a TLS handshake waits
-#     (bounded by sock_timeout_ms per read); TLS is wrapped by the link, not by umqtt.
+#     polls; the whole connect is bounded by connect_timeout_ms. TLS is wrapped by the link,
+#     not by umqtt: the handshake runs non-blocking across polls (do_handshake=False, driven by
+#     writing the queued CONNECT); a poll that receives a server flight does its crypto at once
+#     (mbedTLS cannot be interrupted there: the one step that takes CPU time, docs/telemetry.md).
 # QoS 0 throughout (umqtt's QoS 1 publish waits for PUBACK inside publish()). Delivery of
 # telemetry is confirmed instead by a PINGRESP that follows it on the same connection (see
 # lib/telemetry.py): at-least-once, in order, with seq numbers for de-duplication.
@@ -52,7 +54,9 @@ config = {
     'user': None,
     'password': None,
     'ssl': False,               # False | True (ssl.wrap_socket(sock, **ssl_params)) | an SSLContext
-    'ssl_params': {},
+    'ssl_params': {},           # cadata (DER or PEM bytes) or cafile (path), cert_reqs (default:
+                                # CERT_REQUIRED with a CA, else CERT_NONE), server_hostname
+                                # (default: server), key / cert (DER): docs/telemetry.md, TLS
     'keepalive': 60,            # s, announced to the broker; PINGREQ every keepalive/2
     'prefix': 'bess',
     'sock_timeout_ms': 1000,    # bound on any one blocking socket operation
@@ -75,10 +79,25 @@ DOWN = 0
 CONNECTING = 1     # TCP connect in progress (non-blocking)
 HANDSHAKE = 2      # CONNECT sent, waiting for CONNACK (non-blocking)
 UP = 3
-STATE_NAMES = ('down', 'connecting', 'handshake', 'up')
+TLS = 4            # TLS handshake in progress (non-blocking), CONNECT queued behind it
+STATE_NAMES = ('down', 'connecting', 'handshake', 'up', 'tls')
 
 # what a broken connection or a hostile peer can raise inside umqtt.simple or the wrapper
 _ERRS = (OSError, IndexError, TypeError, AssertionError, ValueError, MemoryError, _simple.MQTTException)
+
+
+def _der(data):
+    """A PEM certificate as DER (the unix port's mbedTLS rejects PEM): the first one only."""
+    if data[:10] != b'-----BEGIN':
+        return data
+    import binascii
+    lines = data.split(b'\n')
+    b64 = b''
+    for ln in lines[1:]:
+        if ln.startswith(b'-----END'):
+            break
+        b64 += ln.strip()
+    return binascii.a2b_base64(b64)
 
 
 def _ticks_add(t, d):
@@ -149,10 +168,10 @@ class _Sock:
             self.raw.settimeout(self.tmo / 1000)
 
     def read(self, n):
+        if self.defer:              # CONNECT / SUBSCRIBE stay queued: the link flushes them
+            raise _Deferred()
         if self.wbuf:
             self.flush()
-        if self.defer:
-            raise _Deferred()
         if n > self.max_read:
             # umqtt would allocate the whole payload: refuse instead (the link reconnects)
             raise ValueError('inbound packet too large')
@@ -221,6 +240,24 @@ class _Sock:
         finally:
             self.wbuf = bytearray()
 
+    def tls_step(self):
+        """One non-blocking go at the TLS handshake, driven by writing the queued CONNECT:
+        False while the handshake is in progress, True once it is done and CONNECT is sent."""
+        self.raw.setblocking(False)
+        try:
+            w = self.s.write(self.wbuf)
+        except OSError as e:
+            if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
+                raise
+            w = None
+        finally:
+            self.raw.settimeout(self.tmo / 1000)
+        if not w:
+            return False
+        self.wbuf = self.wbuf[w:]
+        self.flush()
+        return True
+
     def close(self):
         try:
             self.flush()            # e.g. DISCONNECT written by umqtt's disconnect()
@@ -271,6 +308,7 @@ class MqttLink:
         self.t_cmd = (base + 'cmd/').encode()
         self.t_ack = (base + 'cmd/ack').encode()
         self.port = c['port'] or (8883 if c['ssl'] else 1883)
+        self.ssl_params = self._ssl_params() if c['ssl'] else None
         self.ring = telemetry.Ring(c['ring_records'])
         self.on_command = c['on_command']
         self.state = DOWN
@@ -369,6 +407,39 @@ class MqttLink:
         self._drop()
 
     # --- connection ---------------------------------------------------------------------------
+    def _ssl_params(self):
+        """ssl_params with the defaults filled in, the CA file read once (at start, not per
+        connect) and PEM turned into DER."""
+        c = self.cfg
+        p = dict(c['ssl_params'])
+        f = p.pop('cafile', None)
+        if f:
+            with open(f, 'rb') as fh:
+                p['cadata'] = fh.read()
+        if p.get('cadata'):
+            p['cadata'] = _der(p['cadata'])
+        if c['ssl'] is True and 'cert_reqs' not in p:
+            # MicroPython's default is CERT_NONE even with a CA given: verify when there is one
+            p['cert_reqs'] = 2 if p.get('cadata') else 0       # ssl.CERT_REQUIRED / CERT_NONE
+        if 'server_hostname' not in p:
+            # SNI and the name checked against the certificate (CN / SAN, an IP works);
+            # MicroPython refuses CERT_REQUIRED without one
+            p['server_hostname'] = c['server']
+        return p
+
+    def _wrap(self, raw):
+        """The TLS socket, handshake not started (it runs in later polls, non-blocking)."""
+        ssl = self.cfg['ssl']
+        p = self.ssl_params
+        if ssl is True:
+            try:
+                import ssl as _ssl
+            except ImportError:
+                import ussl as _ssl
+            return _ssl.wrap_socket(raw, do_handshake=False, **p)
+        # an SSLContext, configured by the caller (CA, verify_mode)
+        return ssl.wrap_socket(raw, server_hostname=p['server_hostname'], do_handshake_on_connect=False)
+
     def _drop(self):
         if self.sock is not None:
             self.sock.close()
@@ -432,6 +503,10 @@ class MqttLink:
                 if ev[0][1] & (select.POLLERR | select.POLLHUP):
                     raise OSError(errno.ECONNREFUSED)
                 self._send_connect()
+            if self.state == TLS:
+                if not self.sock.tls_step():
+                    return
+                self.state = HANDSHAKE
             if self.state == HANDSHAKE:
                 # CONNACK: 4 bytes, collected without waiting
                 r = self.sock.read_nb(4 - len(self.connack))
@@ -445,22 +520,14 @@ class MqttLink:
             self._fail(now_ms, e)
 
     def _send_connect(self):
-        """TCP is up: (TLS,) then CONNECT, encoded by umqtt.simple's connect(); its wait for
-        CONNACK is cut short (_Deferred) and CONNACK is read by the following polls."""
+        """TCP is up: CONNECT, encoded by umqtt.simple's connect(); its wait for CONNACK is
+        cut short (_Deferred) and CONNACK is read by the following polls. With TLS, CONNECT
+        stays queued and drives the non-blocking handshake (state TLS, _Sock.tls_step())."""
         c = self.cfg
         sk = self.sock
         sk.raw.settimeout(c['sock_timeout_ms'] / 1000)
         if c['ssl']:
-            # the TLS handshake is the one step that waits: bounded by sock_timeout_ms per read
-            ssl = c['ssl']
-            if ssl is True:
-                try:
-                    import ssl as _ssl
-                except ImportError:
-                    import ussl as _ssl
-                sk.s = _ssl.wrap_socket(sk.raw, **c['ssl_params'])
-            else:
-                sk.s = ssl.wrap_socket(sk.raw, server_hostname=c['server'])
+            sk.s = self._wrap(sk.raw)
         cl = MQTTClient(self.id, c['server'], self.port, c['user'], c['password'], c['keepalive'])
         cl.set_callback(self._on_msg)
         cl.set_last_will(self.t_status, b'offline', True)
@@ -477,7 +544,11 @@ class MqttLink:
             _simple.socket = saved
         self.client = cl
         self.connack = b''
-        self.state = HANDSHAKE
+        if c['ssl']:
+            self.state = TLS
+        else:
+            sk.flush()
+            self.state = HANDSHAKE
 
     def _connected(self, now_ms):
         r = self.connack

@@ -15,7 +15,9 @@ import paho.mqtt.client as mqtt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(ROOT, 'host_tests', 'mp', 'mqtt_device.py')
-MICROPYPATH = ':'.join(os.path.join(ROOT, d) for d in ('firmware', 'lib', os.path.join('build', 'vendor')))
+# '.frozen' last, as on a board: the unix port's `ssl` is a frozen module (needed for TLS)
+MICROPYPATH = ':'.join([os.path.join(ROOT, d) for d in ('firmware', 'lib', os.path.join('build', 'vendor'))]
+                       + ['.frozen'])
 
 
 def micropython_exe():
@@ -51,15 +53,19 @@ def wait_for(pred, timeout, step=0.02):
 
 
 class Broker:
-    """mosquitto on 127.0.0.1:<free port>; extra config lines (password_file, acl_file...)."""
+    """mosquitto on 127.0.0.1:<free port>; extra config lines (password_file, acl_file...).
+    tls=(cafile, certfile, keyfile): the listener speaks TLS only (paths to PEM files)."""
 
-    def __init__(self, workdir, extra=(), persistence=False):
+    def __init__(self, workdir, extra=(), persistence=False, tls=None, name='mosquitto'):
         self.dir = str(workdir)
         self.port = free_port()
-        self.conf = os.path.join(self.dir, 'mosquitto.conf')
+        self.conf = os.path.join(self.dir, name + '.conf')
         # as root, mosquitto would switch to user "mosquitto", who cannot read pytest's tmp dirs
-        lines = ['user %s' % pwd.getpwuid(os.getuid()).pw_name, 'listener %d 127.0.0.1' % self.port, 'log_dest file %s' % os.path.join(self.dir, 'mosquitto.log'),
-                 'log_type error', 'log_type warning', 'log_type notice']
+        lines = ['user %s' % pwd.getpwuid(os.getuid()).pw_name, 'listener %d 127.0.0.1' % self.port]
+        if tls:
+            lines += ['cafile %s' % tls[0], 'certfile %s' % tls[1], 'keyfile %s' % tls[2]]
+        lines += ['log_dest file %s' % os.path.join(self.dir, name + '.log'),
+                  'log_type error', 'log_type warning', 'log_type notice']
         if persistence:
             lines += ['persistence true', 'persistence_location %s/' % self.dir, 'queue_qos0_messages true',
                       'autosave_interval 0']
@@ -149,7 +155,8 @@ class Device:
 class Collector:
     """paho-mqtt subscriber recording (topic, payload bytes, retain, monotonic time)."""
 
-    def __init__(self, port, topics=('#',), client_id='', persistent=False, user=None, password=None):
+    def __init__(self, port, topics=('#',), client_id='', persistent=False, user=None, password=None,
+                 tls_ca=None):
         self.msgs = []
         self.lock = threading.Lock()
         kw = {}
@@ -158,6 +165,8 @@ class Collector:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kw)
         if user:
             self.c.username_pw_set(user, password)
+        if tls_ca:
+            self.c.tls_set(ca_certs=tls_ca)     # verifies the broker's certificate and name
         self.c.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
         self.topics = topics
         self.connected = threading.Event()

@@ -22,7 +22,8 @@ sys.path.insert(0, HERE)
 from modbus_sim import SiteSimulator, Scenario  # noqa: E402
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), 'micropython')
-MICROPYPATH = ':'.join(os.path.join(ROOT, p) for p in ('firmware/unix', 'firmware', 'lib', 'build/vendor'))
+MICROPYPATH = ':'.join([os.path.join(ROOT, p) for p in ('firmware/unix', 'firmware', 'lib', 'build/vendor')]
+                       + ['.frozen'])   # the unix port's frozen modules (ssl, ...), as on a board
 
 
 def parse_cycle(line):

@@ -63,7 +63,7 @@ class VirtualBoard:
         self.exe = micropython or MICROPYTHON
         self.shim = shim
         self.env = dict(os.environ, **(env or {}))
-        self.env['MICROPYPATH'] = '%s:%s' % (self.shim, os.path.join(self.root, 'lib'))
+        self.env['MICROPYPATH'] = '%s:%s:.frozen' % (self.shim, os.path.join(self.root, 'lib'))  # .frozen: ssl etc.
         self.env.pop('PYTHONPATH', None)
         self.port = None
         self.boots = 0              # number of boots so far

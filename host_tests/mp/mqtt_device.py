@@ -4,7 +4,8 @@
 # persist. Fake part: the site (constant load; the battery reaches its setpoint in one cycle).
 # Run: MICROPYPATH=firmware:lib:build/vendor micropython mqtt_device.py PARAMS.json
 # PARAMS: {"mqtt": {...link config...}, "base_cfg": {...}, "state_path": str, "hmac_key": hex|null,
-#          "period_ms": int, "run_ms": int, "load_w": int, "soc_bp": int}
+#          "period_ms": int, "run_ms": int, "load_w": int, "soc_bp": int,
+#          "ssl_context_cafile": DER path (optional: mqtt "ssl" becomes an SSLContext verifying with it)}
 # stdout: one JSON line per second {"t": ms, "link": state, "late_max_ms", "work_max_us", ...}
 # and a final line {"done": true, ...}. The boot message (if any) goes to stderr.
 import sys
@@ -28,6 +29,12 @@ key = commands.parse_key(p['hmac_key']) if p.get('hmac_key') else None
 handler = cmd_handler.CommandHandler(ctl, p['state_path'], key, ctr, stats)
 mc = dict(p['mqtt'])
 mc['on_command'] = handler
+if p.get('ssl_context_cafile'):         # TLS through an SSLContext built here (a DER CA file)
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=p['ssl_context_cafile'])
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    mc['ssl'] = ctx
 link = mqtt_link.MqttLink(mc)
 link.notice = msg
 link.set_config(ctl.cfg)
