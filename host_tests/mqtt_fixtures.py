@@ -12,6 +12,7 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(ROOT, 'host_tests', 'mp', 'mqtt_device.py')
@@ -200,3 +201,20 @@ class Collector:
     def close(self):
         self.c.loop_stop()
         self.c.disconnect()
+
+
+@pytest.fixture
+def procs():
+    """Everything started by a test is stopped here, whatever happens."""
+    items = []
+    yield items
+    for it in reversed(items):
+        try:
+            if isinstance(it, Device):
+                it.kill()
+            elif isinstance(it, Collector):
+                it.close()
+            elif isinstance(it, Broker):
+                it.stop()
+        except Exception:
+            pass

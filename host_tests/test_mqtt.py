@@ -15,7 +15,7 @@ import pytest
 import commands
 import telemetry
 from figures import record
-from mqtt_fixtures import Broker, Collector, Device, wait_for, ROOT
+from mqtt_fixtures import Broker, Collector, Device, wait_for, ROOT, procs  # noqa: F401 (fixture)
 
 KEY = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff'
 
@@ -42,22 +42,6 @@ def broker(tmp_path):
     yield b
     b.stop()
 
-
-@pytest.fixture
-def procs():
-    """Everything started by a test is stopped here, whatever happens."""
-    items = []
-    yield items
-    for it in reversed(items):
-        try:
-            if isinstance(it, Device):
-                it.kill()
-            elif isinstance(it, Collector):
-                it.close()
-            elif isinstance(it, Broker):
-                it.stop()
-        except Exception:
-            pass
 
 
 def cmd(col, dev, name, body, retain=False, timeout=3.0):

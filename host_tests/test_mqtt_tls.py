@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from figures import record
-from mqtt_fixtures import Broker, Collector, Device, wait_for, micropython_exe
+from mqtt_fixtures import Broker, Collector, Device, wait_for, micropython_exe, procs  # noqa: F401 (fixture)
 
 DEV_TLS = {'ssl': True, 'ha_discovery': False}
 
@@ -41,21 +41,6 @@ def pki(tmp_path_factory):
     p['rogue'] = (p['rogue_ca.pem'], str(d / 'rogue_srv.pem'), str(d / 'rogue_srv.key'))
     return p
 
-
-@pytest.fixture
-def procs():
-    items = []
-    yield items
-    for it in reversed(items):
-        try:
-            if isinstance(it, Device):
-                it.kill()
-            elif isinstance(it, Collector):
-                it.close()
-            elif isinstance(it, Broker):
-                it.stop()
-        except Exception:
-            pass
 
 
 def _cmd(col, dev, name, body, timeout=3.0):
