@@ -2,7 +2,8 @@
 #
 #   cfg, ctr, msg = load_state(STATE_PATH, COMMISSIONED_CFG)    # at boot; print msg if any
 #   ctl = bess_core.Controller(cfg)
-#   h = CommandHandler(ctl, STATE_PATH, key, ctr, stats)         # key: bytes or None (no HMAC)
+#   h = CommandHandler(ctl, STATE_PATH, key, ctr, stats, base=validate(COMMISSIONED_CFG))
+#                                                                # key: bytes or None (no HMAC)
 #   link = mqtt_link.MqttLink({..., 'on_command': h}); h.on_change = link.set_config
 #
 # The link calls h(name, topic, payload, retained) from poll(), outside ctl.step(); an accepted
@@ -21,9 +22,12 @@ STATE_VERSION = 1
 def load_state(path, base_cfg):
     """Boot: return (config, last HMAC counter, message or None).
 
-    The saved settings when the file is intact and valid; otherwise the commissioned base_cfg
-    (validated; a ConfigError from it propagates: the runtime must then stay in fail-safe) and
-    a message saying why. A lost file also loses the replay counter (docs/telemetry.md)."""
+    The saved settings when the file is intact and valid AND were made on top of the same
+    commissioned config; otherwise the commissioned base_cfg (validated; a ConfigError from it
+    propagates: the runtime must then stay in fail-safe) and a message saying why. A redeployed
+    config therefore always wins over settings saved before it (a lowered import limit must not be
+    undone by an old command). A lost file also loses the replay counter (docs/telemetry.md)."""
+    base = validate(base_cfg)
     obj, err = persist.load(path)
     if obj is None:
         if err.endswith(': missing'):
@@ -36,7 +40,11 @@ def load_state(path, base_cfg):
         ctr = obj.get('ctr', 0)
         if not isinstance(ctr, int) or isinstance(ctr, bool) or ctr < 0:
             raise ValueError('bad ctr')
-        return validate(obj['config']), ctr, None
+        cfg = validate(obj['config'])
+        if obj.get('base') != base:
+            return (base, ctr, 'config: the commissioned config changed since settings were saved over MQTT '
+                    '(%s); saved settings discarded, the commissioned config is in force' % path)
+        return cfg, ctr, None
     except (ConfigError, ValueError, KeyError, TypeError) as e:
         msg = str(e).replace('\n', ' ')
         return (validate(base_cfg), 0,
@@ -58,9 +66,10 @@ def _req_id(payload):
 
 
 class CommandHandler:
-    def __init__(self, ctl, path, key=None, last_ctr=0, stats=None, on_change=None):
+    def __init__(self, ctl, path, key=None, last_ctr=0, stats=None, on_change=None, base=None):
         self.ctl = ctl
         self.path = path
+        self.base = base                # the commissioned config the saved settings build on
         self.auth = commands.Auth(key, last_ctr)
         self.stats = stats              # telemetry.Stats: cmd_rejected is counted there
         self.on_change = on_change      # f(config dict) after an accepted settings change
@@ -78,7 +87,7 @@ class CommandHandler:
                 cfg = cmd.data if cmd.kind == commands.K_CONFIG else self.ctl.cfg
                 ctr = cmd.ctr if signed else self.auth.last_ctr
                 try:
-                    persist.save(self.path, {'v': STATE_VERSION, 'config': cfg, 'ctr': ctr})
+                    persist.save(self.path, {'v': STATE_VERSION, 'config': cfg, 'ctr': ctr, 'base': self.base})
                 except OSError as e:
                     raise commands.Rejected('storage: could not save settings (%s); nothing changed' % e)
             commands.apply(self.ctl, cmd)

@@ -14,6 +14,7 @@ import telemetry
 import commands
 import cmd_handler
 import mqtt_link
+from bess_config import validate
 
 # site["mqtt"] keys that are ours; every other key goes to MqttLink's config (mqtt_link.config)
 _OWN = ('hmac_key', 'state_path')
@@ -36,10 +37,11 @@ class Comms:
         d = _dirname(config_path)
         # accepted commands persist beside the site config (on a board: /settings.json)
         self.state_path = self.mq.get('state_path') or (d.rstrip('/') + '/settings.json')
+        self.base = validate(site['control'])
         cfg, self.ctr, self.notice = cmd_handler.load_state(self.state_path, site['control'])
         if self.notice:
             print(self.notice)
-        site['control'] = cfg           # the saved settings win over the commissioned ones
+        site['control'] = cfg           # saved settings win, unless made on another commissioned config
 
     def attach(self, rt):
         self.rt = rt
@@ -47,7 +49,8 @@ class Comms:
             return
         key = self.mq.get('hmac_key')
         key = commands.parse_key(key) if key else None
-        self.handler = cmd_handler.CommandHandler(rt.ctl, self.state_path, key, self.ctr, self.stats)
+        self.handler = cmd_handler.CommandHandler(rt.ctl, self.state_path, key, self.ctr, self.stats,
+                                                  base=self.base)
         lc = {}
         for k in self.mq:
             if k not in _OWN:

@@ -16,8 +16,8 @@ def mqtt_cfg(port):
             'keepalive': 10, 'backoff_min_ms': 200, 'backoff_max_ms': 1000}
 
 
-def rig(port, workdir):
-    return Rig(dict(CONTROL), scenario=Scenario(SITE), period_ms=500, mqtt=mqtt_cfg(port),
+def rig(port, workdir, **control):
+    return Rig(dict(CONTROL, **control), scenario=Scenario(SITE), period_ms=500, mqtt=mqtt_cfg(port),
                workdir=str(workdir), battery_kw={'capacity_wh': 100000, 'soc_bp': 6000,
                                                  'max_chg_w': 40000, 'max_dis_w': 40000})
 
@@ -59,6 +59,13 @@ def test_real_firmware_over_mqtt(tmp_path):
             r.proc.kill()                   # no DISCONNECT: the broker sends the last will
             assert wait_for(lambda: len([m for m in col.get('bess/site1/status')
                                          if m[1] == b'offline']) > n_off, 10)
+
+        # redeployed with a lower limit (65 kW): the new commissioned config wins over the setting
+        # saved over MQTT (70 kW) -- an old command must never undo a lowered limit
+        with rig(broker.port, tmp_path, import_limit_w=65000) as r:
+            c = [x for x in r.wait_cycles(8) if x['state'] == 'discharging']
+            assert c and abs(c[-1]['sp'] - 15000) <= 300
+            assert any('saved settings discarded' in ln for ln in r.lines)
     finally:
         col.close()
         broker.stop()

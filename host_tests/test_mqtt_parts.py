@@ -13,6 +13,7 @@ import pytest
 
 import bess_core
 import commands
+from bess_config import validate
 import telemetry
 from mqtt_fixtures import MICROPYPATH, ROOT, micropython_exe
 
@@ -161,13 +162,17 @@ def test_load_state_and_handler(tmp_path):
     assert cfg['import_limit_w'] == 10000 and ctr == 0 and 'no saved settings' in msg
     ctl = bess_core.Controller(cfg)
     st = telemetry.Stats()
-    h = cmd_handler.CommandHandler(ctl, p, b'k' * 32, 0, st)
+    base = validate({'import_limit_w': 10000})
+    h = cmd_handler.CommandHandler(ctl, p, b'k' * 32, 0, st, base=base)
     good = commands.sign(b'k' * 32, TOPIC, b'{"value":9000,"ctr":4}')
     assert h('import_limit', TOPIC, good, False)['ok']
     assert not h('import_limit', TOPIC, good, False)['ok'] and st.cmd_rejected == 1
     assert not h('import_limit', TOPIC, commands.sign(b'k' * 32, TOPIC, b'{"value":9100,"ctr":5}'), True)['ok']
     cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 10000})
     assert (cfg['import_limit_w'], ctr, msg) == (9000, 4, None)
+    # a redeployed (changed) commissioned config wins over the saved settings; the counter stays
+    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 8000, 'phase_limit_w': 2000})
+    assert (cfg['import_limit_w'], cfg['phase_limit_w'], ctr) == (8000, 2000, 4) and 'discarded' in msg
     # storage failure: rejected, nothing changed
     h.path = str(tmp_path / 'no_such_dir' / 'state.json')
     a = h('import_limit', TOPIC, commands.sign(b'k' * 32, TOPIC, b'{"value":8000,"ctr":9}'), False)

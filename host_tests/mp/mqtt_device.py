@@ -14,6 +14,7 @@ import time
 import gc
 
 import bess_core
+import bess_config
 import telemetry
 import mqtt_link
 import cmd_handler
@@ -26,7 +27,8 @@ if msg:
 ctl = bess_core.Controller(cfg)
 stats = telemetry.Stats()
 key = commands.parse_key(p['hmac_key']) if p.get('hmac_key') else None
-handler = cmd_handler.CommandHandler(ctl, p['state_path'], key, ctr, stats)
+handler = cmd_handler.CommandHandler(ctl, p['state_path'], key, ctr, stats,
+                                     base=bess_config.validate(p['base_cfg']))
 mc = dict(p['mqtt'])
 mc['on_command'] = handler
 if p.get('ssl_context_cafile'):         # TLS through an SSLContext built here (a DER CA file)
