@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import random
+import sys
 import struct
 from fractions import Fraction
 
@@ -455,3 +456,74 @@ def test_mpy_cross_compiles(mod, tmp_path):
     r = subprocess.run([MPY_CROSS, '-o', str(tmp_path / (mod + '.mpy')), os.path.join(ROOT, 'lib', mod + '.py')],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+SUNSPEC_PLAN_SCRIPT = r'''
+import sys
+sys.path.insert(0, LIB)
+import devprofile
+try:
+    import micropython
+    lock, unlock = micropython.heap_lock, micropython.heap_unlock
+except ImportError:
+    lock = unlock = None
+p = devprofile.load(PROF)
+c = p.control
+b = c.wchamax.block                     # 124 block: WChaMax raw, WChaMax_SF, InOutWRte_SF
+b.buf[c.wchamax.off] = WMAX_RAW
+b.buf[c.wchamax.sf_off] = WMAX_SF & 0xFFFF
+b.buf[c.rte_sf.off] = RTE_SF & 0xFFFF
+b.ok = 1
+ws = WS
+out = [0] * len(ws)
+w_out, k_out = c.plan_.slot[c.out_addr]
+w_in, k_in = c.plan_.slot[c.in_addr]
+plan = c.plan
+
+
+def run():                  # a function: module-level stores would grow the globals dict
+    i = 0
+    if lock:
+        lock()
+    try:
+        while i < len(ws):
+            plan(ws[i])
+            out[i] = w_out.buf[k_out] if ws[i] >= 0 else w_in.buf[k_in]
+            i += 1
+    finally:
+        if unlock:
+            unlock()
+
+
+run()
+print(' '.join([str(x) for x in out]))
+'''
+
+
+@pytest.mark.parametrize('runtime', ['cpython', 'unix', '32bit'])
+@pytest.mark.parametrize('wmax_raw, wmax_sf, rte_sf', [(10000, 1, -2), (10000, 1, 0), (50000, 2, -2)])
+def test_sunspec_rate_never_exceeds_the_setpoint_and_allocates_nothing(tmp_path, runtime, wmax_raw, wmax_sf, rte_sf):
+    """OutWRte/InWRte = floor(|P| / WChaMax * 100 %) in register units: exact (checked against
+    big-int arithmetic), the battery never does more than asked, and no heap int on 32-bit
+    MicroPython even for +-10 MW setpoints (heap_lock)."""
+    import subprocess
+    wmax = wmax_raw * 10 ** wmax_sf
+    full = 100 * 10 ** (-rte_sf) if rte_sf <= 2 else 0
+    ws = [0, 1, 999, 10500, -10500, 99999, 100000, 107374, 150000, -150000, 4999999, 10000000, -10000000]
+    head = 'WMAX_RAW = %d\nWMAX_SF = %d\nRTE_SF = %d\nWS = %r\n' % (wmax_raw, wmax_sf, rte_sf, ws)
+    prof = os.path.join(modbus_sim.PROFILE_DIR, 'sunspec_battery_802_124.json')
+    script = tmp_path / 'plan.py'
+    if runtime == '32bit':
+        script.write_text("LIB = '/lib'\nPROF = '/p.json'\n" + head + SUNSPEC_PLAN_SCRIPT)
+        cmd = ['node', os.path.join(ROOT, 'tools', 'mp32', 'run.mjs'), '--put', os.path.join(ROOT, 'lib') + ':/lib',
+               '--put', prof + ':/p.json', str(script)]
+    else:
+        script.write_text('LIB = %r\nPROF = %r\n' % (os.path.join(ROOT, 'lib'), prof) + head + SUNSPEC_PLAN_SCRIPT)
+        cmd = [sys.executable if runtime == 'cpython' else MPY, str(script)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = [int(x) for x in r.stdout.split()]
+    for w, x in zip(ws, got):
+        want = min(full, abs(w) * full // wmax, 32767)
+        assert x == want, (w, x, want)
+        assert x * wmax // full <= abs(w) if full else x == 0    # delivered <= requested

@@ -191,11 +191,23 @@ class SunSpecControl:
         sf = rd.decode_sf(p.block.buf, p.off)
         if sf is None:
             return None
-        full = rd.scale_int(100, -sf)              # 100 % in register units
+        full = rd.scale_int(100, -sf)              # 100 % in register units (10 ** (2 - sf))
         a = -w if w < 0 else w
-        x = rd.div_round(a * full, wmax)
-        if x > full:
+        if a >= wmax:
             x = full
+        else:
+            # x = floor(a * full / wmax): rounded toward 0 so the battery never does more than the
+            # setpoint (a zero-feed-in or import-limit margin must not be eaten by rounding), and
+            # computed digit by digit so no product a * full (> 2**30 for a 100 kW battery at
+            # SF -2, a heap int on 32-bit boards) is formed: every intermediate < 10 * wmax.
+            x = 0
+            r = a
+            n = 2 - sf
+            while n > 0 and x <= 32767:
+                r *= 10
+                x = x * 10 + r // wmax
+                r %= wmax
+                n -= 1
         if x > 32767:
             x = 32767
         pl = self.plan_
