@@ -58,6 +58,7 @@ def test_config_defaults_and_reserve_defaults_to_min():
     ({'import_limit_w': 1000, 'ev_headroom_w': 1000}, 'ev_headroom_w: must be below import_limit_w'),
     ({'import_limit_w': 1000, 'min_import_w': 1000}, 'min_import_w: must be below import_limit_w'),
     ({'import_limit_w': 1000, 'min_soc_bp': 5000, 'max_soc_bp': 9000, 'taper_band_bp': 4500}, 'taper_band_bp'),
+    ({'import_limit_w': 1000, 'reserve_soc_bp': 9400, 'max_soc_bp': 9500}, 'reserve lock can release'),
 ])
 def test_config_rejects_with_clear_message(cfg, msg):
     with pytest.raises(ConfigError) as e:

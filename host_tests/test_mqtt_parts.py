@@ -66,6 +66,13 @@ def test_check_rules():
     ok = lambda n, b: commands.check(n, json.dumps(b).encode(), cfg, a)   # noqa: E731
     assert ok('objective', {'value': 'ss'}).data['objective'] == 'ss'
     assert ok('min_soc', {'value': 500}).data['min_soc_bp'] == 500
+    # a reserve equal to min SoC (the default: no reserve) follows min SoC up and down ...
+    d = ok('min_soc', {'value': 2500}).data
+    assert d['min_soc_bp'] == 2500 and d['reserve_soc_bp'] == 2500
+    # ... an explicit reserve above it stays where it was set
+    with_res = validate(dict(cfg, reserve_soc_bp=4000))
+    d = commands.check('min_soc', b'{"value":1500}', with_res, a).data
+    assert d['min_soc_bp'] == 1500 and d['reserve_soc_bp'] == 4000
     assert ok('dispatch', {'power_w': -3000, 'duration_ms': 1000}).data == (-3000, 1000)
     assert ok('dispatch', {'duration_ms': 0}).data == (0, 0)
     small = dict(cfg, max_discharge_w=2000, max_charge_w=1000)

@@ -87,9 +87,11 @@ def test_safety_invariants(cfg, seq):
         if fl & bc.F_MIN_LOCK:
             assert sp <= 0
         assert sp <= expected_taper_cap(c, soc, dis_lim)
-        # no charging in max-SoC lock (locked at or above max SoC)
+        # no charging in the max-SoC lock (at or above max SoC, and inside its hysteresis band)
         if soc >= c.max_soc_bp:
-            assert fl & bc.F_MAX_LOCK and sp >= 0
+            assert fl & bc.F_MAX_LOCK
+        if fl & bc.F_MAX_LOCK:
+            assert sp >= 0
         # zero feed-in: the battery never creates export, and keeps the minimum import
         if c.objective == bc.OBJ_ZFI and sp > 0:
             assert net - sp >= c.min_import_w

@@ -92,6 +92,9 @@ def _check_consistency(c, errs):
     if mn + hy >= mx - hy:
         errs.append('hysteresis_bp: min_soc_bp + hysteresis_bp must stay below max_soc_bp - hysteresis_bp '
                     '(%d + %d >= %d - %d), or the two SoC locks overlap' % (mn, hy, mx, hy))
+    if rs + hy >= mx:
+        errs.append('reserve_soc_bp: reserve_soc_bp + hysteresis_bp must stay below max_soc_bp (%d + %d >= %d), '
+                    'or charging stops before the reserve lock can release' % (rs, hy, mx))
     if mn + c['taper_band_bp'] > mx:
         errs.append('taper_band_bp: min_soc_bp + taper_band_bp must not exceed max_soc_bp (%d + %d > %d)'
                     % (mn, c['taper_band_bp'], mx))

@@ -233,7 +233,8 @@ class Controller:
             o.setpoint_w = 0
             o.state = ST_FAILSAFE
             o.binding = B_FAILSAFE
-            o.flags = flags | (self.min_lock * F_MIN_LOCK) | (self.max_lock * F_MAX_LOCK)
+            o.flags = (flags | (self.min_lock * F_MIN_LOCK) | (self.max_lock * F_MAX_LOCK)
+                       | (self.reserve_lock * F_RESERVE_LOCK))
             o.avail_chg_w = 0
             o.avail_dis_w = 0
             o.net_w = 0

@@ -195,6 +195,9 @@ def check(name, payload, cfg, auth, topic=b''):
             raise Rejected('malformed: missing "value"')
         new = dict(cfg)
         new[SETTINGS[name]] = obj['value']
+        if name == 'min_soc' and cfg['reserve_soc_bp'] == cfg['min_soc_bp']:
+            # a reserve equal to min SoC is the default "no reserve": it follows min SoC
+            new['reserve_soc_bp'] = obj['value']
         try:
             new = validate(new)
         except ConfigError as e:
