@@ -154,6 +154,8 @@ class Runtime:
         self.max_cycle_us = 0
         self.last_cycle_us = 0
         self.overruns = 0
+        self.cycle_errors = 0           # cycles that raised (a bug): failed safe, see run()
+        self.hook_errors = 0            # on_cycle (MQTT side) raised
         self.tick_ref = self.tick       # bound method created once, not in the IRQ
         m, b = self.meter, self.battery
         self.wire_bytes = m.bytes_per_poll + b.bytes_per_poll
@@ -205,7 +207,9 @@ class Runtime:
             return 0
         b = self.battery
         writes = b.prof.control.plan(sp) if b.prof.control is not None else None
-        if writes is None:              # cannot encode (e.g. WChaMax unknown yet): nothing sent
+        if writes is None:              # cannot encode (e.g. WChaMax unknown yet): nothing sent,
+            self.write_errors += 1      # and it shows (telemetry err.battery)
+            self.sp_sent = None
             return 0
         if send_writes(self.bus, b.unit, writes) != OK:
             self.write_errors += 1
@@ -242,6 +246,20 @@ class Runtime:
                   bc.STATE_NAMES[o.state], bc.BINDING_NAMES[o.binding], o.flags, us,
                   self.meter.dev.c[10], self.battery.dev.c[10]))
 
+    def fail_safe(self, e):
+        """A cycle raised: say so (rate-limited) and command 0 W if the bus allows."""
+        self.cycle_errors += 1
+        self.cycles += 1
+        sent = 0
+        try:
+            self.sp_sent = None
+            sent = self.write_setpoint(0, time.ticks_ms())
+        except Exception:
+            pass
+        if self.cycle_errors == 1 or self.cycle_errors % 100 == 0:
+            print('cycle failed (%d times): %r; 0 W %s' % (self.cycle_errors, e,
+                                                          'sent' if sent else 'could not be sent'))
+
     def run(self, wdt=None, cycles=0, hard=False, timer_id=-1, on_cycle=None):
         """Paced loop. cycles=0: forever. on_cycle(): called after each cycle (MQTT link etc.)."""
         tim = machine.Timer(timer_id)
@@ -251,11 +269,21 @@ class Runtime:
             while cycles == 0 or self.cycles < cycles:
                 if self.due:
                     self.due = 0
-                    self.cycle()
-                    if wdt is not None:
-                        wdt.feed()
+                    try:
+                        self.cycle()
+                        done = 1
+                    except Exception as e:      # a bug must not leave the last setpoint standing
+                        done = 0
+                        self.fail_safe(e)
+                    if done and wdt is not None:
+                        wdt.feed()              # a fault that persists ends in a watchdog reset
                     if on_cycle is not None:
-                        on_cycle()
+                        try:
+                            on_cycle()
+                        except Exception as e:  # telemetry/commands must never stop control
+                            self.hook_errors += 1
+                            if self.hook_errors == 1 or self.hook_errors % 100 == 0:
+                                print('on_cycle failed (%d times): %r' % (self.hook_errors, e))
                 else:
                     machine.idle()
         finally:
@@ -381,8 +409,9 @@ def main(config_path='/site.json', root='', cycles=0):
     rt.run(wdt, cycles, hard=timer.get('hard', False), timer_id=timer.get('id', -1),
            on_cycle=comms.cycle if comms.link is not None else None)
     print('done: %d cycles, max cycle %d us, %d overruns, meter failed calls %d, battery failed calls %d, '
-          'setpoint write errors %d' % (rt.cycles, rt.max_cycle_us, rt.overruns, rt.meter.dev.c[10],
-                                        rt.battery.dev.c[10], rt.write_errors))
+          'setpoint write errors %d, cycle errors %d' % (rt.cycles, rt.max_cycle_us, rt.overruns,
+                                                         rt.meter.dev.c[10], rt.battery.dev.c[10],
+                                                         rt.write_errors, rt.cycle_errors))
     print('stats ' + json.dumps({'meter': rt.meter.dev.stats(), 'battery': rt.battery.dev.stats()}))
 
 

@@ -69,7 +69,7 @@ class Comms:
         rt = self.rt
         st = self.stats
         st.meter_err = rt.meter.dev.c[10]       # failed calls (bus.C_FAILED)
-        st.bat_err = rt.battery.dev.c[10]
+        st.bat_err = rt.battery.dev.c[10] + rt.write_errors     # + setpoints not sent
         if rt.last_cycle_us > st.cycle_max_us:
             st.cycle_max_us = rt.last_cycle_us
         st.heap_free = gc.mem_free()

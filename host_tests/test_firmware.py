@@ -4,8 +4,9 @@ Each test starts tools/fil.Rig: the simulator (Eastron SDM630 meter id 1, SunSpe
 id 2 on one pty) and firmware/main.py with a site config pointing at that pty.
 """
 import json
+import os
 
-from fil import Rig
+from fil import Rig, parse_cycle
 from modbus_sim import Scenario
 
 PERIOD_MS = 500
@@ -132,3 +133,34 @@ def test_every_injected_fault_is_counted_and_never_crashes_the_loop():
     assert b['no_response'] >= 2                                        # gone
     done = [ln for ln in r.lines if ln.startswith('done:')]
     assert done and 'Traceback' not in '\n'.join(r.lines)
+
+
+def test_a_cycle_that_raises_fails_safe_and_the_loop_goes_on(tmp_path):
+    """Cycles 4-6 raise after the core asked for 20 kW: the battery gets 0 W at once, the loop
+    keeps running, the watchdog is not fed for those cycles; then control resumes."""
+    import subprocess
+    from fil import MICROPYTHON, MICROPYPATH, ROOT
+    r = rig([(0, 80000, 0, 0, 0, 0)], control={'phase_limit_w': 0})
+    r.sim.start()
+    try:
+        site = dict(r.site)
+        site['bus'] = dict(site['bus'], device=r.sim.paths[0])
+        cfg = tmp_path / 'site.json'
+        cfg.write_text(json.dumps(site))
+        p = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, 'host_tests', 'mp', 'cycle_fault.py'), str(cfg), ROOT],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, MICROPYPATH=MICROPYPATH))
+        lines = list(p.stdout)
+        p.wait(30)
+    finally:
+        r.sim.stop()
+    out = ''.join(lines)
+    assert p.returncode == 0, out
+    assert "injected fault in cycle 4',); 0 W sent" in out, out
+    assert 'RESULT cycles=10 cycle_errors=3 fed=7' in out, out
+    # the first reading after the faults: the battery had been commanded 0 W (it was at 20 kW)
+    k = next(i for i, x in enumerate(lines) if x.startswith('cycle failed'))
+    before = [parse_cycle(x) for x in lines[:k] if x.startswith('cyc ')]
+    after = [parse_cycle(x) for x in lines[k:] if x.startswith('cyc ')]
+    assert before[-1]['bat'] > 15000 and after[0]['bat'] == 0, out
+    assert after[-1]['state'] == 'discharging'                  # control resumed

@@ -527,3 +527,11 @@ def test_sunspec_rate_never_exceeds_the_setpoint_and_allocates_nothing(tmp_path,
         want = min(full, abs(w) * full // wmax, 32767)
         assert x == want, (w, x, want)
         assert x * wmax // full <= abs(w) if full else x == 0    # delivered <= requested
+
+
+def test_exponent_beyond_the_table_is_bad_data_not_an_exception():
+    """Profile scale 9 + a device SunSpec SF of 8 = 10**17: decoded as invalid (None), no IndexError."""
+    for typ in (rd.U16, rd.I16, rd.U32, rd.I32, rd.F32):
+        regs = [0x4020, 0x0000]
+        assert rd.decode(regs, 0, typ, 0, rd.EXP_MAX + 1, 1, rd.LIMIT_W, 0) is None
+        assert rd.decode(regs, 0, typ, 0, -rd.EXP_MAX - 1, 1, rd.LIMIT_W, 0) is None

@@ -153,6 +153,8 @@ def decode(regs, off, typ, lsw, exp10, sign, limit, na):
     NaN/inf, SunSpec 'not implemented' (when na), or |result| > limit. No allocation for
     small-int results.
     """
+    if exp10 > EXP_MAX or exp10 < -EXP_MAX:     # profile scale + device SF out of range: bad data
+        return None
     if na and is_na(regs, off, typ, lsw):
         return None
     if typ == F32:

@@ -1,0 +1,31 @@
+# A cycle that raises (a bug) must fail safe: the loop goes on, 0 W is commanded, the watchdog is
+# not fed for that cycle. Run on the unix port: cycle_fault.py SITE.json ROOT
+import sys
+import app
+
+site = app.load_json(sys.argv[1], 'site')
+board = app.load_json('%s/boards/unix.json' % sys.argv[2], 'board')
+rt = app.Runtime(site, board, sys.argv[2])
+real_step = rt.ctl.step
+n = [0]
+
+
+def step():
+    n[0] += 1
+    real_step()
+    if 4 <= n[0] <= 6:
+        raise ValueError('injected fault in cycle %d' % n[0])
+
+
+rt.ctl.step = step
+
+
+class Wdt:
+    fed = 0
+
+    def feed(self):
+        Wdt.fed += 1
+
+
+rt.run(Wdt(), cycles=10)
+print('RESULT cycles=%d cycle_errors=%d fed=%d' % (rt.cycles, rt.cycle_errors, Wdt.fed))
