@@ -11,6 +11,7 @@
 import sys
 import time
 import json
+from array import array
 
 import machine
 
@@ -44,11 +45,44 @@ class Poller:
         self.blocks = prof.blocks
         self.dev = bus.add_device(unit, prof.name, prof.min_gap_ms)
         self.t_ok = None                # ticks_ms of the last complete read
+        # identify: registers that must read exactly so before we trust (or write to) the device:
+        # 1 confirmed, 0 not yet (no answer: asked again next cycle), -1 refused for good
+        self.ident = 0 if prof.identify else 1
+        n = 1
+        for e in prof.identify:
+            if len(e['values']) > n:
+                n = len(e['values'])
+        self._id_buf = array('H', bytes(2 * n))
         self.bytes_per_poll = 0
         for b in self.blocks:           # request 8 bytes, response 5 + 2 x count
             self.bytes_per_poll += 8 + 5 + 2 * b.count
 
+    def identify(self):
+        """Check the profile's identify registers. A mismatch or an exception response (e.g.
+        illegal address: another register layout) refuses the device for good."""
+        for e in self.prof.identify:
+            vals = e['values']
+            st = self.bus.read(self.unit, e['fc'], e['addr'], len(vals), self._id_buf)
+            if st == NO_RESPONSE:
+                return 0
+            bad = st != OK
+            for k in range(len(vals)):
+                if bad or self._id_buf[k] != vals[k]:
+                    self.ident = -1
+                    print('REFUSED %s at unit %d: register %d %s, the profile expects %r: wrong profile or '
+                          'layout; it is neither trusted nor written to' % (
+                              self.prof.name, self.unit, e['addr'] + k,
+                              'answered status %d' % st if bad else 'reads %d' % self._id_buf[k], vals))
+                    return -1
+        self.ident = 1
+        print('%s at unit %d: layout confirmed (%d identify registers)' % (self.prof.name, self.unit,
+                                                                         len(self.prof.identify)))
+        return 1
+
     def poll(self):
+        if self.ident != 1 and (self.ident < 0 or self.identify() != 1):
+            self.prof.invalidate()
+            return 0
         read = self.bus.read
         ok = 1
         for b in self.blocks:
@@ -206,6 +240,8 @@ class Runtime:
         if sp == self.sp_sent and time.ticks_diff(now, self.t_sent) < HEARTBEAT_MS:
             return 0
         b = self.battery
+        if b.ident != 1:                # unconfirmed or refused device: never written to
+            return 0
         writes = b.prof.control.plan(sp) if b.prof.control is not None else None
         if writes is None:              # cannot encode (e.g. WChaMax unknown yet): nothing sent,
             self.write_errors += 1      # and it shows (telemetry err.battery)
@@ -328,7 +364,7 @@ class SafeBattery:
         """Read the battery (a SunSpec plan needs WChaMax first), write 0 W. 1 when acknowledged."""
         p = self.poller
         p.poll()
-        writes = p.prof.control.plan(0)
+        writes = p.prof.control.plan(0) if p.ident == 1 else None   # never write an unconfirmed device
         if writes is not None and send_writes(self.bus, p.unit, writes) == OK:
             self.sent += 1
             return 1

@@ -164,3 +164,21 @@ def test_a_cycle_that_raises_fails_safe_and_the_loop_goes_on(tmp_path):
     after = [parse_cycle(x) for x in lines[k:] if x.startswith('cyc ')]
     assert before[-1]['bat'] > 15000 and after[0]['bat'] == 0, out
     assert after[-1]['state'] == 'discharging'                  # control resumed
+
+
+def test_a_device_whose_layout_differs_from_its_profile_is_refused_and_never_written():
+    """The SunSpec battery profile asserts its model chain (identify). A battery that answers
+    model 803 where 802 is expected is refused: no setpoint is ever written to it, fail-safe."""
+    sc = [(0, 80000, 0, 0, 0, 0)]
+    r = rig(sc, control={'phase_limit_w': 0}, cycles=6)
+    with r.sim.lock:
+        r.sim.battery.regs[3][40070] = 803
+    with r:
+        cyc = r.wait_cycles(6)
+        assert r.wait_exit(30) == 0
+    out = '\n'.join(r.lines)
+    assert 'REFUSED sunspec_battery_802_124 at unit 2: register 40070 reads 803' in out, out
+    assert all(c['state'] == 'failsafe' and c['sp'] == 0 for c in cyc)
+    assert r.sim.status()['battery']['setpoint_w'] == 0
+    assert r.sim.battery.regs[3].get(40139, 0) == 0            # StorCtl_Mod never written
+    assert 'REFUSED eastron' not in out          # the meter (no identify entries) is unaffected
