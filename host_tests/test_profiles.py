@@ -535,3 +535,64 @@ def test_exponent_beyond_the_table_is_bad_data_not_an_exception():
         regs = [0x4020, 0x0000]
         assert rd.decode(regs, 0, typ, 0, rd.EXP_MAX + 1, 1, rd.LIMIT_W, 0) is None
         assert rd.decode(regs, 0, typ, 0, -rd.EXP_MAX - 1, 1, rd.LIMIT_W, 0) is None
+
+
+TINY_SCRIPT = r'''
+import sys
+sys.path.insert(0, LIB)
+import regdecode as rd
+try:
+    import micropython
+    lock, unlock = micropython.heap_lock, micropython.heap_unlock
+except ImportError:
+    lock = unlock = None
+words = WORDS
+out = [0] * (len(words) // 2)
+
+
+def run():
+    i = 0
+    if lock:
+        lock()
+    try:
+        while i < len(out):
+            out[i] = rd.f32_scaled(words[2 * i], words[2 * i + 1], 0)
+            i += 1
+    finally:
+        if unlock:
+            unlock()
+
+
+run()
+print(' '.join([str(x) for x in out]))
+'''
+
+
+@pytest.mark.parametrize('runtime', ['cpython', '32bit'])
+def test_float32_power_readings_decode_without_heap_ints(tmp_path, runtime):
+    """Meter noise (0.004 W, 1e-30, subnormals) and ordinary powers: exact on CPython and
+    allocation-free on 32-bit MicroPython (heap_lock)."""
+    import struct
+    import subprocess
+    vals = [0.004, -0.004, 0.01, 0.001, 1e-30, -1e-38, 1e-45, 0.49, 0.5, -0.5, 0.75, 1234.5, -22134.0,
+            9999999.0, -10000000.0]
+    words = []
+    for v in vals:
+        b = struct.unpack('>HH', struct.pack('>f', v))
+        words += list(b)
+    script = tmp_path / 'tiny.py'
+    if runtime == '32bit':
+        script.write_text("LIB = '/lib'\nWORDS = %r\n" % words + TINY_SCRIPT)
+        cmd = ['node', os.path.join(ROOT, 'tools', 'mp32', 'run.mjs'), '--put', os.path.join(ROOT, 'lib') + ':/lib',
+               str(script)]
+    else:
+        script.write_text('LIB = %r\nWORDS = %r\n' % (os.path.join(ROOT, 'lib'), words) + TINY_SCRIPT)
+        cmd = [sys.executable, str(script)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = [int(x) for x in r.stdout.split()]
+    from fractions import Fraction
+    for v, w0, w1, g in zip(vals, words[0::2], words[1::2], got):
+        exact = Fraction(struct.unpack('>f', struct.pack('>HH', w0, w1))[0])
+        want = int(abs(exact) + Fraction(1, 2)) * (1 if exact >= 0 else -1)    # half away from zero
+        assert g == want, (v, g, want)

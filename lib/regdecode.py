@@ -130,6 +130,10 @@ def f32_scaled(hi, lo, exp10):
         return None
     if e2 > 80:
         return None                 # >= 2**103 * 10**-16: beyond every limit; avoids huge ints
+    # |value| < 2**(24 + e2) * 10**exp10 < 2**(24 + e2 + 4 * max(exp10, 0)): below 0.25 it rounds to
+    # 0, so say so before 2**-e2 (a heap int on 32-bit boards) is formed (meter noise, 0.004 W)
+    if 24 + e2 + (4 * exp10 if exp10 > 0 else 0) <= -2:
+        return 0
     n = m
     d = 1
     if exp10 >= 0:
