@@ -14,7 +14,7 @@ import telemetry
 import commands
 import cmd_handler
 import mqtt_link
-from bess_config import validate
+from bess_config import validate, ConfigError
 
 # site["mqtt"] keys that are ours; every other key goes to MqttLink's config (mqtt_link.config)
 _OWN = ('hmac_key', 'state_path')
@@ -34,19 +34,38 @@ class Comms:
         self.notice = None
         if not self.mq:
             return
-        d = _dirname(config_path)
-        # accepted commands persist beside the site config (on a board: /settings.json)
-        self.state_path = self.mq.get('state_path') or (d.rstrip('/') + '/settings.json')
-        self.base = validate(site['control'])
-        cfg, self.ctr, self.notice = cmd_handler.load_state(self.state_path, site['control'])
+        try:
+            d = _dirname(config_path)
+            # accepted commands persist beside the site config (on a board: /settings.json)
+            self.state_path = self.mq.get('state_path') or (d.rstrip('/') + '/settings.json')
+            self.base = validate(site['control'])
+            cfg, self.ctr, self.notice = cmd_handler.load_state(self.state_path, site['control'])
+        except ConfigError:
+            raise                       # the control config itself is invalid: the safe state
+        except Exception as e:          # an MQTT problem must never cost battery control
+            self._disable(e)
+            return
         if self.notice:
             print(self.notice)
         site['control'] = cfg           # saved settings win, unless made on another commissioned config
+
+    def _disable(self, e):
+        print('MQTT DISABLED (%s: %s): the controller runs without telemetry and commands; '
+              'fix the "mqtt" section of the site config' % (type(e).__name__, e))
+        self.mq = None
+        self.link = None
+        self.handler = None
 
     def attach(self, rt):
         self.rt = rt
         if not self.mq:
             return
+        try:
+            self._attach(rt)
+        except Exception as e:
+            self._disable(e)
+
+    def _attach(self, rt):
         key = self.mq.get('hmac_key')
         key = commands.parse_key(key) if key else None
         self.handler = cmd_handler.CommandHandler(rt.ctl, self.state_path, key, self.ctr, self.stats,

@@ -182,3 +182,16 @@ def test_a_device_whose_layout_differs_from_its_profile_is_refused_and_never_wri
     assert r.sim.status()['battery']['setpoint_w'] == 0
     assert r.sim.battery.regs[3].get(40139, 0) == 0            # StorCtl_Mod never written
     assert 'REFUSED eastron' not in out          # the meter (no identify entries) is unaffected
+
+
+def test_a_broken_mqtt_section_never_costs_battery_control():
+    """Telemetry settings must not take away import-limit protection: an mqtt section the link
+    cannot use (no client id, a bad HMAC key) disables MQTT with a message; control runs."""
+    sc = [(0, 80000, 0, 0, 0, 0)]
+    for mq in ({'server': '127.0.0.1', 'port': 1}, {'server': '127.0.0.1', 'client_id': 'x', 'hmac_key': 'zz'}):
+        r = rig(sc, control={'phase_limit_w': 0}, cycles=8, mqtt=mq)
+        with r:
+            c = wait_for(r, lambda c: c['state'] == 'discharging', 8, 'control without MQTT')
+            assert abs(c['sp'] - 20000) <= 300
+            assert r.wait_exit(30) == 0
+        assert any(ln.startswith('MQTT DISABLED') for ln in r.lines), r.lines[:5]
