@@ -127,7 +127,17 @@ class _Sock:
         self.rx_pkts = 0
         self.wbuf = bytearray()
         self.defer = False
+        self.until = None       # ticks_ms: the current poll()'s budget for all blocking reads/writes
         raw.settimeout(timeout_ms / 1000)
+
+    def _deadline(self):
+        # one operation's bound, cut to the poll's budget: a peer that trickles bytes cannot
+        # stretch a poll (each byte used to renew nothing but also end nothing)
+        d = _ticks_add(time.ticks_ms(), self.tmo)
+        u = self.until
+        if u is not None and _ticks_diff(u, d) < 0:
+            return u
+        return d
 
     # --- what umqtt.simple calls ---
     def connect(self, addr):    # already connected by the link
@@ -185,11 +195,16 @@ class _Sock:
                     raise
             self.last1 = r if n == 1 else None
             return r
-        deadline = _ticks_add(time.ticks_ms(), self.tmo)
+        deadline = self._deadline()
         buf = b''
         while len(buf) < n:
+            if _ticks_diff(deadline, time.ticks_ms()) <= 0:
+                raise OSError(errno.ETIMEDOUT)      # checked every round, data or not
             try:
-                r = self.s.read(n - len(buf))
+                # one byte per call: MicroPython's blocking read(n) loops inside until n bytes
+                # have come, each byte renewing the socket timeout, so a peer trickling bytes
+                # could hold it for minutes; read(1) returns with the first byte
+                r = self.s.read(1)
             except OSError as e:
                 if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
                     raise
@@ -198,8 +213,6 @@ class _Sock:
                 raise OSError(errno.ECONNRESET)
             if r:
                 buf = r if not buf else buf + r
-            elif _ticks_diff(deadline, time.ticks_ms()) <= 0:
-                raise OSError(errno.ETIMEDOUT)
         self.last1 = buf if n == 1 else None
         return buf
 
@@ -222,21 +235,21 @@ class _Sock:
             self.nb = False
             self.raw.settimeout(self.tmo / 1000)
         mv = memoryview(self.wbuf)
-        deadline = _ticks_add(time.ticks_ms(), self.tmo)
+        deadline = self._deadline()
         off = 0
         total = len(mv)
         try:
             while off < total:
+                if _ticks_diff(deadline, time.ticks_ms()) <= 0:
+                    raise OSError(errno.ETIMEDOUT)  # checked every round, progress or not
                 try:
-                    w = self.s.write(mv[off:])
+                    w = self.s.write(mv[off:off + 256])   # small pieces: the deadline gets a say
                 except OSError as e:
                     if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
                         raise
                     w = None
                 if w:
                     off += w
-                elif _ticks_diff(deadline, time.ticks_ms()) <= 0:
-                    raise OSError(errno.ETIMEDOUT)
         finally:
             self.wbuf = bytearray()
 
@@ -382,7 +395,11 @@ class MqttLink:
         self.config_dirty = True
 
     def poll(self, now_ms):
-        """Bounded work: connect steps, inbound commands, pings, publish from the ring."""
+        """Bounded work: connect steps, inbound commands, pings, publish from the ring. All
+        blocking socket work in one poll shares one budget of sock_timeout_ms (plus at most one
+        socket timeout for a read already under way when it runs out)."""
+        if self.sock is not None:
+            self.sock.until = _ticks_add(time.ticks_ms(), self.cfg['sock_timeout_ms'])
         st = self.state
         if st == DOWN:
             if self.next_try is None or _ticks_diff(now_ms, self.next_try) >= 0:

@@ -15,7 +15,7 @@ import pytest
 import commands
 import telemetry
 from figures import record
-from mqtt_fixtures import Broker, Collector, Device, wait_for, ROOT, procs  # noqa: F401 (fixture)
+from mqtt_fixtures import Broker, Collector, Device, wait_for, ROOT, MICROPYPATH, micropython_exe, procs  # noqa: F401
 
 KEY = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff'
 
@@ -431,3 +431,42 @@ def test_consumer_table_csv_plot(tmp_path, broker, procs):
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'mqtt_consumer.py'), '--from-csv', str(csv_path),
                         '--plot', str(png2)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and png2.stat().st_size > 10000, r.stderr
+
+
+def test_a_trickling_broker_cannot_stretch_a_poll():
+    """A peer that sends a command one byte every 0.2 s (a lossy link, or on purpose) must not hold
+    poll() beyond its budget: sock_timeout_ms plus at most one socket timeout (was 25 s)."""
+    import socket
+    import threading
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(('127.0.0.1', 0))
+    ls.listen(1)
+    port = ls.getsockname()[1]
+
+    def broker():
+        c, _ = ls.accept()
+        c.recv(1024)                                # CONNECT
+        c.sendall(b'\x20\x02\x00\x00')              # CONNACK
+        time.sleep(0.3)
+        c.recv(1024)                                # SUBSCRIBE (+ status)
+        c.sendall(b'\x90\x03\x00\x01\x00')          # SUBACK
+        time.sleep(0.3)
+        topic = b'bess/d1/cmd/objective'
+        body = len(topic).to_bytes(2, 'big') + topic + b'{"value":"ss"}' + b' ' * 80
+        for b in b'\x30' + bytes([len(body)]) + body:
+            try:
+                c.sendall(bytes([b]))
+            except OSError:
+                break
+            time.sleep(0.2)
+        c.close()
+    t = threading.Thread(target=broker, daemon=True)
+    t.start()
+    r = subprocess.run([micropython_exe(), os.path.join(ROOT, 'host_tests', 'mp', 'poll_bound.py'), str(port), '500'],
+                       capture_output=True, text=True, timeout=60, env=dict(os.environ, MICROPYPATH=MICROPYPATH))
+    ls.close()
+    assert r.returncode == 0, r.stderr
+    worst = int(r.stdout.split()[1])
+    assert worst <= 2 * 500 + 200, r.stdout         # budget + one socket timeout + slack
+    record('mqtt', trickle={'sock_timeout_ms': 500, 'worst_poll_ms': worst})
