@@ -434,6 +434,9 @@ def main(config_path='/site.json', root='', cycles=0):
         site = load_json(config_path, 'site config')
         check_site(site, config_path)
         board = load_json('%s/boards/%s.json' % (root, site.get('board', 'unknown')), 'board file')
+        terrs = sitecfg.timing_errors(site, board)
+        if terrs:
+            raise ConfigProblem('site config %s: %s' % (config_path, terrs[0]))
         comms = Comms(site, config_path)    # saved settings (accepted commands) replace site['control']
         rt = Runtime(site, board, root)
         comms.attach(rt)

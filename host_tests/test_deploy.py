@@ -275,3 +275,18 @@ def test_bad_config_is_safe_battery_held_at_0_w_with_the_validation_error(board,
     assert board.wait_console('SAFE STATE', mark, 10), board.console_since(mark)
     text = board.console_since(mark)
     assert 'battery NOT commanded: cannot talk to any battery (battery.unit_id: must be an integer' in text, text
+
+
+@pytest.mark.parametrize('values, msg', [
+    ({'PERIOD_MS': 12000}, "3/4 of the board's watchdog"),
+    ({'BUS_TIMEOUT_MS': 4000, 'BUS_RETRIES': 2}, "3/4 of the board's watchdog"),
+    ({'MQTT_SERVER': '127.0.0.1'}, 'mqtt.client_id: required'),
+    ({'MQTT_SERVER': '127.0.0.1', 'DEVICE_ID': 'a/+/#'}, 'mqtt.client_id'),
+])
+def test_deploy_rejects_timing_the_watchdog_cannot_survive_and_a_broken_mqtt_section(board, values, msg):
+    """Values that would pass a structural check but boot-loop on the watchdog (a silent bus must
+    end in fail-safe, not resets) or leave the MQTT link unusable: refused before any copy."""
+    before = board.files()
+    rc, out, _ = deploy(board, None, BUS_DEVICE='/dev/null', **values)
+    assert rc != 0 and msg in out, out
+    assert board.files() == before

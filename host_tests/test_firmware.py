@@ -195,3 +195,18 @@ def test_a_broken_mqtt_section_never_costs_battery_control():
             assert abs(c['sp'] - 20000) <= 300
             assert r.wait_exit(30) == 0
         assert any(ln.startswith('MQTT DISABLED') for ln in r.lines), r.lines[:5]
+
+
+def test_timing_the_watchdog_cannot_survive_boots_into_the_safe_state_not_a_reset_loop():
+    r = Rig(dict(LIMITS), scenario=Scenario([(0, 80000, 0, 0, 0, 0)]), battery_kw=BAT, period_ms=12000)
+    with r:
+        ok = False
+        for _ in range(40):
+            if any('SAFE STATE' in ln for ln in r.lines):
+                ok = True
+                break
+            import time
+            time.sleep(0.25)
+        assert ok, r.lines
+        assert r.proc.poll() is None                # held safe, not reset by the watchdog
+    assert any("3/4 of the board's watchdog" in ln for ln in r.lines), r.lines

@@ -95,6 +95,8 @@ def check(site):
     for k in ('network', 'mqtt'):
         if k in site and site[k] is not None and not isinstance(site[k], dict):
             errs.append('%s: must be an object' % k)
+    # the mqtt section is checked by deploy (site_config) but not here: at boot a broken mqtt
+    # section disables MQTT (firmware/comms.py) instead of costing battery control
     if 'control' not in site:
         errs.append('control: required (docs/config.md; at least import_limit_w)')
     else:
@@ -105,6 +107,61 @@ def check(site):
             for line in (lines[1:] if len(lines) > 1 else lines):
                 errs.append('control.' + line.strip())
     return errs
+
+
+def check_mqtt(site, errs):
+    """The keys the MQTT link cannot do without, and the ones that would make it fail at boot."""
+    mq = site.get('mqtt')
+    if not isinstance(mq, dict):
+        return
+    cid = mq.get('client_id')
+    if not isinstance(cid, str) or not 1 <= len(cid) <= 64 or '/' in cid or '+' in cid or '#' in cid:
+        errs.append('mqtt.client_id: required: a string of 1..64 characters without / + # (the topic '
+                    'level <id>), got %r' % (cid,))
+    if not isinstance(mq.get('server'), str) or not mq.get('server'):
+        errs.append('mqtt.server: required: the broker address (an IP avoids a blocking DNS lookup)')
+    _int(errs, 'mqtt', mq, 'port', 0, 65535)
+    _int(errs, 'mqtt', mq, 'telemetry_ms', 100, 3600000)
+    _int(errs, 'mqtt', mq, 'sock_timeout_ms', 50, 5000)
+    key = mq.get('hmac_key')
+    if key is not None:
+        ok = isinstance(key, str) and 32 <= len(key) <= 128 and len(key) % 2 == 0
+        if ok:
+            for ch in key:
+                if ch not in '0123456789abcdefABCDEF':
+                    ok = False
+        if not ok:
+            errs.append('mqtt.hmac_key: must be 16..64 bytes as hex (32..128 hex digits)')
+
+
+WRITES_MAX = 3          # setpoint writes per cycle at most (the profiles' control plans)
+
+
+def worst_cycle_ms(site):
+    """Longest a cycle can take when both devices are silent: each costs (1 + retries) x timeout
+    once (the poller skips a silent device's other blocks), the setpoint writes likewise, and an
+    MQTT poll its budget plus one socket timeout."""
+    bus = site.get('bus') or {}
+    per = (1 + bus.get('retries', 1)) * bus.get('timeout_ms', 200)
+    t = (2 + WRITES_MAX) * per
+    mq = site.get('mqtt')
+    if isinstance(mq, dict):
+        t += 2 * mq.get('sock_timeout_ms', 1000)
+    return t
+
+
+def timing_errors(site, board):
+    """The watchdog is fed once per completed cycle: period + the worst cycle must fit with a
+    margin (3/4 of its timeout), or a silent bus turns into a reset loop instead of fail-safe."""
+    wdt = board.get('wdt_timeout_ms', 10000)
+    period = site.get('period_ms', 1000)
+    worst = worst_cycle_ms(site)
+    if period + worst > wdt * 3 // 4:
+        return ['period_ms + worst cycle (%d + %d ms: bus timeout x (1 + retries) for a silent meter, '
+                'battery and %d setpoint writes, + the MQTT poll budget) must stay within 3/4 of the '
+                "board's watchdog (%d ms): shorten period_ms, bus.timeout_ms or bus.retries"
+                % (period, worst, WRITES_MAX, wdt)]
+    return []
 
 
 def battery_errors(site):

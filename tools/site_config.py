@@ -109,11 +109,16 @@ def validate(site, board):
     errs = sitecfg.check(site)
     if not isinstance(site, dict):
         return errs
+    sitecfg.check_mqtt(site, errs)
     b = site.get('board')
     if board is not None and b != board:
         errs.append('board: the site config names %r but BOARD=%s is being deployed' % (b, board))
-    if sitecfg.name_ok(b) and not os.path.exists(os.path.join(ROOT, 'boards', '%s.json' % b)):
+    bpath = os.path.join(ROOT, 'boards', '%s.json' % b)
+    if sitecfg.name_ok(b) and not os.path.exists(bpath):
         errs.append('board: no board file boards/%s.json' % b)
+    elif sitecfg.name_ok(b) and not errs:
+        with open(bpath) as f:
+            errs += sitecfg.timing_errors(site, json.load(f))
     for key, kind in (('meter', 'meter'), ('battery', 'battery')):
         d = site.get(key)
         if not isinstance(d, dict) or not sitecfg.name_ok(d.get('profile')):
