@@ -7,8 +7,10 @@
 #     MICROPYPATH=firmware/unix:firmware:lib:build/vendor micropython firmware/main.py SITE.json ROOT [CYCLES]
 #
 # Deploy hold: `make deploy` writes HOLD and resets the board, so that the firmware (and its
-# watchdog, which a soft reset does not stop) stays off while files are copied. The hold is
-# one-shot: it is removed here, so the next reset runs the firmware again.
+# watchdog, which a soft reset does not stop) stays off while files are copied; deploy removes it
+# once every file is in place. An interrupted deploy therefore leaves the board held (saying so),
+# never running a mix of old and new modules. A firmware that cannot even be imported (a broken or
+# partial install) says so and stays idle: no watchdog is armed yet, so no reset loop.
 import os
 import sys
 
@@ -20,20 +22,24 @@ def _held():
         os.stat(HOLD)
     except OSError:
         return False
-    try:
-        os.remove(HOLD)
-    except OSError:
-        pass
     return True
 
 
 _a = sys.argv[1:] if hasattr(sys, 'argv') else []
 _unix = sys.platform in ('linux', 'darwin')
 if _held():
-    print('main.py: deploy hold: firmware not started (next reset starts it)')
+    print('main.py: deploy hold: firmware not started (a deploy is copying files, or one was '
+          'interrupted: run make deploy again)')
 else:
-    import net
-    import app
+    try:
+        import net
+        import app
+    except Exception as e:
+        import time
+        while True:
+            print('main.py: FIRMWARE INCOMPLETE (%r): run make deploy again; the battery is not '
+                  'commanded (its own revert timer applies)' % (e,))
+            time.sleep(10)
     _cfg = _a[0] if _a else ('site.json' if _unix else '/site.json')
     _root = _a[1] if len(_a) > 1 else ('.' if _unix else '')
     net.start_from_files(_cfg, _root)

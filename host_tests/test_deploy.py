@@ -290,3 +290,27 @@ def test_deploy_rejects_timing_the_watchdog_cannot_survive_and_a_broken_mqtt_sec
     rc, out, _ = deploy(board, None, BUS_DEVICE='/dev/null', **values)
     assert rc != 0 and msg in out, out
     assert board.files() == before
+
+
+def test_an_interrupted_deploy_stays_held_and_a_broken_install_says_so(tmp_path):
+    """The hold stays until every file is in place; a module that cannot be imported gives a clear
+    message, not a traceback into the REPL (no watchdog is armed: no reset loop)."""
+    import shutil
+    res = fwbuild.build('unix')
+    root = tmp_path / 'fs'
+    shutil.copytree(res['dir'], root)
+    (root / 'deploy_hold').write_text('')              # the copy never finished
+    vb = VirtualBoard(str(root)).start()
+    try:
+        assert vb.wait_console('deploy hold: firmware not started', timeout=10), vb.console_text()
+        assert 'run make deploy again' in vb.console_text()
+    finally:
+        vb.stop()
+    (root / 'deploy_hold').unlink()
+    (root / 'app.mpy').write_bytes(b'M\x06garbage')    # a half-written module
+    vb = VirtualBoard(str(root)).start()
+    try:
+        assert vb.wait_console('FIRMWARE INCOMPLETE', timeout=10), vb.console_text()
+        assert 'Traceback' not in vb.console_text()
+    finally:
+        vb.stop()

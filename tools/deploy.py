@@ -9,9 +9,10 @@ deploy, in this order:
   1. checks, before touching the board: the board is known (boards/<board>.json), the port exists,
      the site config fills and validates (tools/site_config.py); any problem -> exit 2, nothing sent;
   2. builds build/device/<board>/ (tools/build.py);
-  3. connects with mpremote's serial transport, interrupts the running firmware, writes the one-shot
+  3. connects with mpremote's serial transport, interrupts the running firmware, writes the
      `deploy_hold` file and resets the board: main.py then stays off, so neither the firmware nor
      its watchdog (which a soft reset does not stop on ESP32 / RP2040) runs while files are copied;
+     the hold is removed only once every file is in place (an interrupted deploy stays held);
   4. asks the board for the sha256 of every file it should have (one exec), and copies only the
      files that differ or are missing, site.json included; removes files an earlier deploy put
      there that are no longer part of the build, and a stale X.py next to a deployed X.mpy (a .py
@@ -113,7 +114,7 @@ def raw_repl(t, attempts=5):
 
 
 def hold_and_reset(port):
-    """Interrupt the firmware, arm the one-shot hold, reset; return a transport in the raw REPL."""
+    """Interrupt the firmware, arm the hold (removed after the copy), reset; return a raw-REPL transport."""
     t = connect(port)
     raw_repl(t)
     t.exec("open(%r, 'w').close()" % HOLD)
@@ -238,7 +239,7 @@ def deploy(board, port, values=None, site_path=None, frozen=False, log_seconds=6
         dt = time.monotonic() - t0
         say('deploy: %d files copied (%d bytes), %d up to date, %d removed, %.1f s'
             % (len(copied), nbytes, same, len(removed), dt))
-        t.exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % HOLD)   # if main.py did not consume it
+        t.exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % HOLD)   # every file in place: release
         say('deploy: soft reset; boot log (%g s):' % log_seconds)
         read_boot_log(t, log_seconds)
     finally:
