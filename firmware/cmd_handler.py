@@ -42,6 +42,10 @@ def load_state(path, base_cfg):
             raise ValueError('bad ctr')
         cfg = validate(obj['config'])
         if obj.get('base') != base:
+            try:                        # overwrite, so redeploying the old config cannot revive them
+                persist.save(path, {'v': STATE_VERSION, 'config': base, 'ctr': ctr, 'base': base})
+            except OSError:
+                pass
             return (base, ctr, 'config: the commissioned config changed since settings were saved over MQTT '
                     '(%s); saved settings discarded, the commissioned config is in force' % path)
         return cfg, ctr, None

@@ -180,6 +180,9 @@ def test_load_state_and_handler(tmp_path):
     # a redeployed (changed) commissioned config wins over the saved settings; the counter stays
     cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 8000, 'phase_limit_w': 2000})
     assert (cfg['import_limit_w'], cfg['phase_limit_w'], ctr) == (8000, 2000, 4) and 'discarded' in msg
+    # ... for good: going back to the earlier commissioned config does not revive them
+    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 10000})
+    assert cfg['import_limit_w'] == 10000 and ctr == 4 and 'discarded' in msg
     # storage failure: rejected, nothing changed
     h.path = str(tmp_path / 'no_such_dir' / 'state.json')
     a = h('import_limit', TOPIC, commands.sign(b'k' * 32, TOPIC, b'{"value":8000,"ctr":9}'), False)
