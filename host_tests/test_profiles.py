@@ -458,15 +458,19 @@ def test_mpy_cross_compiles(mod, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-SUNSPEC_PLAN_SCRIPT = r'''
-import sys
-sys.path.insert(0, LIB)
-import devprofile
+# Shared by the heap_lock scripts below: lock/unlock on MicroPython, no-ops on CPython.
+LOCK_PREAMBLE = r'''
 try:
     import micropython
     lock, unlock = micropython.heap_lock, micropython.heap_unlock
 except ImportError:
     lock = unlock = None
+'''
+
+SUNSPEC_PLAN_SCRIPT = LOCK_PREAMBLE + r'''
+import sys
+sys.path.insert(0, LIB)
+import devprofile
 p = devprofile.load(PROF)
 c = p.control
 b = c.wchamax.block                     # 124 block: WChaMax raw, WChaMax_SF, InOutWRte_SF
@@ -537,15 +541,10 @@ def test_exponent_beyond_the_table_is_bad_data_not_an_exception():
         assert rd.decode(regs, 0, typ, 0, -rd.EXP_MAX - 1, 1, rd.LIMIT_W, 0) is None
 
 
-TINY_SCRIPT = r'''
+TINY_SCRIPT = LOCK_PREAMBLE + r'''
 import sys
 sys.path.insert(0, LIB)
 import regdecode as rd
-try:
-    import micropython
-    lock, unlock = micropython.heap_lock, micropython.heap_unlock
-except ImportError:
-    lock = unlock = None
 words = WORDS
 out = [0] * (len(words) // 2)
 
