@@ -161,10 +161,7 @@ def load_profile(root, name):
 
 class Runtime:
     def __init__(self, site, board, root):
-        self.site = site
-        self.board = board
         self.bus = open_bus(site, board)
-        self.master = self.bus.m
         baud = site.get('bus', {}).get('baud', 9600)
         self.meter = Poller(self.bus, load_profile(root, site['meter']['profile']),
                             site['meter'].get('unit_id', 1))
@@ -178,7 +175,6 @@ class Runtime:
             raise ConfigProblem(str(e))
         self.period_ms = site.get('period_ms', 1000)
         self.log_cycles = site.get('log_cycles', 0)
-        self.baud = baud
         self.due = 0
         self.t_last = None
         self.sp_sent = None
