@@ -458,13 +458,25 @@ def test_mpy_cross_compiles(mod, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-# Shared by the heap_lock scripts below: lock/unlock on MicroPython, no-ops on CPython.
+# Shared by the heap_lock scripts below: under_lock(f) runs f with the heap locked on
+# MicroPython (any allocation raises MemoryError) and plainly on CPython. f is a function, since
+# module-level stores would grow the globals dict.
 LOCK_PREAMBLE = r'''
 try:
     import micropython
     lock, unlock = micropython.heap_lock, micropython.heap_unlock
 except ImportError:
     lock = unlock = None
+
+
+def under_lock(f):
+    if lock:
+        lock()
+    try:
+        f()
+    finally:
+        if unlock:
+            unlock()
 '''
 
 SUNSPEC_PLAN_SCRIPT = LOCK_PREAMBLE + r'''
@@ -485,21 +497,15 @@ w_in, k_in = c.plan_.slot[c.in_addr]
 plan = c.plan
 
 
-def run():                  # a function: module-level stores would grow the globals dict
+def run():
     i = 0
-    if lock:
-        lock()
-    try:
-        while i < len(ws):
-            plan(ws[i])
-            out[i] = w_out.buf[k_out] if ws[i] >= 0 else w_in.buf[k_in]
-            i += 1
-    finally:
-        if unlock:
-            unlock()
+    while i < len(ws):
+        plan(ws[i])
+        out[i] = w_out.buf[k_out] if ws[i] >= 0 else w_in.buf[k_in]
+        i += 1
 
 
-run()
+under_lock(run)
 print(' '.join([str(x) for x in out]))
 '''
 
@@ -551,18 +557,12 @@ out = [0] * (len(words) // 2)
 
 def run():
     i = 0
-    if lock:
-        lock()
-    try:
-        while i < len(out):
-            out[i] = rd.f32_scaled(words[2 * i], words[2 * i + 1], 0)
-            i += 1
-    finally:
-        if unlock:
-            unlock()
+    while i < len(out):
+        out[i] = rd.f32_scaled(words[2 * i], words[2 * i + 1], 0)
+        i += 1
 
 
-run()
+under_lock(run)
 print(' '.join([str(x) for x in out]))
 '''
 
