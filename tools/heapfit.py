@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""The firmware as deployed, on 32-bit MicroPython with a fixed heap: does it fit?
+
+Boots the `make build` output for a board (.mpy; or a frozen image with --frozen) on the 32-bit
+unix port (tools/mp32fixed.py builds it) under `-X heapsize=N`, with MQTT to a real mosquitto on
+127.0.0.1 and the site simulator (SDM630 + SunSpec battery) on a pty, and runs a script of
+events through it: a broker outage and reconnect, a burst of commands, a bus fault. A run passes
+when the firmware printed no MemoryError, never entered the safe state, never disabled MQTT,
+completed every cycle and delivered telemetry from before, during and after the outage.
+
+The board's own code runs unchanged; two things stand in for the board: `machine` (the unix
+shim, firmware/unix/machine.py, compiled into lib/ like the rest: its heap is counted, see
+docs/resources.md) and the board file (boards/unix.json: the UART is the simulator's pty).
+
+    python tools/heapfit.py --heap 96000                  # one run, figures as JSON on stdout
+    python tools/heapfit.py --search 40000 200000         # smallest heap that passes (bisection)
+    python tools/heapfit.py --frozen --search ...         # the frozen build (code in the image)
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, 'lib'))
+sys.path.insert(0, HERE)
+
+import paho.mqtt.client as mqtt  # noqa: E402
+
+import mp32fixed  # noqa: E402
+from broker import Broker, wait_for  # noqa: E402
+from modbus_sim import SiteSimulator  # noqa: E402
+
+CONTROL = {'import_limit_w': 60000, 'phase_limit_w': 25000, 'max_charge_w': 30000,
+           'max_discharge_w': 30000, 'stale_ms': 2000}
+FAIL_MARKS = ('MemoryError', 'SAFE STATE', 'MQTT DISABLED', 'FIRMWARE INCOMPLETE', 'OUT OF MEMORY',
+              'cycle failed', 'on_cycle failed', 'Traceback')
+
+
+def prepare_root(board='esp32', frozen=False, dest=None):
+    """A device filesystem as `make build BOARD=board` makes it, plus the unix stand-ins."""
+    def build(name):
+        cmd = [sys.executable, os.path.join(HERE, 'build.py'), name, '--quiet']
+        if frozen:
+            cmd.append('--frozen')
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError('build %s failed: %s' % (name, r.stdout + r.stderr))
+    build(board)
+    build('unix')                   # for lib/machine.mpy and boards/unix.json
+    dest = dest or tempfile.mkdtemp(prefix='heapfit-')
+    src = os.path.join(ROOT, 'build', 'device', board)
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    unix = os.path.join(ROOT, 'build', 'device', 'unix')
+    os.makedirs(os.path.join(dest, 'lib'), exist_ok=True)
+    if not frozen:
+        shutil.copy(os.path.join(unix, 'lib', 'machine.mpy'), os.path.join(dest, 'lib', 'machine.mpy'))
+    shutil.copy(os.path.join(unix, 'boards', 'unix.json'), os.path.join(dest, 'boards', 'unix.json'))
+    return dest
+
+
+class Run:
+    """One fixed-heap run. Figures in self.result after run()."""
+
+    def __init__(self, heap, root, cycles=1000, period_ms=100, telemetry_ms=1000, frozen=False,
+                 echo=None, schedule=None):
+        self.heap = heap
+        self.root = root
+        self.cycles = cycles
+        self.period_ms = period_ms
+        self.telemetry_ms = telemetry_ms
+        self.frozen = frozen
+        self.echo = echo
+        self.schedule = schedule
+        self.lines = []
+        self.msgs = []
+        self.lock = threading.Lock()
+
+    def _site(self, port, pty):
+        return {'board': 'unix', 'period_ms': self.period_ms, 'log_cycles': 0,
+                'bus': {'baud': 9600, 'timeout_ms': 200, 'retries': 1, 'device': pty},
+                'meter': {'profile': 'eastron_sdm630', 'unit_id': 1},
+                'battery': {'profile': 'sunspec_battery_802_124', 'unit_id': 2},
+                'control': dict(CONTROL),
+                'mqtt': {'server': '127.0.0.1', 'port': port, 'client_id': 'fit1',
+                         'telemetry_ms': self.telemetry_ms, 'keepalive': 10,
+                         'backoff_min_ms': 300, 'backoff_max_ms': 1000}}
+
+    def _on_msg(self, c, u, m):
+        with self.lock:
+            self.msgs.append((m.topic, bytes(m.payload), time.monotonic()))
+
+    def telemetry(self):
+        with self.lock:
+            return [json.loads(p) for t, p, _ in self.msgs if t == 'bess/fit1/telemetry']
+
+    def acks(self):
+        with self.lock:
+            return [json.loads(p) for t, p, _ in self.msgs if t == 'bess/fit1/cmd/ack']
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            line = line.rstrip('\n')
+            with self.lock:
+                self.lines.append(line)
+            if self.echo:
+                self.echo(line)
+
+    def run(self):
+        work = tempfile.mkdtemp(prefix='heapfit-run-')
+        br = Broker(work).start()
+        sim = SiteSimulator(meter='eastron_sdm630', battery='sunspec_battery_802_124',
+                            battery_kw={'capacity_wh': 100000, 'soc_bp': 6000,
+                                        'max_chg_w': 30000, 'max_dis_w': 30000}).start()
+        site = self._site(br.port, sim.paths[0])
+        with open(os.path.join(self.root, 'site.json'), 'w') as f:
+            json.dump(site, f)
+        for stale in ('settings.json', 'settings.json.tmp'):
+            if os.path.exists(os.path.join(self.root, stale)):
+                os.remove(os.path.join(self.root, stale))
+        col = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        col.on_message = self._on_msg
+        col.on_connect = lambda c, u, f, rc, p=None: c.subscribe('bess/#', qos=1)
+        col.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+        col.connect('127.0.0.1', br.port)
+        col.loop_start()
+        exe = mp32fixed.exe(frozen=self.frozen)
+        env = dict(os.environ, MICROPYPATH='lib:.frozen')
+        t0 = time.monotonic()
+        proc = subprocess.Popen([exe, '-X', 'heapsize=%d' % self.heap, 'main.py', 'site.json', '.',
+                                 str(self.cycles)], cwd=self.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env)
+        rd = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        rd.start()
+        events = []
+        try:
+            # the script: every step waits for the firmware, never a fixed sleep alone
+            up = wait_for(lambda: len(self.telemetry()) >= 3 or proc.poll() is not None, 30)
+            events.append(('boot', time.monotonic() - t0, bool(up)))
+            if proc.poll() is None:
+                n0 = len(self.telemetry())
+                br.stop()                                   # broker outage
+                time.sleep(4)
+                br = Broker(work, port=br.port).start()
+                ok = wait_for(lambda: len(self.telemetry()) >= n0 + 6 or proc.poll() is not None, 30)
+                events.append(('broker outage 4 s', time.monotonic() - t0, bool(ok)))
+            if proc.poll() is None:                         # command burst: valid and invalid
+                n_ack = len(self.acks())
+                for k in range(20):
+                    body = ({'value': 50000 + 100 * k, 'id': 'b%d' % k} if k % 4 else
+                            {'value': 'not-a-number', 'id': 'b%d' % k})
+                    col.publish('bess/fit1/cmd/import_limit', json.dumps(body), qos=1)
+                col.publish('bess/fit1/cmd/objective', json.dumps({'value': 'ss', 'id': 'o1'}), qos=1)
+                col.publish('bess/fit1/cmd/objective', json.dumps({'value': 'gce', 'id': 'o2'}), qos=1)
+                ok = wait_for(lambda: len(self.acks()) >= n_ack + 22 or proc.poll() is not None, 30)
+                events.append(('command burst 22', time.monotonic() - t0, bool(ok)))
+            if proc.poll() is None:                         # bus faults
+                sim.set_fault('bad_crc', unit=2, duration_s=1.5)
+                time.sleep(2)
+                sim.set_fault('silent', unit=1, duration_s=3)
+                time.sleep(4)
+                sim.set_fault('garbage', duration_s=1)
+                events.append(('bus faults', time.monotonic() - t0, True))
+            proc.wait(max(60, self.cycles * self.period_ms / 1000 * 4))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            rd.join(5)
+            time.sleep(0.5)                 # the last telemetry in flight
+            col.loop_stop()
+            col.disconnect()
+            br.stop()
+            sim.stop()
+        return self._judge(proc.returncode, events, time.monotonic() - t0)
+
+    def _judge(self, rc, events, wall_s):
+        text = '\n'.join(self.lines)
+        tele = self.telemetry()
+        seqs = sorted(set(r['seq'] for r in tele))
+        done = [ln for ln in self.lines if ln.startswith('done:')]
+        problems = [m for m in FAIL_MARKS if m in text]
+        if rc != 0:
+            problems.append('exit code %r' % rc)
+        if not done:
+            problems.append('did not complete %d cycles' % self.cycles)
+        want = self.cycles * self.period_ms // self.telemetry_ms
+        gaps = [b for a, b in zip(seqs, seqs[1:]) if b != a + 1]
+        if len(seqs) < want * 0.6:
+            problems.append('telemetry: %d records, expected about %d' % (len(seqs), want))
+        if gaps:
+            problems.append('telemetry: seq gaps before %s' % gaps[:5])
+        for name, t, ok in events:
+            if not ok:
+                problems.append('event %r did not complete' % name)
+        heap = [r.get('heap_free') for r in tele if isinstance(r.get('heap_free'), int)]
+        cyc = [r.get('cycle_max_us') for r in tele if isinstance(r.get('cycle_max_us'), int)]
+        return {'heap': self.heap, 'frozen': self.frozen, 'pass': not problems, 'problems': problems,
+                'records': len(seqs), 'acks': len(self.acks()), 'events': events,
+                'heap_free_min': min(heap) if heap else None, 'heap_free_last': heap[-1] if heap else None,
+                'cycle_max_us': max(cyc) if cyc else None, 'wall_s': round(wall_s, 1),
+                'done': done[-1] if done else None,
+                'tail': self.lines[-12:] if problems else []}
+
+
+def search(lo, hi, step, **kw):
+    """Smallest heap in [lo, hi] (to `step` bytes) that passes; every run's verdict."""
+    runs = []
+    root = prepare_root(kw.pop('board', 'esp32'), kw.get('frozen', False))
+    best = None
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // 1000 * 1000
+        r = Run(mid, root, **kw).run()
+        runs.append(r)
+        print('heap %6d: %s %s' % (mid, 'pass' if r['pass'] else 'FAIL', '; '.join(r['problems'])[:200]),
+              file=sys.stderr, flush=True)
+        if r['pass']:
+            hi = mid
+            best = r
+        else:
+            lo = mid
+    return best, runs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--heap', type=int, help='one run with this heap (bytes)')
+    ap.add_argument('--search', nargs=2, type=int, metavar=('LO', 'HI'), help='bisect the smallest heap')
+    ap.add_argument('--step', type=int, default=2000)
+    ap.add_argument('--board', default='esp32')
+    ap.add_argument('--frozen', action='store_true')
+    ap.add_argument('--cycles', type=int, default=1000)
+    ap.add_argument('--period-ms', type=int, default=100)
+    ap.add_argument('--echo', action='store_true', help='print the firmware output')
+    a = ap.parse_args(argv)
+    kw = dict(cycles=a.cycles, period_ms=a.period_ms, frozen=a.frozen,
+              echo=(lambda s: print('  fw: ' + s, file=sys.stderr)) if a.echo else None)
+    if a.search:
+        best, runs = search(a.search[0], a.search[1], a.step, board=a.board, **kw)
+        print(json.dumps({'smallest_passing': best['heap'] if best else None, 'best': best,
+                          'runs': [(r['heap'], r['pass']) for r in runs]}, indent=1))
+        return 0 if best else 1
+    root = prepare_root(a.board, a.frozen)
+    r = Run(a.heap or 96000, root, **kw).run()
+    print(json.dumps(r, indent=1))
+    return 0 if r['pass'] else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
