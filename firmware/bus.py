@@ -43,6 +43,9 @@ class Device:
         self.last_exc = 0               # last exception code received (0: none yet)
         self.t_end = None               # ticks_ms at the end of the last call
 
+    def failed_calls(self):
+        return self.c[C_FAILED]
+
     def stats(self):
         """Counters as a dict (for telemetry; allocates)."""
         d = {}

@@ -1,9 +1,9 @@
-# Commands from the MQTT link to the controller, and the persisted settings they change.
+# Commands from the MQTT link to the controller: validate -> persist -> apply.
 #
-#   cfg, ctr, msg = load_state(STATE_PATH, COMMISSIONED_CFG)    # at boot; print msg if any
-#   ctl = bess_core.Controller(cfg)
-#   h = CommandHandler(ctl, STATE_PATH, key, ctr, stats, base=validate(COMMISSIONED_CFG))
-#                                                                # key: bytes or None (no HMAC)
+#   s = settings.load(site, config_path)        # at boot (firmware/settings.py)
+#   ctl = bess_core.Controller(s.control)
+#   h = CommandHandler(ctl, s.state_path, key, s.ctr, stats, base=s.base)
+#                                                # key: bytes or None (no HMAC)
 #   link = mqtt_link.MqttLink({..., 'on_command': h}); h.on_change = link.set_config
 #
 # The link calls h(name, topic, payload, retained) from poll(), outside ctl.step(); an accepted
@@ -13,47 +13,7 @@
 
 import json
 import commands
-import persist
-from bess_config import validate, ConfigError
-
-STATE_VERSION = 1
-
-
-def load_state(path, base_cfg):
-    """Boot: return (config, last HMAC counter, message or None).
-
-    The saved settings when the file is intact and valid AND were made on top of the same
-    commissioned config; otherwise the commissioned base_cfg (validated; a ConfigError from it
-    propagates: the runtime must then stay in fail-safe) and a message saying why. A redeployed
-    config therefore always wins over settings saved before it (a lowered import limit must not be
-    undone by an old command). A lost file also loses the replay counter (docs/telemetry.md)."""
-    base = validate(base_cfg)
-    obj, err = persist.load(path)
-    if obj is None:
-        if err.endswith(': missing'):
-            return validate(base_cfg), 0, 'config: no saved settings (%s), using the commissioned config' % err
-        return (validate(base_cfg), 0,
-                'config: SAVED SETTINGS UNUSABLE (%s), using the commissioned config; replay counter reset' % err)
-    try:
-        if not isinstance(obj, dict) or obj.get('v') != STATE_VERSION:
-            raise ValueError('unknown format version')
-        ctr = obj.get('ctr', 0)
-        if not isinstance(ctr, int) or isinstance(ctr, bool) or ctr < 0:
-            raise ValueError('bad ctr')
-        cfg = validate(obj['config'])
-        if obj.get('base') != base:
-            try:                        # overwrite, so redeploying the old config cannot revive them
-                persist.save(path, {'v': STATE_VERSION, 'config': base, 'ctr': ctr, 'base': base})
-            except OSError:
-                pass
-            return (base, ctr, 'config: the commissioned config changed since settings were saved over MQTT '
-                    '(%s); saved settings discarded, the commissioned config is in force' % path)
-        return cfg, ctr, None
-    except (ConfigError, ValueError, KeyError, TypeError) as e:
-        msg = str(e).replace('\n', ' ')
-        return (validate(base_cfg), 0,
-                'config: SAVED SETTINGS INVALID (%s: %s), using the commissioned config; replay counter reset'
-                % (path, msg))
+import settings
 
 
 def _req_id(payload):
@@ -91,7 +51,7 @@ class CommandHandler:
                 cfg = cmd.data if cmd.kind == commands.K_CONFIG else self.ctl.cfg
                 ctr = cmd.ctr if signed else self.auth.last_ctr
                 try:
-                    persist.save(self.path, {'v': STATE_VERSION, 'config': cfg, 'ctr': ctr, 'base': self.base})
+                    settings.save(self.path, cfg, ctr, self.base)
                 except OSError as e:
                     raise commands.Rejected('storage: could not save settings (%s); nothing changed' % e)
             commands.apply(self.ctl, cmd)

@@ -3,7 +3,8 @@
 # On a board: /site.json, /boards/<board>.json and /profiles/ at the filesystem root.
 # On the unix port the filesystem root is the current directory (a Linux gateway's install dir,
 # or the virtual board of the deploy tests): site.json, boards/, profiles/ relative to it.
-# Explicit paths (firmware-in-the-loop rig):
+# Boot-only modules (startup, net, devprofile, ...) are unloaded before the resident loop runs
+# (firmware/cycle.py; docs/resources.md). Explicit paths (firmware-in-the-loop rig):
 #     MICROPYPATH=firmware/unix:firmware:lib:build/vendor micropython firmware/main.py SITE.json ROOT [CYCLES]
 #
 # Deploy hold: `make deploy` writes HOLD and resets the board, so that the firmware (and its
@@ -27,20 +28,39 @@ def _held():
 
 _a = sys.argv[1:] if hasattr(sys, 'argv') else []
 _unix = sys.platform in ('linux', 'darwin')
+
+
+def _stay(msg):
+    import time
+    while True:
+        print('main.py: ' + msg)
+        time.sleep(10)
+
+
 if _held():
     print('main.py: deploy hold: firmware not started (a deploy is copying files, or one was '
           'interrupted: run make deploy again)')
 else:
     try:
+        import gc
         import net
-        import app
+        import startup
+    except MemoryError as e:
+        import gc
+        gc.collect()
+        _stay('OUT OF MEMORY loading the firmware (%r): heap %d bytes free of %d; the build does not fit '
+              'this board (docs/resources.md); the battery is not commanded (its own revert timer applies)'
+              % (e, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
     except Exception as e:
-        import time
-        while True:
-            print('main.py: FIRMWARE INCOMPLETE (%r): run make deploy again; the battery is not '
-                  'commanded (its own revert timer applies)' % (e,))
-            time.sleep(10)
+        _stay('FIRMWARE INCOMPLETE (%r): run make deploy again; the battery is not commanded (its own '
+              'revert timer applies)' % (e,))
     _cfg = _a[0] if _a else ('site.json' if _unix else '/site.json')
     _root = _a[1] if len(_a) > 1 else ('.' if _unix else '')
+    _n = int(_a[2]) if len(_a) > 2 else 0
     net.start_from_files(_cfg, _root)
-    app.main(_cfg, _root, int(_a[2]) if len(_a) > 2 else 0)
+    _job = startup.boot(_cfg, _root, _n)
+    startup.unload()                    # boot-only code leaves the heap before the loop starts
+    del startup, net
+    gc.collect()
+    if _job is not None:
+        _job.run(_n)

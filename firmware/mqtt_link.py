@@ -17,7 +17,7 @@
 #   - connect() opens its own blocking socket and waits for CONNACK, subscribe() waits for
 #     SUBACK: the link opens the TCP connection itself, non-blocking, polled across cycles,
 #     hands it to connect() (via a stand-in for umqtt.simple's `socket` module) to encode
-#     CONNECT, cuts the waits short (_Deferred) and reads CONNACK / skips SUBACK in later
+#     CONNECT, cuts the waits short (Deferred) and reads CONNACK / skips SUBACK in later
 #     polls; the whole connect is bounded by connect_timeout_ms. TLS is wrapped by the link,
 #     not by umqtt: the handshake runs non-blocking across polls (do_handshake=False, driven by
 #     writing the queued CONNECT); a poll that receives a server flight does its crypto at once
@@ -46,6 +46,7 @@ except (ImportError, AttributeError):
 import umqtt.simple as _simple
 from umqtt.simple import MQTTClient
 import telemetry
+from mqtt_sock import Sock, SocketModule, Deferred, der
 
 config = {
     'client_id': None,          # device id: also the topic level <id>
@@ -65,7 +66,9 @@ config = {
     'backoff_min_ms': 1000,     # reconnect delay: doubles per failure up to max, with jitter
     'backoff_max_ms': 60000,
     'telemetry_ms': 10000,      # telemetry record period
-    'ring_records': 360,        # store-and-forward capacity (docs/telemetry.md)
+    'ring_records': 360,        # store-and-forward capacity at most (docs/telemetry.md); fewer when
+                                # the heap left after boot cannot hold it with ring_reserve_bytes
+    'ring_reserve_bytes': 24000,  # heap kept free beside the ring (publishes, commands, GC slack)
     'max_pub_per_poll': 4,      # telemetry records published per poll() at most
     'max_rx_per_poll': 4,       # inbound packets handled per poll() at most
     'max_rx_bytes': 2048,       # longer inbound topic/payload: connection dropped unread (memory)
@@ -84,221 +87,6 @@ STATE_NAMES = ('down', 'connecting', 'handshake', 'up', 'tls')
 
 # what a broken connection or a hostile peer can raise inside umqtt.simple or the wrapper
 _ERRS = (OSError, IndexError, TypeError, AssertionError, ValueError, MemoryError, _simple.MQTTException)
-
-
-def _der(data):
-    """A PEM certificate as DER (the unix port's mbedTLS rejects PEM): the first one only."""
-    if data[:10] != b'-----BEGIN':
-        return data
-    import binascii
-    lines = data.split(b'\n')
-    b64 = b''
-    for ln in lines[1:]:
-        if ln.startswith(b'-----END'):
-            break
-        b64 += ln.strip()
-    return binascii.a2b_base64(b64)
-
-
-def _ticks_add(t, d):
-    return time.ticks_add(t, d)
-
-
-def _ticks_diff(a, b):
-    return time.ticks_diff(a, b)
-
-
-class _Deferred(Exception):
-    """Raised into umqtt.simple where it would wait for an answer (CONNACK, SUBACK)."""
-
-
-class _Sock:
-    """Socket wrapper handed to umqtt.simple: bounded blocking, whole reads, packet-type tap."""
-
-    def __init__(self, raw, timeout_ms, max_read):
-        self.max_read = max_read
-        self.raw = raw          # the TCP socket (timeouts are set here; SSL sockets lack them)
-        self.s = raw            # what is read and written (raw or the SSL socket)
-        self.tmo = timeout_ms
-        self.nb = False
-        self.last1 = None       # result of the latest read(1): a packet-type byte candidate
-        self.pkt = 0            # type byte of the last packet started
-        self.pongs = 0          # PINGRESPs seen
-        self.rx_pkts = 0
-        self.wbuf = bytearray()
-        self.defer = False
-        self.until = None       # ticks_ms: the current poll()'s budget for all blocking reads/writes
-        raw.settimeout(timeout_ms / 1000)
-
-    def _deadline(self):
-        # one operation's bound, cut to the poll's budget: a peer that trickles bytes cannot
-        # stretch a poll (each byte used to renew nothing but also end nothing)
-        d = _ticks_add(time.ticks_ms(), self.tmo)
-        u = self.until
-        if u is not None and _ticks_diff(u, d) < 0:
-            return u
-        return d
-
-    # --- what umqtt.simple calls ---
-    def connect(self, addr):    # already connected by the link
-        pass
-
-    def settimeout(self, t):    # newer umqtt connect(timeout=None): keep our bound
-        pass
-
-    def setblocking(self, flag):
-        if flag:
-            if self.nb:
-                self.nb = False
-                self.raw.settimeout(self.tmo / 1000)
-            b = self.last1
-            if b:
-                # wait_msg() calls setblocking(True) right after reading a packet's first byte
-                self.pkt = b[0]
-                self.rx_pkts += 1
-                if b[0] == 0xD0:
-                    self.pongs += 1
-            self.last1 = None
-        elif not self.nb:
-            self.nb = True
-            self.raw.setblocking(False)
-
-    def read_nb(self, n):
-        """Whatever is there, up to n bytes, without waiting: bytes, b'' at EOF, or None."""
-        if self.wbuf:
-            self.flush()
-        self.raw.setblocking(False)
-        try:
-            return self.s.read(n)
-        except OSError as e:
-            if e.args[0] in (errno.EAGAIN, errno.ETIMEDOUT):
-                return None
-            raise
-        finally:
-            self.raw.settimeout(self.tmo / 1000)
-
-    def read(self, n):
-        if self.defer:              # CONNECT / SUBSCRIBE stay queued: the link flushes them
-            raise _Deferred()
-        if self.wbuf:
-            self.flush()
-        if n > self.max_read:
-            # umqtt would allocate the whole payload: refuse instead (the link reconnects)
-            raise ValueError('inbound packet too large')
-        if self.nb:
-            try:
-                r = self.s.read(n)
-            except OSError as e:
-                if e.args[0] in (errno.EAGAIN, errno.ETIMEDOUT):
-                    r = None
-                else:
-                    raise
-            self.last1 = r if n == 1 else None
-            return r
-        deadline = self._deadline()
-        buf = b''
-        while len(buf) < n:
-            if _ticks_diff(deadline, time.ticks_ms()) <= 0:
-                raise OSError(errno.ETIMEDOUT)      # checked every round, data or not
-            try:
-                # one byte per call: MicroPython's blocking read(n) loops inside until n bytes
-                # have come, each byte renewing the socket timeout, so a peer trickling bytes
-                # could hold it for minutes; read(1) returns with the first byte
-                r = self.s.read(1)
-            except OSError as e:
-                if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
-                    raise
-                r = None
-            if r == b'':
-                raise OSError(errno.ECONNRESET)
-            if r:
-                buf = r if not buf else buf + r
-        self.last1 = buf if n == 1 else None
-        return buf
-
-    def write(self, data, n=None):
-        # Collected and sent by flush() (before any read, and by the link after each batch):
-        # umqtt writes a packet in 3-4 pieces, and small separate segments meet Nagle and
-        # delayed ACKs (a 40 ms stall before CONNACK / SUBACK on Linux).
-        if n is None:
-            self.wbuf += data
-        else:
-            self.wbuf += memoryview(data)[:n]
-        if len(self.wbuf) >= 1024:
-            self.flush()
-        return n if n is not None else len(data)
-
-    def flush(self):
-        if not self.wbuf:
-            return
-        if self.nb:
-            self.nb = False
-            self.raw.settimeout(self.tmo / 1000)
-        mv = memoryview(self.wbuf)
-        deadline = self._deadline()
-        off = 0
-        total = len(mv)
-        try:
-            while off < total:
-                if _ticks_diff(deadline, time.ticks_ms()) <= 0:
-                    raise OSError(errno.ETIMEDOUT)  # checked every round, progress or not
-                try:
-                    w = self.s.write(mv[off:off + 256])   # small pieces: the deadline gets a say
-                except OSError as e:
-                    if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
-                        raise
-                    w = None
-                if w:
-                    off += w
-        finally:
-            self.wbuf = bytearray()
-
-    def tls_step(self):
-        """One non-blocking go at the TLS handshake, driven by writing the queued CONNECT:
-        False while the handshake is in progress, True once it is done and CONNECT is sent."""
-        self.raw.setblocking(False)
-        try:
-            w = self.s.write(self.wbuf)
-        except OSError as e:
-            if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
-                raise
-            w = None
-        finally:
-            self.raw.settimeout(self.tmo / 1000)
-        if not w:
-            return False
-        self.wbuf = self.wbuf[w:]
-        self.flush()
-        return True
-
-    def close(self):
-        try:
-            self.flush()            # e.g. DISCONNECT written by umqtt's disconnect()
-        except Exception:
-            pass
-        try:
-            self.s.close()
-        except Exception:
-            pass
-        if self.s is not self.raw:
-            try:
-                self.raw.close()
-            except Exception:
-                pass
-
-
-class _SocketModule:
-    """Stands in for the `socket` module inside umqtt.simple during connect()."""
-
-    def __init__(self, sock, addr):
-        self.sock = sock
-        self.addr = addr
-
-    def socket(self, *a):
-        return self.sock
-
-    def getaddrinfo(self, host, port, *a):
-        return [(socket.AF_INET, socket.SOCK_STREAM, 0, '', self.addr)]
 
 
 class MqttLink:
@@ -322,7 +110,10 @@ class MqttLink:
         self.t_ack = (base + 'cmd/ack').encode()
         self.port = c['port'] or (8883 if c['ssl'] else 1883)
         self.ssl_params = self._ssl_params() if c['ssl'] else None
-        self.ring = telemetry.Ring(c['ring_records'])
+        self.ring = None            # alloc_ring(): once boot-only code has left the heap
+        self.tele_ms = c['telemetry_ms']
+        self.epoch_s = 0            # wall clock at uptime 0 (records hold uptime; see telemetry.py)
+        self.disc_next = -1         # next HA discovery message to send; -1: none
         self.on_command = c['on_command']
         self.state = DOWN
         self.sock = None
@@ -358,31 +149,27 @@ class MqttLink:
         self.ping_timeout_ms = c['ping_timeout_ms'] or self.ping_every_ms
 
     # --- public API ---------------------------------------------------------------------------
+    def alloc_ring(self):
+        """The store-and-forward ring, sized from the heap left (call after boot's garbage is
+        collected: the ring is the largest single block the firmware allocates)."""
+        c = self.cfg
+        self.ring = telemetry.Ring(c['ring_records'], c['ring_reserve_bytes'])
+        return self.ring
+
     def connected(self):
         return self.state == UP
 
-    def publish_telemetry(self, now_ms, ctl, stats, ts_s, ts_ms):
-        """Call once per cycle after ctl.step(). Every telemetry_ms it copies one record into the
-        ring (allocation-free, see telemetry.Ring; poll() publishes it); when the controller's
-        state or objective changed it queues the retained state message (allocates, rarely).
-        ts_s / ts_ms: wall-clock time of this cycle (unix seconds, ms part). Returns the seq of
-        the record captured, or -1."""
-        o = ctl.out
-        if o.state != self._st or ctl.objective != self._obj:
-            self._st = o.state
-            self._obj = ctl.objective
-            d = telemetry.state_dict(ctl, ts_s * 1000 + ts_ms)
-            if self.notice:
-                d['notice'] = self.notice
-            self.set_state(d)
-        if self._next_tele is not None and _ticks_diff(now_ms, self._next_tele) < 0:
-            return -1
-        self._next_tele = _ticks_add(now_ms if self._next_tele is None else self._next_tele,
-                                     self.cfg['telemetry_ms'])
-        if _ticks_diff(self._next_tele, now_ms) <= 0:      # fell behind: no burst of catch-up
-            self._next_tele = _ticks_add(now_ms, self.cfg['telemetry_ms'])
-        stats.mqtt_lost = self.lost
-        return self.ring.capture(ctl, ts_s, ts_ms, stats)
+    def tele_due(self, now_ms):
+        """Called once per cycle (allocation-free): 1 when a telemetry record is due now (every
+        telemetry_ms; a late cycle does not cause a burst of catch-up records)."""
+        nt = self._next_tele
+        if nt is not None and time.ticks_diff(now_ms, nt) < 0:
+            return 0
+        nt = time.ticks_add(now_ms if nt is None else nt, self.tele_ms)
+        if time.ticks_diff(nt, now_ms) <= 0:
+            nt = time.ticks_add(now_ms, self.tele_ms)
+        self._next_tele = nt
+        return 1
 
     def set_state(self, payload):
         """Retained <prefix>/<id>/state: the caller passes a dict when state/objective changed."""
@@ -398,11 +185,13 @@ class MqttLink:
         """Bounded work: connect steps, inbound commands, pings, publish from the ring. All
         blocking socket work in one poll shares one budget of sock_timeout_ms (plus at most one
         socket timeout for a read already under way when it runs out)."""
+        if self.ring is None:
+            self.alloc_ring()
         if self.sock is not None:
-            self.sock.until = _ticks_add(time.ticks_ms(), self.cfg['sock_timeout_ms'])
+            self.sock.until = time.ticks_add(time.ticks_ms(), self.cfg['sock_timeout_ms'])
         st = self.state
         if st == DOWN:
-            if self.next_try is None or _ticks_diff(now_ms, self.next_try) >= 0:
+            if self.next_try is None or time.ticks_diff(now_ms, self.next_try) >= 0:
                 self._start_connect(now_ms)
         elif st != UP:
             self._continue_connect(now_ms)
@@ -434,7 +223,7 @@ class MqttLink:
             with open(f, 'rb') as fh:
                 p['cadata'] = fh.read()
         if p.get('cadata'):
-            p['cadata'] = _der(p['cadata'])
+            p['cadata'] = der(p['cadata'])
         if c['ssl'] is True and 'cert_reqs' not in p:
             # MicroPython's default is CERT_NONE even with a CA given: verify when there is one
             p['cert_reqs'] = 2 if p.get('cadata') else 0       # ssl.CERT_REQUIRED / CERT_NONE
@@ -463,7 +252,8 @@ class MqttLink:
         self.sock = None
         self.poller = None
         self.state = DOWN
-        self.ring.rewind()
+        if self.ring is not None:
+            self.ring.rewind()
         self.ping_out = False
         self.pending = None
 
@@ -476,7 +266,7 @@ class MqttLink:
         self.delay_ms = d
         # "equal jitter": wait d/2 .. d
         half = d // 2
-        self.next_try = _ticks_add(now_ms, half + (_rand(16) * (d - half)) // 65536)
+        self.next_try = time.ticks_add(now_ms, half + (_rand(16) * (d - half)) // 65536)
 
     def _fail(self, now_ms, e):
         self.last_error = repr(e)
@@ -500,7 +290,7 @@ class MqttLink:
                 if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
                     s.close()
                     raise
-            self.sock = _Sock(s, self.cfg['sock_timeout_ms'], self.cfg['max_rx_bytes'])
+            self.sock = Sock(s, self.cfg['sock_timeout_ms'], self.cfg['max_rx_bytes'])
             s.setblocking(False)
             self.poller = select.poll()
             self.poller.register(s, select.POLLOUT)
@@ -511,7 +301,7 @@ class MqttLink:
 
     def _continue_connect(self, now_ms):
         try:
-            if _ticks_diff(now_ms, self.t_start) > self.cfg['connect_timeout_ms']:
+            if time.ticks_diff(now_ms, self.t_start) > self.cfg['connect_timeout_ms']:
                 raise OSError(errno.ETIMEDOUT)
             if self.state == CONNECTING:
                 ev = self.poller.poll(0)
@@ -538,23 +328,23 @@ class MqttLink:
 
     def _send_connect(self):
         """TCP is up: CONNECT, encoded by umqtt.simple's connect(); its wait for CONNACK is
-        cut short (_Deferred) and CONNACK is read by the following polls. With TLS, CONNECT
-        stays queued and drives the non-blocking handshake (state TLS, _Sock.tls_step())."""
+        cut short (Deferred) and CONNACK is read by the following polls. With TLS, CONNECT
+        stays queued and drives the non-blocking handshake (state TLS, Sock.tls_step())."""
         c = self.cfg
         sk = self.sock
-        sk.raw.settimeout(c['sock_timeout_ms'] / 1000)
+        sk.raw.settimeout(sk.tmo_s)
         if c['ssl']:
             sk.s = self._wrap(sk.raw)
         cl = MQTTClient(self.id, c['server'], self.port, c['user'], c['password'], c['keepalive'])
         cl.set_callback(self._on_msg)
         cl.set_last_will(self.t_status, b'offline', True)
         saved = _simple.socket
-        _simple.socket = _SocketModule(sk, self.addr)
+        _simple.socket = SocketModule(sk, self.addr)
         sk.defer = True
         try:
             cl.connect(True)
             raise OSError(errno.EIO)        # not reached: connect() reads CONNACK
-        except _Deferred:
+        except Deferred:
             pass
         finally:
             sk.defer = False
@@ -579,7 +369,7 @@ class MqttLink:
         sk.defer = True
         try:
             cl.subscribe(self.t_cmd + b'+')     # SUBACK is skipped later by _service()
-        except _Deferred:
+        except Deferred:
             pass
         finally:
             sk.defer = False
@@ -593,8 +383,7 @@ class MqttLink:
         self.state_dirty = self.state_msg is not None
         self.config_dirty = self.config_msg is not None
         sk.flush()
-        if c['ha_discovery']:
-            self.out = self._discovery()
+        self.disc_next = 0 if c['ha_discovery'] else -1   # HA discovery: one message per slot
 
     # --- connected: one bounded service step --------------------------------------------------
     def _service(self, now_ms):
@@ -622,7 +411,7 @@ class MqttLink:
                 self.ping_out = False
                 self.ring.confirm_mark()
         # 2. liveness
-        if self.ping_out and _ticks_diff(now_ms, self.ping_sent) > self.ping_timeout_ms:
+        if self.ping_out and time.ticks_diff(now_ms, self.ping_sent) > self.ping_timeout_ms:
             raise OSError(errno.ETIMEDOUT)
         # 3. outbound: queued control messages, retained state/config, then telemetry
         n = c['max_pub_per_poll']
@@ -639,16 +428,25 @@ class MqttLink:
             self.config_dirty = False
             n -= 1
         ring = self.ring
-        while n > 0:
-            o = ring.next_unsent()
-            if o < 0:
+        while self.disc_next >= 0 and n > 0:
+            m = _discovery(self, self.disc_next)
+            if m is None:
+                self.disc_next = -1
+                _unload('ha_discovery')
                 break
-            cl.publish(self.t_tele, telemetry.to_json(ring.buf, o).encode())
+            cl.publish(m[0], m[1], True)
+            self.disc_next += 1
+            n -= 1
+        while n > 0:
+            k = ring.next_unsent()
+            if k < 0:
+                break
+            cl.publish(self.t_tele, json.dumps(ring.record_dict(k, self.epoch_s)).encode())
             ring.mark_sent()
             self.published += 1
             n -= 1
         # 4. PINGREQ: keepalive, and as the delivery confirmation of what was just sent
-        if not self.ping_out and (ring.sent > 0 or _ticks_diff(now_ms, self.last_ping) >= self.ping_every_ms):
+        if not self.ping_out and (ring.sent > 0 or time.ticks_diff(now_ms, self.last_ping) >= self.ping_every_ms):
             cl.ping()
             self.ping_out = True
             self.ping_sent = now_ms
@@ -680,38 +478,13 @@ class MqttLink:
                 a['eff_seq'] = self.ring.seq    # first telemetry record that shows the change
             self.out.append((self.t_ack, json.dumps(a).encode(), False))
 
-    # --- Home Assistant discovery -------------------------------------------------------------
-    def _discovery(self):
-        c = self.cfg
-        did = self.id
-        dev = {'identifiers': ['bess_' + did], 'name': c['device_name'] or ('BESS ' + did),
-               'manufacturer': 'bess-controller'}
-        avail = self.t_status.decode()
-        tele = self.t_tele.decode()
-        out = []
-        # (object id, name, template, unit, device_class, state_class)
-        for oid, name, tpl, unit, dc in (
-                ('gcp_w', 'Grid power', '{{ value_json.gcp_w }}', 'W', 'power'),
-                ('import_limit_w', 'Import limit', '{{ value_json.import_limit_w }}', 'W', 'power'),
-                ('bat_w', 'Battery power', '{{ value_json.bat_w }}', 'W', 'power'),
-                ('bat_sp_w', 'Battery setpoint', '{{ value_json.bat_sp_w }}', 'W', 'power'),
-                ('soc', 'State of charge', '{{ value_json.soc_bp / 100 }}', '%', 'battery'),
-                ('avail_chg_w', 'Available charge power', '{{ value_json.avail_chg_w }}', 'W', 'power'),
-                ('avail_dis_w', 'Available discharge power', '{{ value_json.avail_dis_w }}', 'W', 'power'),
-                ('state', 'Controller state', '{{ value_json.state }}', None, None)):
-            d = {'name': name, 'unique_id': '%s_%s' % (did, oid), 'state_topic': tele,
-                 'value_template': tpl, 'availability_topic': avail, 'device': dev}
-            if unit:
-                d['unit_of_measurement'] = unit
-                d['device_class'] = dc
-                d['state_class'] = 'measurement'
-            out.append((('%s/sensor/%s/%s/config' % (c['ha_prefix'], did, oid)).encode(),
-                        json.dumps(d).encode(), True))
-        d = {'name': 'Objective', 'unique_id': did + '_objective', 'state_topic': self.t_state.decode(),
-             'value_template': '{{ value_json.objective }}',
-             'command_topic': self.t_cmd.decode() + 'objective',
-             'command_template': '{"value": "{{ value }}"}',
-             'options': ['gce', 'ss', 'zfi'], 'availability_topic': avail, 'device': dev}
-        out.append((('%s/select/%s/objective/config' % (c['ha_prefix'], did)).encode(),
-                    json.dumps(d).encode(), True))
-        return out
+
+def _discovery(link, k):
+    import ha_discovery              # load-on-demand: only while discovery messages are sent
+    return ha_discovery.message(link, k)
+
+
+def _unload(name):
+    import sys
+    if name in sys.modules:
+        del sys.modules[name]

@@ -20,6 +20,7 @@ from mqtt_fixtures import MICROPYPATH, ROOT, micropython_exe
 sys.path.insert(0, os.path.join(ROOT, 'firmware'))
 import persist  # noqa: E402
 import cmd_handler  # noqa: E402
+import settings  # noqa: E402
 
 TOPIC = b'bess/d1/cmd/import_limit'
 
@@ -107,17 +108,42 @@ def _ctl():
     return ctl
 
 
-def test_ring_overflow_drops_oldest_and_counts():
-    r = telemetry.Ring(5)
+def seqs(r):
+    return [r.value(k, telemetry.F_SEQ) for k in range(len(r))]
+
+
+@pytest.mark.parametrize('cap', [5, 16, 37])
+def test_ring_overflow_drops_oldest_and_counts(cap):
+    r = telemetry.Ring(cap)
     ctl, st = _ctl(), telemetry.Stats()
-    n0 = len(r.buf)
-    for k in range(8):
+    sizes = [len(c) for c in r.chunks]
+    assert r.cap == cap and sum(sizes) == cap * telemetry.NFIELDS
+    for k in range(cap + 3):
         r.capture(ctl, 1700000000 + k, 0, st)
-    assert len(r.buf) == n0 and len(r) == 5 and r.dropped == 3
-    assert [r.buf[r.offset(k)] for k in range(5)] == [3, 4, 5, 6, 7]
-    rec = telemetry.record_dict(r.buf, r.offset(4))
+    assert [len(c) for c in r.chunks] == sizes and len(r) == cap and r.dropped == 3
+    assert seqs(r) == list(range(3, cap + 3))
+    rec = r.record_dict(cap - 1)
     assert set(rec) == set(telemetry.SCHEMA_V1) and rec['err']['ring_dropped'] == 3
-    assert rec['ts_ms'] == 1700000007000 and rec['state'] == 'discharging'
+    assert rec['ts_ms'] == (1700000000 + cap + 2) * 1000 and rec['state'] == 'discharging'
+    assert r.record_dict(cap - 1, epoch_s=1000)['ts_ms'] == rec['ts_ms'] + 1000000
+
+
+def test_ring_stops_at_the_reserve(monkeypatch):
+    from array import array
+    free = [100000]
+
+    def alloc(tc, init):                            # a chunk costs its bytes out of the heap
+        a = array(tc, init)
+        free[0] -= len(a) * 4
+        return a
+    monkeypatch.setattr(telemetry, 'heap_free', lambda: free[0])
+    monkeypatch.setattr(telemetry, 'array', alloc)
+    r = telemetry.Ring(1000, reserve=10 ** 12)      # nothing can be kept free: one chunk only
+    assert r.cap == telemetry.Ring.CHUNK and len(r.chunks) == 1
+    # 100000 B free, 60000 B to keep: 40000 B of records, whole chunks (16 x 108 B)
+    free[0] = 100000
+    r = telemetry.Ring(1000, reserve=60000)
+    assert r.cap == 40000 // (16 * telemetry.RECORD_BYTES) * 16 and free[0] >= 60000
 
 
 def test_ring_confirmation_cursor():
@@ -127,15 +153,15 @@ def test_ring_confirmation_cursor():
         r.capture(ctl, 0, 0, st)
     sent = []
     while r.next_unsent() >= 0:
-        sent.append(r.buf[r.next_unsent()])
+        sent.append(r.value(r.next_unsent(), telemetry.F_SEQ))
         r.mark_sent()
     r.set_mark()
     r.capture(ctl, 0, 0, st)                 # seq 3, after the mark
     r.confirm_mark()
-    assert sent == [0, 1, 2] and len(r) == 1 and r.buf[r.next_unsent()] == 3
+    assert sent == [0, 1, 2] and len(r) == 1 and r.value(r.next_unsent(), telemetry.F_SEQ) == 3
     r.mark_sent()
     r.rewind()                               # connection lost before confirmation
-    assert r.buf[r.next_unsent()] == 3
+    assert r.value(r.next_unsent(), telemetry.F_SEQ) == 3
     # overflow while records await confirmation: the mark shrinks with them
     r.mark_sent()
     r.set_mark()
@@ -143,7 +169,7 @@ def test_ring_confirmation_cursor():
         r.capture(ctl, 0, 0, st)
     assert r.mark == 0 and r.sent == 0 and r.dropped == 1
     r.confirm_mark()
-    assert [r.buf[r.offset(k)] for k in range(len(r))] == [4, 5, 6, 7]
+    assert seqs(r) == [4, 5, 6, 7]
 
 
 def test_persist_roundtrip_and_damage(tmp_path):
@@ -165,7 +191,7 @@ def test_persist_roundtrip_and_damage(tmp_path):
 
 def test_load_state_and_handler(tmp_path):
     p = str(tmp_path / 'state.json')
-    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 10000})
+    cfg, ctr, msg = settings.load_state(p, validate({'import_limit_w': 10000}))
     assert cfg['import_limit_w'] == 10000 and ctr == 0 and 'no saved settings' in msg
     ctl = bess_core.Controller(cfg)
     st = telemetry.Stats()
@@ -175,13 +201,13 @@ def test_load_state_and_handler(tmp_path):
     assert h('import_limit', TOPIC, good, False)['ok']
     assert not h('import_limit', TOPIC, good, False)['ok'] and st.cmd_rejected == 1
     assert not h('import_limit', TOPIC, commands.sign(b'k' * 32, TOPIC, b'{"value":9100,"ctr":5}'), True)['ok']
-    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 10000})
+    cfg, ctr, msg = settings.load_state(p, validate({'import_limit_w': 10000}))
     assert (cfg['import_limit_w'], ctr, msg) == (9000, 4, None)
     # a redeployed (changed) commissioned config wins over the saved settings; the counter stays
-    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 8000, 'phase_limit_w': 2000})
+    cfg, ctr, msg = settings.load_state(p, validate({'import_limit_w': 8000, 'phase_limit_w': 2000}))
     assert (cfg['import_limit_w'], cfg['phase_limit_w'], ctr) == (8000, 2000, 4) and 'discarded' in msg
     # ... for good: going back to the earlier commissioned config does not revive them
-    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 10000})
+    cfg, ctr, msg = settings.load_state(p, validate({'import_limit_w': 10000}))
     assert cfg['import_limit_w'] == 10000 and ctr == 4 and 'discarded' in msg
     # storage failure: rejected, nothing changed
     h.path = str(tmp_path / 'no_such_dir' / 'state.json')
@@ -189,7 +215,7 @@ def test_load_state_and_handler(tmp_path):
     assert not a['ok'] and 'storage' in a['reason'] and ctl.import_limit_w == 9000 and h.auth.last_ctr == 4
     # valid file, invalid content -> commissioned config with a message
     persist.save(p, {'v': 1, 'config': {'import_limit_w': -5}, 'ctr': 4})
-    cfg, ctr, msg = cmd_handler.load_state(p, {'import_limit_w': 10000})
+    cfg, ctr, msg = settings.load_state(p, validate({'import_limit_w': 10000}))
     assert cfg['import_limit_w'] == 10000 and ctr == 0 and 'INVALID' in msg
 
 

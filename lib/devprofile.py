@@ -1,18 +1,19 @@
-# Device profiles: load a JSON profile, validate it, compile it for the per-cycle decode.
+# Device profiles, load time only: read a JSON profile, validate it, compile it into the
+# per-cycle model (lib/profile_model.py). The firmware unloads this module after boot.
 #
 # Runs on CPython and MicroPython (json, array). The format is documented in docs/profiles.md.
-# load(path) / from_dict(d) -> Profile, or ProfileError listing every problem found.
+# load(path) / from_dict(d) -> profile_model.Profile, or ProfileError listing every problem.
 #
-# Per cycle the runtime: for each block in prof.blocks, reads block.count registers with
-# block.fc from block.start into block.buf (a preallocated array('H')) and sets block.ok;
+# Per cycle the runtime: for each block in prof.blocks that is due, reads block.count registers
+# with block.fc from block.start into block.buf (a preallocated array('H')) and sets block.ok;
 # then prof.points['total_w'].value() (or prof.value(name)) decodes without allocating.
 # For a battery, prof.control.plan(setpoint_w) fills preallocated write buffers and returns
 # the list of Write objects (fc, addr, buf, n) to send, in order, or None if it cannot encode.
 
 import json
-from array import array
 
 import regdecode as rd
+from profile_model import Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile  # noqa: F401
 
 FORMAT = 1
 KINDS = ('meter', 'battery')
@@ -29,11 +30,12 @@ BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 SCALE_MAX = 9                   # |scale| in a profile; the SunSpec SF adds up to +-10 at run time
 MODBUS_MAX_READ = 125
 SCHEMES = ('sunspec_124', 'command')
+EVERY_MAX_MS = 3600000         # slowest block cadence: hourly
 
 _TOP_KEYS = ('format', 'name', 'title', 'kind', 'serial', 'max_regs', 'min_gap_ms', 'blocks',
              'points', 'control', 'identify', 'doc')
 _SERIAL_KEYS = ('baud', 'parity', 'stop_bits', 'unit_id', 'doc')
-_BLOCK_KEYS = ('fc', 'start', 'count', 'doc')
+_BLOCK_KEYS = ('fc', 'start', 'count', 'every_ms', 'doc')
 _POINT_KEYS = ('fc', 'addr', 'type', 'order', 'scale', 'scale_sf', 'sign', 'unit', 'limit',
                'sunspec_na', 'doc')
 _ID_KEYS = ('fc', 'addr', 'values', 'doc')
@@ -51,272 +53,6 @@ class ProfileError(ValueError):
 
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-class Block:
-    def __init__(self, fc, start, count):
-        self.fc = fc
-        self.start = start
-        self.count = count
-        self.buf = array('H', bytes(2 * count))
-        self.ok = 0                 # runtime: 1 after a successful read of this block
-
-    def __repr__(self):
-        return 'Block(fc=%d, start=%d, count=%d)' % (self.fc, self.start, self.count)
-
-
-class Point:
-    """One named value. value() decodes it from its block's buffer (None if invalid)."""
-
-    def __init__(self, name, block, off, typ, lsw, exp10, sign, limit, na, sf_block, sf_off,
-                 fc, addr, unit):
-        self.name = name
-        self.block = block
-        self.off = off
-        self.typ = typ
-        self.lsw = lsw
-        self.exp10 = exp10
-        self.sign = sign
-        self.limit = limit
-        self.na = na
-        self.sf_block = sf_block    # None: fixed scale
-        self.sf_off = sf_off
-        self.fc = fc
-        self.addr = addr
-        self.sf_addr = -1 if sf_block is None else sf_block.start + sf_off
-        self.unit = unit
-
-    def value(self):
-        b = self.block
-        if not b.ok:
-            return None
-        e = self.exp10
-        sb = self.sf_block
-        if sb is not None:
-            if not sb.ok:
-                return None
-            sf = rd.decode_sf(sb.buf, self.sf_off)
-            if sf is None:
-                return None
-            e += sf
-        return rd.decode(b.buf, self.off, self.typ, self.lsw, e, self.sign, self.limit, self.na)
-
-    def encode(self, value, buf, off, sf=0):
-        """Device representation of value (our unit) into buf[off:] (simulator, tests)."""
-        rd.encode(value, self.typ, self.lsw, self.exp10 + sf, self.sign, buf, off)
-
-
-class Write:
-    """One Modbus write request: fc 6 (n == 1) or 16, registers buf[0:n] at addr."""
-
-    def __init__(self, fc, addr, n):
-        self.fc = fc
-        self.addr = addr
-        self.n = n
-        self.buf = array('H', bytes(2 * n))
-
-    def __repr__(self):
-        return 'Write(fc=%d, addr=%d, regs=%r)' % (self.fc, self.addr, list(self.buf))
-
-
-class _Plan:
-    """Registers a control scheme writes, grouped into contiguous writes at load time."""
-
-    def __init__(self, regs, write_fc):
-        # regs: list of (addr, nwords) in the order they should be sent (groups keep first order)
-        addrs = []
-        for a, n in regs:
-            for k in range(n):
-                addrs.append(a + k)
-        srt = sorted(addrs)
-        groups = []
-        for a in srt:
-            if groups and groups[-1][0] + groups[-1][1] == a:
-                groups[-1][1] += 1
-            else:
-                groups.append([a, 1])
-        first = {}
-        for i in range(len(addrs)):
-            first.setdefault(addrs[i], i)
-        # send groups in the order their first register was listed (e.g. powers before command)
-        groups.sort(key=lambda g: min(first[g[0] + k] for k in range(g[1])))
-        self.writes = []
-        self.slot = {}              # addr -> (Write, index)
-        for a, n in groups:
-            fc = 6 if (n == 1 and write_fc != 16) else 16
-            w = Write(fc, a, n)
-            self.writes.append(w)
-            for k in range(n):
-                self.slot[a + k] = (w, k)
-
-    def put(self, addr, value, typ=rd.U16, lsw=0, exp10=0):
-        w, k = self.slot[addr]
-        rd.encode(value, typ, lsw, exp10, 1, w.buf, k)
-
-
-class SunSpecControl:
-    """Model 124: StorCtl_Mod, OutWRte / InWRte in % of WChaMax (scaled by InOutWRte_SF), RvrtTms.
-
-    Discharge P > 0: mod=3, OutWRte=+x, InWRte=-x; charge P < 0: InWRte=+x, OutWRte=-x;
-    0 W: both 0. x = |P| / WChaMax * 100 %, clamped to 100 %. RvrtTms = revert_s (re-armed by
-    every write, i.e. every cycle); the battery reverts to its default after revert_s without one.
-    """
-
-    scheme = 'sunspec_124'
-
-    def __init__(self, c, prof):
-        self.mod_addr = c['mod']['addr']
-        self.mod_value = c['mod'].get('value', 3)
-        self.out_addr = c['out_rte']['addr']
-        self.in_addr = c['in_rte']['addr']
-        self.win_addr = c['win_tms']['addr'] if 'win_tms' in c else -1
-        self.rvrt_addr = c['rvrt_tms']['addr'] if 'rvrt_tms' in c else -1
-        self.revert_s = c.get('revert_s', 0)
-        self.wchamax = prof.compile_point('wchamax', c['wchamax'], 'W')
-        self.rte_sf = prof.compile_point('rte_sf', {'fc': 3, 'addr': c['rte_sf']['addr'],
-                                                    'type': 'int16'}, '')
-        regs = [(self.mod_addr, 1), (self.out_addr, 1), (self.in_addr, 1)]
-        if self.win_addr >= 0:
-            regs.append((self.win_addr, 1))
-        if self.rvrt_addr >= 0:
-            regs.append((self.rvrt_addr, 1))
-        self.plan_ = _Plan(regs, c.get('write_fc', 0))
-        self.writes = self.plan_.writes
-
-    def plan(self, w):
-        wmax = self.wchamax.value()
-        p = self.rte_sf
-        if wmax is None or wmax <= 0 or not p.block.ok:
-            return None
-        sf = rd.decode_sf(p.block.buf, p.off)
-        if sf is None:
-            return None
-        full = rd.scale_int(100, -sf)              # 100 % in register units (10 ** (2 - sf))
-        a = -w if w < 0 else w
-        if a >= wmax:
-            x = full
-        else:
-            # x = floor(a * full / wmax): rounded toward 0 so the battery never does more than the
-            # setpoint (a zero-feed-in or import-limit margin must not be eaten by rounding), and
-            # computed digit by digit so no product a * full (> 2**30 for a 100 kW battery at
-            # SF -2, a heap int on 32-bit boards) is formed: every intermediate < 10 * wmax.
-            x = 0
-            r = a
-            n = 2 - sf
-            while n > 0 and x <= 32767:
-                r *= 10
-                x = x * 10 + r // wmax
-                r %= wmax
-                n -= 1
-        if x > 32767:
-            x = 32767
-        pl = self.plan_
-        pl.put(self.mod_addr, self.mod_value)
-        if w > 0:
-            pl.put(self.out_addr, x, rd.I16)
-            pl.put(self.in_addr, -x, rd.I16)
-        else:
-            pl.put(self.out_addr, -x, rd.I16)
-            pl.put(self.in_addr, x, rd.I16)
-        if self.win_addr >= 0:
-            pl.put(self.win_addr, 0)
-        if self.rvrt_addr >= 0:
-            pl.put(self.rvrt_addr, self.revert_s)
-        return self.writes
-
-
-class CommandControl:
-    """Mode register + command register (charge / discharge / stop) + power magnitude register(s)."""
-
-    scheme = 'command'
-
-    def __init__(self, c, prof):
-        m = c.get('mode')
-        self.mode_addr = m['addr'] if m else -1
-        self.mode_value = m['value'] if m else 0
-        cm = c['command']
-        self.cmd_addr = cm['addr']
-        self.cmd_charge = cm['charge']
-        self.cmd_discharge = cm['discharge']
-        self.cmd_stop = cm['stop']
-        self.revert_s = 0
-        regs = []
-        self.pw = {}
-        for key in ('power', 'charge_power', 'discharge_power'):
-            if key in c:
-                p = c[key]
-                typ = rd.type_code(p.get('type', 'uint16'))
-                self.pw[key] = (p['addr'], typ, 1 if p.get('order', 'msw') == 'lsw' else 0,
-                                p.get('scale', 0))
-                regs.append((p['addr'], rd.TYPE_WORDS[typ]))
-        if self.mode_addr >= 0:
-            regs.insert(0, (self.mode_addr, 1))
-        regs.append((self.cmd_addr, 1))
-        self.plan_ = _Plan(regs, c.get('write_fc', 0))
-        self.writes = self.plan_.writes
-
-    def plan(self, w):
-        pl = self.plan_
-        a = -w if w < 0 else w
-        if self.mode_addr >= 0:
-            pl.put(self.mode_addr, self.mode_value)
-        cmd = self.cmd_discharge if w > 0 else (self.cmd_charge if w < 0 else self.cmd_stop)
-        pw = self.pw
-        for key in pw:
-            addr, typ, lsw, e = pw[key]
-            if key == 'power':
-                v = a
-            elif key == 'charge_power':
-                v = a if w < 0 else 0
-            else:
-                v = a if w > 0 else 0
-            if not rd.fits(v, typ, e, 1):
-                return None
-            pl.put(addr, v, typ, lsw, e)
-        pl.put(self.cmd_addr, cmd)
-        return self.writes
-
-
-class Profile:
-    def __init__(self):
-        self.name = ''
-        self.title = ''
-        self.kind = ''
-        self.serial = {}
-        self.unit_id = 1
-        self.max_regs = MODBUS_MAX_READ
-        self.min_gap_ms = 0
-        self.blocks = []
-        self.points = {}
-        self.control = None
-        self.identify = []
-        self.raw = None
-
-    def block_for(self, fc, addr, n):
-        """(block, offset) holding registers addr..addr+n-1 read with fc, or (None, 0)."""
-        for b in self.blocks:
-            if b.fc == fc and b.start <= addr and addr + n <= b.start + b.count:
-                return b, addr - b.start
-        return None, 0
-
-    def compile_point(self, name, p, unit):
-        typ = rd.type_code(p['type'])
-        b, off = self.block_for(p['fc'], p['addr'], rd.TYPE_WORDS[typ])
-        sfb, sfo = None, 0
-        if 'scale_sf' in p:
-            sfb, sfo = self.block_for(p['fc'], p['scale_sf'], 1)
-        limit = p.get('limit', UNITS.get(unit, rd.LIMIT_W))
-        return Point(name, b, off, typ, 1 if p.get('order', 'msw') == 'lsw' else 0,
-                     p.get('scale', 0), p.get('sign', 1), limit,
-                     1 if p.get('sunspec_na', False) else 0, sfb, sfo, p['fc'], p['addr'], unit)
-
-    def value(self, name):
-        p = self.points.get(name)
-        return None if p is None else p.value()
-
-    def invalidate(self):
-        for b in self.blocks:
-            b.ok = 0
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -512,6 +248,7 @@ def validate(d):
         _unknown(errs, w, b, _BLOCK_KEYS)
         ok = _int_in(errs, w, b, 'fc', 3, 4) & _int_in(errs, w, b, 'start', 0, 65535)
         ok &= _int_in(errs, w, b, 'count', 1, max_regs)
+        _int_in(errs, w, b, 'every_ms', 0, EVERY_MAX_MS, False)
         if ok and b['start'] + b['count'] > 65536:
             errs.append('%s: ends beyond register 65535' % w)
             ok = False
@@ -565,13 +302,108 @@ def validate(d):
     return errs
 
 
+def block_for(blocks, fc, addr, n):
+    """(block, offset) holding registers addr..addr+n-1 read with fc, or (None, 0)."""
+    for b in blocks:
+        if b.fc == fc and b.start <= addr and addr + n <= b.start + b.count:
+            return b, addr - b.start
+    return None, 0
+
+
+def compile_point(blocks, name, p, unit):
+    typ = rd.type_code(p['type'])
+    b, off = block_for(blocks, p['fc'], p['addr'], rd.TYPE_WORDS[typ])
+    sfb, sfo = None, 0
+    if 'scale_sf' in p:
+        sfb, sfo = block_for(blocks, p['fc'], p['scale_sf'], 1)
+    limit = p.get('limit', UNITS.get(unit, rd.LIMIT_W))
+    return Point(name, b, off, typ, 1 if p.get('order', 'msw') == 'lsw' else 0,
+                 p.get('scale', 0), p.get('sign', 1), limit,
+                 1 if p.get('sunspec_na', False) else 0, sfb, sfo, p['fc'], p['addr'], unit)
+
+
+def plan_writes(regs, write_fc):
+    """Registers a control scheme writes -> Plan of contiguous writes. regs: list of (addr,
+    nwords) in the order they should be sent (a group goes in the order of its first register)."""
+    addrs = []
+    for a, n in regs:
+        for k in range(n):
+            addrs.append(a + k)
+    groups = []
+    for a in sorted(addrs):
+        if groups and groups[-1][0] + groups[-1][1] == a:
+            groups[-1][1] += 1
+        else:
+            groups.append([a, 1])
+    first = {}
+    for i in range(len(addrs)):
+        first.setdefault(addrs[i], i)
+    # send groups in the order their first register was listed (e.g. powers before command)
+    groups.sort(key=lambda g: min(first[g[0] + k] for k in range(g[1])))
+    writes = []
+    slot = {}
+    for a, n in groups:
+        w = Write(6 if (n == 1 and write_fc != 16) else 16, a, n)
+        writes.append(w)
+        for k in range(n):
+            slot[a + k] = (w, k)
+    return Plan(writes, slot)
+
+
+def sunspec_control(c, blocks):
+    s = SunSpecControl()
+    s.mod_addr = c['mod']['addr']
+    s.mod_value = c['mod'].get('value', 3)
+    s.out_addr = c['out_rte']['addr']
+    s.in_addr = c['in_rte']['addr']
+    s.win_addr = c['win_tms']['addr'] if 'win_tms' in c else -1
+    s.rvrt_addr = c['rvrt_tms']['addr'] if 'rvrt_tms' in c else -1
+    s.revert_s = c.get('revert_s', 0)
+    s.wchamax = compile_point(blocks, 'wchamax', c['wchamax'], 'W')
+    s.rte_sf = compile_point(blocks, 'rte_sf', {'fc': 3, 'addr': c['rte_sf']['addr'], 'type': 'int16'}, '')
+    regs = [(s.mod_addr, 1), (s.out_addr, 1), (s.in_addr, 1)]
+    if s.win_addr >= 0:
+        regs.append((s.win_addr, 1))
+    if s.rvrt_addr >= 0:
+        regs.append((s.rvrt_addr, 1))
+    s.plan_ = plan_writes(regs, c.get('write_fc', 0))
+    s.writes = s.plan_.writes
+    return s
+
+
+def command_control(c):
+    s = CommandControl()
+    m = c.get('mode')
+    s.mode_addr = m['addr'] if m else -1
+    s.mode_value = m['value'] if m else 0
+    cm = c['command']
+    s.cmd_addr = cm['addr']
+    s.cmd_charge = cm['charge']
+    s.cmd_discharge = cm['discharge']
+    s.cmd_stop = cm['stop']
+    s.revert_s = 0
+    regs = []
+    s.pw = {}
+    for key in ('power', 'charge_power', 'discharge_power'):
+        if key in c:
+            p = c[key]
+            typ = rd.type_code(p.get('type', 'uint16'))
+            s.pw[key] = (p['addr'], typ, 1 if p.get('order', 'msw') == 'lsw' else 0, p.get('scale', 0))
+            regs.append((p['addr'], rd.TYPE_WORDS[typ]))
+    if s.mode_addr >= 0:
+        regs.insert(0, (s.mode_addr, 1))
+    regs.append((s.cmd_addr, 1))
+    s.plan_ = plan_writes(regs, c.get('write_fc', 0))
+    s.writes = s.plan_.writes
+    return s
+
+
 def from_dict(d):
     errs = validate(d)
     if errs:
         name = d.get('name', '?') if isinstance(d, dict) else '?'
         raise ProfileError('profile %s:\n  ' % name + '\n  '.join(errs))
     p = Profile()
-    p.raw = d
     p.name = d['name']
     p.title = d.get('title', d['name'])
     p.kind = d['kind']
@@ -580,14 +412,16 @@ def from_dict(d):
     p.max_regs = d.get('max_regs', MODBUS_MAX_READ)
     p.min_gap_ms = d.get('min_gap_ms', 0)
     for b in d['blocks']:
-        p.blocks.append(Block(b['fc'], b['start'], b['count']))
+        blk = Block(b['fc'], b['start'], b['count'])
+        blk.every_ms = b.get('every_ms', 0)
+        p.blocks.append(blk)
     for n in NAMES[p.kind]:
         if n in d['points']:
             unit = 'W' if n.endswith('_w') else ('Wh' if n.endswith('_wh') else 'bp')
-            p.points[n] = p.compile_point(n, d['points'][n], unit)
+            p.points[n] = compile_point(p.blocks, n, d['points'][n], unit)
     if p.kind == 'battery':
         c = d['control']
-        p.control = SunSpecControl(c, p) if c['scheme'] == 'sunspec_124' else CommandControl(c, p)
+        p.control = sunspec_control(c, p.blocks) if c['scheme'] == 'sunspec_124' else command_control(c)
     p.identify = d.get('identify', [])
     return p
 

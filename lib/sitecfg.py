@@ -19,7 +19,7 @@ from bess_config import validate, ConfigError
 
 BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PARITIES = ('N', 'E', 'O')
-KNOWN = ('board', 'bus', 'meter', 'battery', 'control', 'period_ms', 'log_cycles', 'network',
+KNOWN = ('board', 'bus', 'meter', 'battery', 'control', 'period_ms', 'log_cycles', 'check_alloc', 'network',
          'mqtt', 'doc')
 _BUS_KEYS = ('baud', 'parity', 'timeout_ms', 'retries', 'device')
 _DEV_KEYS = ('profile', 'unit_id')
@@ -92,11 +92,12 @@ def check(site):
                     % (site['meter'].get('unit_id', 1),))
     _int(errs, '', site, 'period_ms', 100, 60000)
     _int(errs, '', site, 'log_cycles', 0, 1)
+    _int(errs, '', site, 'check_alloc', 0, 1)
     for k in ('network', 'mqtt'):
         if k in site and site[k] is not None and not isinstance(site[k], dict):
             errs.append('%s: must be an object' % k)
     # the mqtt section is checked by deploy (site_config) but not here: at boot a broken mqtt
-    # section disables MQTT (firmware/comms.py) instead of costing battery control
+    # section disables MQTT (firmware/startup.py) instead of costing battery control
     if 'control' not in site:
         errs.append('control: required (docs/config.md; at least import_limit_w)')
     else:

@@ -3,7 +3,7 @@
 # Runs on CPython and MicroPython. capture() copies one record of integers out of a
 # bess_core.Controller and a Stats object into a fixed array: no allocation as long as every
 # value is a small int (the array never grows; when it is full the oldest record is dropped and
-# counted). to_json() allocates (strings) and belongs outside the control step, in the link.
+# counted). record_dict() allocates and belongs outside the control step, in the link.
 #
 # Delivery bookkeeping (three cursors, all counts from the oldest record held):
 #   [oldest .. sent)  published on the current connection, not yet confirmed
@@ -21,7 +21,8 @@ SCHEMA_VERSION = 1
 
 # field order inside one ring slot
 F_SEQ = 0
-F_TS_S = 1          # wall clock, unix seconds (the runtime's clock; 0 if unknown)
+F_TS_S = 1          # uptime, seconds: a small int (epoch seconds are heap ints on 32-bit boards);
+                    # record_dict adds the wall clock at uptime 0 (epoch_s)
 F_TS_MS = 2         # milliseconds part 0..999
 F_GCP = 3
 F_L1 = 4
@@ -48,6 +49,7 @@ F_CYC_MAX = 24      # longest cycle since the previous record, us
 F_DISP_LEFT = 25
 F_OVR_LEFT = 26
 NFIELDS = 27
+RECORD_BYTES = NFIELDS * 4     # one ring slot ('l' = 32 bit on ESP32 / RP2040)
 
 
 class Stats:
@@ -62,14 +64,41 @@ class Stats:
         self.cycle_max_us = 0       # capture() resets it: each record has the max since the last
 
 
-class Ring:
-    """Fixed-capacity ring of telemetry records (NFIELDS ints each, 'l' = 32 bit on ESP32/RP2040)."""
+def heap_free():
+    """Free heap after a collection (MicroPython); CPython has no fixed heap: unlimited."""
+    import gc
+    gc.collect()
+    f = getattr(gc, 'mem_free', None)
+    return f() if f is not None else 1 << 30
 
-    def __init__(self, capacity):
+
+class Ring:
+    """Fixed-capacity ring of telemetry records (NFIELDS ints each, 'l' = 32 bit on ESP32/RP2040).
+
+    The storage is a list of chunks of CHUNK records, allocated once: a fixed heap rarely has one
+    contiguous block of tens of KB after boot, but has many of 1.7 KB. Ring(capacity) allocates
+    them all; Ring(capacity, reserve) stops early (at least 1 chunk) when the heap would keep less
+    than reserve bytes free or an allocation fails: cap then says how many records it holds."""
+
+    CHUNK = 16
+
+    def __init__(self, capacity, reserve=-1):
         if capacity < 1:
             raise ValueError('ring capacity must be >= 1')
-        self.cap = capacity
-        self.buf = array('l', range(capacity * NFIELDS))     # allocated once, never grows
+        per = self.CHUNK
+        self.chunks = []
+        want = (capacity + per - 1) // per
+        while len(self.chunks) < want:
+            n = per if len(self.chunks) < want - 1 else capacity - per * (want - 1)
+            if reserve >= 0 and self.chunks and heap_free() - n * RECORD_BYTES < reserve:
+                break
+            try:
+                self.chunks.append(array('l', range(n * NFIELDS)))     # allocated once, never grows
+            except MemoryError:
+                if not self.chunks:
+                    raise
+                break
+        self.cap = per * (len(self.chunks) - 1) + len(self.chunks[-1]) // NFIELDS
         self.head = 0           # slot of the oldest record
         self.count = 0          # records held
         self.sent = 0           # of those, published and awaiting confirmation
@@ -102,8 +131,8 @@ class Ring:
         slot = self.head + self.count
         if slot >= cap:
             slot -= cap
-        b = self.buf
-        o = slot * NFIELDS
+        b = self.chunks[slot // self.CHUNK]
+        o = (slot % self.CHUNK) * NFIELDS
         i = ctl.inp
         out = ctl.out
         b[o] = self.seq
@@ -138,18 +167,27 @@ class Ring:
         self.seq += 1
         return self.seq - 1
 
-    def offset(self, k):
-        """Array offset of the k-th record held (0 = oldest)."""
+    def slot(self, k):
+        """(chunk array, offset) of the k-th record held (0 = oldest). Allocates a tuple."""
         slot = self.head + k
         if slot >= self.cap:
             slot -= self.cap
-        return slot * NFIELDS
+        return self.chunks[slot // self.CHUNK], (slot % self.CHUNK) * NFIELDS
+
+    def value(self, k, field):
+        """One field (F_*) of the k-th record held."""
+        b, o = self.slot(k)
+        return b[o + field]
+
+    def record_dict(self, k, epoch_s=0):
+        b, o = self.slot(k)
+        return record_dict(b, o, epoch_s)
 
     def next_unsent(self):
-        """Offset of the oldest unpublished record, or -1."""
+        """Index (from the oldest held) of the oldest unpublished record, or -1."""
         if self.sent >= self.count:
             return -1
-        return self.offset(self.sent)
+        return self.sent
 
     def mark_sent(self):
         self.sent += 1
@@ -190,11 +228,12 @@ def _name(names, i):
     return names[i] if 0 <= i < len(names) else str(i)
 
 
-def record_dict(buf, o):
-    """The schema-v1 record (a dict) at offset o of a ring buffer."""
+def record_dict(buf, o, epoch_s=0):
+    """The schema-v1 record (a dict) at offset o of a ring buffer; epoch_s: wall clock (unix
+    seconds) at uptime 0, so ts_ms = (epoch_s + uptime s) * 1000 + ms."""
     sn, bn, on = _names()
     ph = buf[o + F_PHASES]
-    ts = buf[o + F_TS_S] * 1000 + buf[o + F_TS_MS]
+    ts = (epoch_s + buf[o + F_TS_S]) * 1000 + buf[o + F_TS_MS]
     return {
         'v': SCHEMA_VERSION,
         'seq': buf[o],
@@ -225,11 +264,6 @@ def record_dict(buf, o):
         'heap_free': buf[o + F_HEAP],
         'cycle_max_us': buf[o + F_CYC_MAX],
     }
-
-
-def to_json(buf, o):
-    import json
-    return json.dumps(record_dict(buf, o))
 
 
 def state_dict(ctl, ts_ms):

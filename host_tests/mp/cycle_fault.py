@@ -1,11 +1,11 @@
 # A cycle that raises (a bug) must fail safe: the loop goes on, 0 W is commanded, the watchdog is
 # not fed for that cycle. Run on the unix port: cycle_fault.py SITE.json ROOT
 import sys
-import app
+import startup
 
-site = app.load_json(sys.argv[1], 'site')
-board = app.load_json('%s/boards/unix.json' % sys.argv[2], 'board')
-rt = app.Runtime(site, board, sys.argv[2])
+site = startup.load_json(sys.argv[1], 'site')
+board = startup.load_json('%s/boards/unix.json' % sys.argv[2], 'board')
+rt = startup.runtime(site, board, sys.argv[2], site['control'])
 real_step = rt.ctl.step
 n = [0]
 

@@ -1,7 +1,8 @@
 # A stand-in firmware main loop on the MicroPython unix port, for host_tests/test_mqtt.py.
 #
-# Real parts: bess_core.Controller, firmware/mqtt_link.py over umqtt.simple, cmd_handler,
-# persist. Fake part: the site (constant load; the battery reaches its setpoint in one cycle).
+# Real parts: bess_core.Controller, firmware/reporting.py (telemetry capture, after_cycle) with
+# mqtt_link.py over umqtt.simple, cmd_handler, settings, persist. Fake part: the site and its
+# devices (constant load; the battery reaches its setpoint in one cycle).
 # Run: MICROPYPATH=firmware:lib:build/vendor micropython mqtt_device.py PARAMS.json
 # PARAMS: {"mqtt": {...link config...}, "base_cfg": {...}, "state_path": str, "hmac_key": hex|null,
 #          "period_ms": int, "run_ms": int, "load_w": int, "soc_bp": int,
@@ -11,7 +12,6 @@
 import sys
 import json
 import time
-import gc
 
 import bess_core
 import bess_config
@@ -19,9 +19,11 @@ import telemetry
 import mqtt_link
 import cmd_handler
 import commands
+import settings
+import reporting
 
 p = json.load(open(sys.argv[1]))
-cfg, ctr, msg = cmd_handler.load_state(p['state_path'], p['base_cfg'])
+cfg, ctr, msg = settings.load_state(p['state_path'], bess_config.validate(p['base_cfg']))
 if msg:
     sys.stderr.write(msg + '\n')
 ctl = bess_core.Controller(cfg)
@@ -41,6 +43,26 @@ link = mqtt_link.MqttLink(mc)
 link.notice = msg
 link.set_config(ctl.cfg)
 handler.on_change = link.set_config
+
+
+class FakeDevice:
+    def failed_calls(self):
+        return 0
+
+
+class FakeRuntime:
+    def __init__(self, ctl):
+        self.ctl = ctl
+        self.meter = FakeDevice()
+        self.battery = FakeDevice()
+        self.write_errors = 0
+        self.last_cycle_us = 0
+        self.capture = None
+
+
+rt = FakeRuntime(ctl)
+rep = reporting.Reporter(rt, link, stats)
+rep.start()
 
 period = p.get('period_ms', 100)
 run_ms = p.get('run_ms', 60000)
@@ -74,14 +96,11 @@ while True:
     i.gcp_l2_w = ph
     i.gcp_l3_w = i.gcp_w - 2 * ph
     ctl.step()
-    ns = time.time_ns()
-    link.publish_telemetry(now, ctl, stats, ns // 1000000000, (ns // 1000000) % 1000)
+    rep.capture(now)
     was = link.state
-    link.poll(now)
+    rep.after_cycle(now)
     work = time.ticks_diff(time.ticks_us(), c0)
-    if work > stats.cycle_max_us:
-        stats.cycle_max_us = work
-    stats.heap_free = gc.mem_free()
+    rt.last_cycle_us = work
     cycles += 1
     if late > late_max:
         late_max = late

@@ -56,7 +56,7 @@ def fill(ring, ctl, st, ts):
 
 locked = fill(ring, ctl, st, 1000000)   # ts: a small int on 32-bit ports too
 res['capture_heap_locked'] = locked
-res['ring'] = [len(ring), ring.dropped, ring.buf[ring.offset(0)], json.loads(telemetry.to_json(ring.buf, ring.offset(3)))['seq']]
+res['ring'] = [len(ring), ring.dropped, ring.value(0, telemetry.F_SEQ), json.loads(json.dumps(ring.record_dict(3)))['seq']]
 # persist
 path = tmp + '/st.json'
 persist.save(path, {'a': 1})

@@ -1,0 +1,336 @@
+# The control cycle (resident): poll meter -> poll battery -> core step -> write setpoint ->
+# telemetry capture. Built at boot by firmware/startup.py, which is unloaded before run().
+#
+# The same code runs on an ESP32 / RP2040 and on the MicroPython unix port (firmware/unix/machine.py
+# stands in for `machine`). Pacing: a machine.Timer callback only sets a flag (no allocation, so it
+# is legal as a hard IRQ on RP2040 and as a soft one on ESP32); the main loop sees the flag, runs
+# the cycle, and feeds the watchdog only when a cycle completed. Until the first valid readings the
+# core is in fail-safe and the battery is commanded 0 W.
+#
+# Allocation: a whole cycle (polls, decode, step, setpoint write, telemetry capture) allocates
+# nothing on 32-bit MicroPython once both devices are identified; with check_alloc set the loop
+# runs it under micropython.heap_lock() and counts any allocation as a failed cycle
+# (host_tests/test_heapfit.py runs the firmware so). The MQTT side (after_cycle) runs unlocked.
+#
+# Data age is judged from the data: it is the time since this device last answered every block
+# that was due with a valid frame, not the time since we asked.
+import time
+from array import array
+
+import machine
+
+import bess_core as bc
+from rtu import OK, NO_RESPONSE
+
+AGE_NEVER_MS = 600001           # > the largest stale_ms: "never read" is always stale
+HEARTBEAT_MS = 5000             # rewrite an unchanged setpoint this often (revert timers, resets)
+
+# Profile point -> Controller.inp field. A group's fields are written only when every point of
+# the group decoded; its flag (if any) says whether they did. Optional points (BMS limits) read
+# -1 = "not reported" when missing.
+GROUPS = {
+    'meter': ((('total_w',), ('gcp_w',), 'meter_valid'),
+              (('l1_w', 'l2_w', 'l3_w'), ('gcp_l1_w', 'gcp_l2_w', 'gcp_l3_w'), 'phases_valid')),
+    'battery': ((('soc_bp', 'power_w'), ('soc_bp', 'bat_w'), 'bat_valid'),
+                (('max_chg_w',), ('bms_max_chg_w',), None),
+                (('max_dis_w',), ('bms_max_dis_w',), None)),
+}
+
+
+class Group:
+    def __init__(self, prof, names, fields, flag):
+        self.points = tuple(prof.points.get(n) for n in names)
+        self.fields = fields
+        self.flag = flag
+        self.vals = array('l', [0] * len(names))     # scratch: decoded before any is written
+
+    def apply(self, inp):
+        v = self.vals
+        k = 0
+        for p in self.points:
+            x = None if p is None else p.value()
+            if x is None:
+                if self.flag is not None:
+                    setattr(inp, self.flag, 0)
+                else:                   # optional: "not reported"
+                    for f in self.fields:
+                        setattr(inp, f, -1)
+                return
+            v[k] = x
+            k += 1
+        k = 0
+        for f in self.fields:
+            setattr(inp, f, v[k])
+            k += 1
+        if self.flag is not None:
+            setattr(inp, self.flag, 1)
+
+
+class Poller:
+    """One Modbus device described by a profile: reads the blocks that are due, tracks the age of
+    the data, confirms the device's identity before it is trusted or written to."""
+
+    def __init__(self, bus, prof, unit, period_ms):
+        self.bus = bus
+        self.prof = prof
+        self.unit = unit
+        self.blocks = prof.blocks
+        prof.set_cadence(period_ms)
+        self.dev = bus.add_device(unit, prof.name, prof.min_gap_ms)
+        self.groups = tuple(Group(prof, g[0], g[1], g[2]) for g in GROUPS[prof.kind])
+        self.t_ok = None                # ticks_ms of the last complete read
+        # identify: registers that must read exactly so before we trust (or write to) the device:
+        # 1 confirmed, 0 not yet (asked again next cycle), -1 refused for good
+        self.ident = 0 if prof.identify else 1
+        n = 1
+        for e in prof.identify:
+            if len(e['values']) > n:
+                n = len(e['values'])
+        self._id_buf = array('H', bytes(2 * n))
+        self.bytes_per_poll = 0         # every block, as on the first cycle
+        for b in self.blocks:           # request 8 bytes, response 5 + 2 x count
+            self.bytes_per_poll += 8 + 5 + 2 * b.count
+
+    def identify(self):
+        """Check the profile's identify registers. A mismatch or an exception response (e.g.
+        illegal address: another register layout) refuses the device for good. Allocates
+        (messages): runs only until the device is confirmed."""
+        for e in self.prof.identify:
+            vals = e['values']
+            st = self.bus.read(self.unit, e['fc'], e['addr'], len(vals), self._id_buf)
+            if st == NO_RESPONSE:
+                return 0
+            bad = st != OK
+            for k in range(len(vals)):
+                if bad or self._id_buf[k] != vals[k]:
+                    self.ident = -1
+                    print('REFUSED %s at unit %d: register %d %s, the profile expects %r: wrong profile or '
+                          'layout; it is neither trusted nor written to' % (
+                              self.prof.name, self.unit, e['addr'] + k,
+                              'answered status %d' % st if bad else 'reads %d' % self._id_buf[k], vals))
+                    return -1
+        self.ident = 1
+        print('%s at unit %d: layout confirmed (%d identify registers)' % (self.prof.name, self.unit,
+                                                                         len(self.prof.identify)))
+        return 1
+
+    def poll(self):
+        """Read every block that is due. 1 when all of them answered."""
+        if self.ident != 1 and (self.ident < 0 or self.identify() != 1):
+            self.prof.invalidate()
+            return 0
+        ok = 1
+        for b in self.blocks:
+            if b.ok and b.left > 0:     # slow block (cadence), still valid: not due yet
+                b.left -= 1
+                continue
+            st = self.bus.read(self.unit, b.fc, b.start, b.count, b.buf)
+            if st == OK:
+                b.ok = 1
+                b.left = b.every - 1
+                continue
+            ok = 0
+            b.ok = 0
+            if st == NO_RESPONSE:       # silent device: don't spend the cycle timing out per block
+                self.prof.invalidate()
+                break
+        if ok:
+            self.t_ok = time.ticks_ms()
+        return ok
+
+    def apply(self, inp):
+        for g in self.groups:
+            g.apply(inp)
+
+    def age_ms(self, now):
+        if self.t_ok is None:
+            return AGE_NEVER_MS
+        a = time.ticks_diff(now, self.t_ok)
+        if a < 0:                       # read during this cycle, after `now` was taken
+            return 0
+        return a if a < AGE_NEVER_MS else AGE_NEVER_MS
+
+    def failed_calls(self):
+        return self.dev.failed_calls()
+
+
+def send_writes(bus, unit, writes):
+    """Send a profile's planned setpoint writes in order; OK, or the first failing status."""
+    for w in writes:
+        if w.fc == 6:
+            st = bus.write_register(unit, w.addr, w.buf[0])
+        else:
+            st = bus.write_registers(unit, w.addr, w.buf)
+        if st != OK:
+            return st
+    return OK
+
+
+class Runtime:
+    """meter, battery: Pollers; ctl: bess_core.Controller; period_ms; log_cycles: print a line per
+    cycle (allocates: commissioning only); check_alloc: run each cycle under heap_lock."""
+
+    def __init__(self, bus, meter, battery, ctl, period_ms=1000, log_cycles=0, check_alloc=0):
+        self.bus = bus
+        self.meter = meter
+        self.battery = battery
+        self.ctl = ctl
+        self.period_ms = period_ms
+        self.log_cycles = log_cycles
+        self.check_alloc = check_alloc
+        self.due = 0
+        self.t_last = None
+        self.sp_sent = None
+        self.t_sent = 0
+        self.write_errors = 0
+        self.cycles = 0
+        self.max_cycle_us = 0
+        self.last_cycle_us = 0          # the whole cycle, after_cycle (MQTT) included
+        self.overruns = 0
+        self.cycle_errors = 0           # cycles that raised (a bug, or an allocation under check_alloc)
+        self.hook_errors = 0            # after_cycle (MQTT side) raised
+        self.capture = None             # f(now_ms): telemetry capture, inside the cycle (no allocation)
+        self.tick_ref = self.tick       # bound method created once, not in the IRQ
+        self.wire_bytes = meter.bytes_per_poll + battery.bytes_per_poll
+
+    def tick(self, _timer):
+        self.due = 1                    # IRQ-safe: one attribute store of a small int
+
+    def read_inputs(self, now):
+        i = self.ctl.inp
+        m = self.meter
+        if m.poll():
+            m.apply(i)
+        i.meter_age_ms = m.age_ms(now)
+        b = self.battery
+        if b.poll():
+            b.apply(i)
+        i.bat_age_ms = b.age_ms(now)
+
+    def write_setpoint(self, sp, now):
+        """Send the setpoint when it changed or the heartbeat is due. Returns 1 when sent."""
+        if sp == self.sp_sent and time.ticks_diff(now, self.t_sent) < HEARTBEAT_MS:
+            return 0
+        b = self.battery
+        if b.ident != 1:                # unconfirmed or refused device: never written to
+            return 0
+        writes = b.prof.control.plan(sp) if b.prof.control is not None else None
+        if writes is None:              # cannot encode (e.g. WChaMax unknown yet): nothing sent,
+            self.write_errors += 1      # and it shows (telemetry err.battery)
+            self.sp_sent = None
+            return 0
+        if send_writes(self.bus, b.unit, writes) != OK:
+            self.write_errors += 1
+            self.sp_sent = None         # retry next cycle
+            return 0
+        self.sp_sent = sp
+        self.t_sent = now
+        return 1
+
+    def cycle(self):
+        now = time.ticks_ms()
+        i = self.ctl.inp
+        i.dt_ms = self.period_ms if self.t_last is None else time.ticks_diff(now, self.t_last)
+        self.t_last = now
+        self.read_inputs(now)
+        self.ctl.step()
+        self.write_setpoint(self.ctl.out.setpoint_w, time.ticks_ms())
+        self.cycles += 1
+        if self.capture is not None:
+            self.capture(now)
+
+    def log_line(self, us):
+        i, o = self.ctl.inp, self.ctl.out
+        print('cyc t=%d gcp=%d l1=%d l2=%d l3=%d bat=%d soc=%d sp=%d state=%s bind=%s flags=%d '
+              'us=%d merr=%d berr=%d' % (
+                  self.t_last, i.gcp_w, i.gcp_l1_w, i.gcp_l2_w, i.gcp_l3_w, i.bat_w, i.soc_bp, o.setpoint_w,
+                  bc.STATE_NAMES[o.state], bc.BINDING_NAMES[o.binding], o.flags, us,
+                  self.meter.failed_calls(), self.battery.failed_calls()))
+
+    def fail_safe(self, e):
+        """A cycle raised: say so (rate-limited) and command 0 W if the bus allows."""
+        self.cycle_errors += 1
+        self.cycles += 1
+        sent = 0
+        try:
+            self.sp_sent = None
+            sent = self.write_setpoint(0, time.ticks_ms())
+        except Exception:
+            pass
+        if self.cycle_errors == 1 or self.cycle_errors % 100 == 0:
+            print('cycle failed (%d times): %r; 0 W %s' % (self.cycle_errors, e,
+                                                          'sent' if sent else 'could not be sent'))
+
+    def _locked_cycle(self):
+        import micropython
+        micropython.heap_lock()
+        try:
+            self.cycle()
+        finally:
+            micropython.heap_unlock()
+
+    def run(self, wdt=None, cycles=0, hard=False, timer_id=-1, after_cycle=None):
+        """Paced loop. cycles=0: forever. after_cycle(now_ms): after each cycle (the MQTT side)."""
+        tim = machine.Timer(timer_id)
+        tim.init(mode=machine.Timer.PERIODIC, period=self.period_ms, callback=self.tick_ref, hard=hard)
+        self.due = 1                    # first cycle at once: 0 W goes out immediately
+        try:
+            while cycles == 0 or self.cycles < cycles:
+                if not self.due:
+                    machine.idle()
+                    continue
+                self.due = 0
+                t0 = time.ticks_us()
+                try:
+                    if self.check_alloc and self.meter.ident == 1 and self.battery.ident == 1:
+                        self._locked_cycle()
+                    else:
+                        self.cycle()
+                    done = 1
+                except Exception as e:      # a bug must not leave the last setpoint standing
+                    done = 0
+                    self.fail_safe(e)
+                if done and wdt is not None:
+                    wdt.feed()              # a fault that persists ends in a watchdog reset
+                if after_cycle is not None:
+                    try:
+                        after_cycle(self.t_last)
+                    except Exception as e:  # telemetry/commands must never stop control
+                        self.hook_errors += 1
+                        if self.hook_errors == 1 or self.hook_errors % 100 == 0:
+                            print('after_cycle failed (%d times): %r' % (self.hook_errors, e))
+                us = time.ticks_diff(time.ticks_us(), t0)
+                self.last_cycle_us = us
+                if us > self.max_cycle_us:
+                    self.max_cycle_us = us
+                if us > self.period_ms * 1000:
+                    self.overruns += 1
+                if self.log_cycles and done:
+                    self.log_line(us)
+        finally:
+            tim.deinit()
+
+
+def run_job(job, cycles=0):
+    """The loop for a Job from firmware/startup.py (which main.py has unloaded by now)."""
+    rt = job.rt
+    rep = job.rep
+    if rep is not None:
+        try:
+            rep.start()
+        except MemoryError as e:        # not even one chunk of ring: control goes on without MQTT
+            import gc
+            gc.collect()
+            print('MQTT DISABLED (OUT OF MEMORY for the telemetry ring: %r; heap %d bytes free of %d): the '
+                  'controller runs without telemetry and commands (docs/resources.md)'
+                  % (e, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
+            rep = None
+    wdt = machine.WDT(timeout=job.wdt_ms)
+    rt.run(wdt, cycles, hard=job.hard, timer_id=job.timer_id,
+           after_cycle=rep.after_cycle if rep is not None else None)
+    import json
+    print('done: %d cycles, max cycle %d us, %d overruns, meter failed calls %d, battery failed calls %d, '
+          'setpoint write errors %d, cycle errors %d' % (rt.cycles, rt.max_cycle_us, rt.overruns,
+                                                         rt.meter.failed_calls(), rt.battery.failed_calls(),
+                                                         rt.write_errors, rt.cycle_errors))
+    print('stats ' + json.dumps({'meter': rt.meter.dev.stats(), 'battery': rt.battery.dev.stats()}))

@@ -1,0 +1,77 @@
+# The runtime's MQTT side (resident): telemetry capture inside the cycle, link work after it.
+#
+#   rep = Reporter(rt, link, handler, settings)   # built by firmware/startup.py
+#   rt.capture = rep.capture                      # in the cycle: allocation-free
+#   rt.run(..., after_cycle=rep.after_cycle)      # after it: retained state, link.poll()
+#
+# capture() copies counters and one telemetry record into the link's preallocated ring when one
+# is due, and notes a change of state or objective; it allocates nothing (proven under heap_lock
+# on 32-bit, host_tests/test_heapfit.py). Records carry uptime (small ints); the link adds the
+# wall clock when it encodes them. after_cycle() builds what allocates (the retained state
+# message) and gives the link one bounded poll(): it never waits for the broker, and commands it
+# receives are applied between cycles, never inside step().
+import gc
+import time
+
+import telemetry
+
+
+class Reporter:
+    def __init__(self, rt, link, stats):
+        self.rt = rt
+        self.link = link
+        self.stats = stats
+        self.ring = None
+        self.up_s = 0                   # uptime, kept from tick differences (no epoch ints)
+        self.up_ms = 0
+        self.t_prev = time.ticks_ms()
+        self._st = -1
+        self._obj = -1
+        self.state_changed = 0
+        t = int(time.time())            # once: the wall clock at uptime 0 (a heap int on 32-bit)
+        link.epoch_s = t if t > 946684800 else 0    # before 2000-01-01: no clock (telemetry ts 0-based)
+        self.heap_free = 0
+
+    def start(self):
+        """Allocate the ring (from the heap boot left) and hook capture() into the cycle."""
+        self.ring = self.link.alloc_ring()
+        self.rt.capture = self.capture
+        print('telemetry: ring of %d records (%d bytes), heap free %d' % (
+            self.ring.cap, self.ring.cap * telemetry.RECORD_BYTES, gc.mem_free()))
+
+    def capture(self, now):
+        d = time.ticks_diff(now, self.t_prev)
+        self.t_prev = now
+        if d > 0:
+            ms = self.up_ms + d
+            while ms >= 1000:
+                ms -= 1000
+                self.up_s += 1
+            self.up_ms = ms
+        rt = self.rt
+        ctl = rt.ctl
+        o = ctl.out
+        if o.state != self._st or ctl.objective != self._obj:
+            self._st = o.state
+            self._obj = ctl.objective
+            self.state_changed = 1
+        st = self.stats
+        st.meter_err = rt.meter.failed_calls()
+        st.bat_err = rt.battery.failed_calls() + rt.write_errors     # + setpoints not sent
+        if rt.last_cycle_us > st.cycle_max_us:      # the previous whole cycle (MQTT included)
+            st.cycle_max_us = rt.last_cycle_us
+        if self.link.tele_due(now):
+            st.heap_free = self.heap_free
+            st.mqtt_lost = self.link.lost
+            self.ring.capture(ctl, self.up_s, self.up_ms, st)
+
+    def after_cycle(self, now):
+        link = self.link
+        if self.state_changed:
+            self.state_changed = 0
+            d = telemetry.state_dict(self.rt.ctl, (link.epoch_s + self.up_s) * 1000 + self.up_ms)
+            if link.notice:
+                d['notice'] = link.notice
+            link.set_state(d)
+        link.poll(now)
+        self.heap_free = gc.mem_free()

@@ -1,0 +1,216 @@
+# Device profile as the runtime uses it every cycle: read blocks, decode points, plan writes.
+#
+# Resident. Built at boot by lib/devprofile.py (load-time only: JSON, validation, compiling),
+# which is unloaded afterwards; nothing here parses or validates. Every per-cycle method is
+# allocation-free on 32-bit MicroPython for power values (heap_lock proofs in host_tests):
+#   block.buf       preallocated array('H') a Modbus read fills; block.ok set by the runtime
+#   point.value()   decodes from its block (None: not read, invalid, not implemented, out of range)
+#   control.plan(w) fills preallocated write buffers, returns the list of Write to send, or None
+
+from array import array
+
+import regdecode as rd
+
+
+class Block:
+    """One Modbus read request. every: read on every n-th cycle (poll cadence, 1 = each cycle);
+    left: cycles until the next read (the runtime counts it down; a failed read is retried on
+    the next cycle, as is every block after the device went silent)."""
+
+    def __init__(self, fc, start, count, every=1):
+        self.fc = fc
+        self.start = start
+        self.count = count
+        self.every = every
+        self.every_ms = 0           # the profile's cadence in ms (0: every cycle), see set_cadence
+        self.left = 0
+        self.buf = _regs(count)
+        self.ok = 0                 # runtime: 1 after a successful read of this block
+
+    def __repr__(self):
+        return 'Block(fc=%d, start=%d, count=%d, every=%d)' % (self.fc, self.start, self.count, self.every)
+
+
+def _regs(n):
+    return array('H', bytes(2 * n))
+
+
+class Point:
+    """One named value. value() decodes it from its block's buffer (None if invalid)."""
+
+    def __init__(self, name, block, off, typ, lsw, exp10, sign, limit, na, sf_block, sf_off,
+                 fc, addr, unit):
+        self.name = name
+        self.block = block
+        self.off = off
+        self.typ = typ
+        self.lsw = lsw
+        self.exp10 = exp10
+        self.sign = sign
+        self.limit = limit
+        self.na = na
+        self.sf_block = sf_block    # None: fixed scale
+        self.sf_off = sf_off
+        self.fc = fc
+        self.addr = addr
+        self.sf_addr = -1 if sf_block is None else sf_block.start + sf_off
+        self.unit = unit
+
+    def value(self):
+        b = self.block
+        if not b.ok:
+            return None
+        e = self.exp10
+        sb = self.sf_block
+        if sb is not None:
+            if not sb.ok:
+                return None
+            sf = rd.decode_sf(sb.buf, self.sf_off)
+            if sf is None:
+                return None
+            e += sf
+        return rd.decode(b.buf, self.off, self.typ, self.lsw, e, self.sign, self.limit, self.na)
+
+    def encode(self, value, buf, off, sf=0):
+        """Device representation of value (our unit) into buf[off:] (simulator, tests)."""
+        rd.encode(value, self.typ, self.lsw, self.exp10 + sf, self.sign, buf, off)
+
+
+class Write:
+    """One Modbus write request: fc 6 (n == 1) or 16, registers buf[0:n] at addr."""
+
+    def __init__(self, fc, addr, n):
+        self.fc = fc
+        self.addr = addr
+        self.n = n
+        self.buf = _regs(n)
+
+    def __repr__(self):
+        return 'Write(fc=%d, addr=%d, regs=%r)' % (self.fc, self.addr, list(self.buf))
+
+
+class Plan:
+    """The registers a control scheme writes, as contiguous Write requests (grouped at load time
+    by devprofile.plan_writes). slot: addr -> (Write, index)."""
+
+    def __init__(self, writes, slot):
+        self.writes = writes
+        self.slot = slot
+
+    def put(self, addr, value, typ=rd.U16, lsw=0, exp10=0):
+        w, k = self.slot[addr]
+        rd.encode(value, typ, lsw, exp10, 1, w.buf, k)
+
+
+class SunSpecControl:
+    """Model 124: StorCtl_Mod, OutWRte / InWRte in % of WChaMax (scaled by InOutWRte_SF), RvrtTms.
+
+    Discharge P > 0: mod=3, OutWRte=+x, InWRte=-x; charge P < 0: InWRte=+x, OutWRte=-x;
+    0 W: both 0, which needs neither WChaMax nor the scale factor (so 0 W can always be written,
+    even when the battery's reads fail). x = |P| / WChaMax * 100 %, clamped to 100 %.
+    RvrtTms = revert_s (re-armed by every write); the battery reverts to its default after
+    revert_s without one. Fields are set by devprofile (boot)."""
+
+    scheme = 'sunspec_124'
+
+    def plan(self, w):
+        pl = self.plan_
+        if w == 0:
+            x = 0
+        else:
+            wmax = self.wchamax.value()
+            p = self.rte_sf
+            if wmax is None or wmax <= 0 or not p.block.ok:
+                return None
+            sf = rd.decode_sf(p.block.buf, p.off)
+            if sf is None:
+                return None
+            full = rd.scale_int(100, -sf)              # 100 % in register units (10 ** (2 - sf))
+            a = -w if w < 0 else w
+            if a >= wmax:
+                x = full
+            else:
+                # x = floor(a * full / wmax): rounded toward 0 so the battery never does more than
+                # the setpoint (a zero-feed-in or import-limit margin must not be eaten by
+                # rounding), and computed digit by digit so no product a * full (> 2**30 for a
+                # 100 kW battery at SF -2, a heap int on 32-bit boards) is formed: every
+                # intermediate < 10 * wmax.
+                x = 0
+                r = a
+                n = 2 - sf
+                while n > 0 and x <= 32767:
+                    r *= 10
+                    x = x * 10 + r // wmax
+                    r %= wmax
+                    n -= 1
+            if x > 32767:
+                x = 32767
+        pl.put(self.mod_addr, self.mod_value)
+        if w > 0:
+            pl.put(self.out_addr, x, rd.I16)
+            pl.put(self.in_addr, -x, rd.I16)
+        else:
+            pl.put(self.out_addr, -x, rd.I16)
+            pl.put(self.in_addr, x, rd.I16)
+        if self.win_addr >= 0:
+            pl.put(self.win_addr, 0)
+        if self.rvrt_addr >= 0:
+            pl.put(self.rvrt_addr, self.revert_s)
+        return self.writes
+
+
+class CommandControl:
+    """Mode register + command register (charge / discharge / stop) + power magnitude register(s).
+    pw: {'power' | 'charge_power' | 'discharge_power': (addr, type, lsw, exp10)}. Fields are set
+    by devprofile (boot)."""
+
+    scheme = 'command'
+
+    def plan(self, w):
+        pl = self.plan_
+        a = -w if w < 0 else w
+        if self.mode_addr >= 0:
+            pl.put(self.mode_addr, self.mode_value)
+        cmd = self.cmd_discharge if w > 0 else (self.cmd_charge if w < 0 else self.cmd_stop)
+        pw = self.pw
+        for key in pw:
+            addr, typ, lsw, e = pw[key]
+            if key == 'power':
+                v = a
+            elif key == 'charge_power':
+                v = a if w < 0 else 0
+            else:
+                v = a if w > 0 else 0
+            if not rd.fits(v, typ, e, 1):
+                return None
+            pl.put(addr, v, typ, lsw, e)
+        pl.put(self.cmd_addr, cmd)
+        return self.writes
+
+
+class Profile:
+    def __init__(self):
+        self.name = ''
+        self.title = ''
+        self.kind = ''
+        self.serial = {}
+        self.unit_id = 1
+        self.max_regs = 125
+        self.min_gap_ms = 0
+        self.blocks = []
+        self.points = {}
+        self.control = None
+        self.identify = []
+
+    def value(self, name):
+        p = self.points.get(name)
+        return None if p is None else p.value()
+
+    def invalidate(self):
+        for b in self.blocks:
+            b.ok = 0
+
+    def set_cadence(self, period_ms):
+        """Blocks with a cadence (every_ms) are read every every_ms / period_ms cycles."""
+        for b in self.blocks:
+            b.every = 1 if b.every_ms <= period_ms else (b.every_ms + period_ms - 1) // period_ms
