@@ -7,7 +7,7 @@ BUILD  := build
 MP32   := $(BUILD)/mp32
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all sim sim-day test bench-core bench deps clean help build deploy repl logs
+.PHONY: all sim sim-day test bench-core bench deps clean help build deploy repl logs prereqs
 
 help:
 	@echo "make sim         firmware on MicroPython controls a simulated site over Modbus RTU (60 s)"
@@ -39,15 +39,20 @@ $(BUILD)/vendor/.stamp: tools/fetch_vendor.py $(VENV)/.stamp
 
 deps: $(VENV)/.stamp $(MP32)/.stamp $(BUILD)/vendor/.stamp
 
+# System packages `make test` needs (mosquitto, openssl, node/npm, gcc-multilib): installed as root,
+# else one line naming the missing ones.
+prereqs:
+	@bash tools/prereqs.sh
+
 # The main job: firmware on the MicroPython unix port against the Modbus RTU site simulator.
 sim: deps
-	$(VPY) tools/sim_fil.py
+	$(VPY) tools/sim_fil.py $(if $(MQTT),--mqtt "$(MQTT)")
 
 # The control core alone against the physics model, one simulated day in about a second.
 sim-day: $(VENV)/.stamp
 	$(VPY) tools/sim.py
 
-test: deps $(VENV)/.stamp-bench
+test: prereqs deps $(VENV)/.stamp-bench
 	$(VPY) -m pytest -q host_tests
 
 bench-core: deps

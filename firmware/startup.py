@@ -15,7 +15,7 @@ import machine
 
 from bess_config import ConfigError
 
-BOOT_ONLY = ('startup', 'devprofile', 'sitecfg', 'settings', 'safe_state', 'net')
+BOOT_ONLY = ('startup', 'devprofile', 'sitecfg', 'safe_state', 'net')
 # Where profiles live: at the root on a board (deploy flattens), in firmware/ in a checkout
 PROFILE_DIRS = ('profiles', 'firmware/profiles')
 # site["mqtt"] keys that are not the link's (the rest go to mqtt_link.config)
@@ -188,6 +188,8 @@ def boot(config_path='/site.json', root='', cycles=0):
         if s.notice:
             print(s.notice)
         rt = runtime(site, board, root, s.control)
+        del sitecfg
+        _unload(('devprofile', 'sitecfg'))  # the MQTT side is built in the room they leave
         rep = mqtt_side(site, s, rt)
     except Exception as e:              # any failure to start: safe state, saying why
         import safe_state
@@ -196,10 +198,15 @@ def boot(config_path='/site.json', root='', cycles=0):
     return Job(rt, rep, board)
 
 
-def unload():
-    """Drop the boot-only modules (their code and data are garbage once boot returned)."""
+def _unload(names):
     import sys
-    for m in BOOT_ONLY:
+    for m in names:
         if m in sys.modules:
             del sys.modules[m]
     gc.collect()
+
+
+def unload():
+    """Drop the boot-only modules (their code and data are garbage once boot returned). A module
+    listed in BOOT_ONLY must not be imported by any resident one, or it would stay referenced."""
+    _unload(BOOT_ONLY)

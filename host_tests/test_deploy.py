@@ -88,7 +88,12 @@ def test_errors_come_before_anything_reaches_the_board(board):
          'is a meter profile'),
         (dict(BOARD='unix', PORT=board.port, IMPORT_LIMIT_W=60000, BAUD=9601), 'bus.baud'),
         (dict(BOARD='unix', PORT=board.port, IMPORT_LIMIT_W=60000, METER_ID=2), 'must differ'),
-        (dict(BOARD='unix', PORT=board.port, IMPORT_LIMIT_W=60000, TYPO_LIMIT=3), 'unknown value name'),
+        (dict(BOARD='unix', PORT=board.port, IMPORT_LIMIT_W=60000, TYPO_LIMIT=3), 'unknown setting TYPO_LIMIT'),
+        (dict(BOARD='unix', PORT=board.port, IMPORT_LIMT_W=60000), 'unknown setting IMPORT_LIMT_W: did you mean '
+                                                                    'IMPORT_LIMIT_W?'),
+        (dict(BOARD='unix', PORT=board.port, VALUES='no-such-site.env'), 'VALUES file no-such-site.env not found'),
+        (dict(BOARD='unix', PORT=board.port, IMPORT_LIMIT_W=60000, STALE_MS=1500),
+         'STALE_MS=1500 is below 2 x PERIOD_MS=1000'),
     ]
     for var, msg in cases:
         rc, out = make('deploy', **var)
@@ -100,11 +105,46 @@ def test_errors_come_before_anything_reaches_the_board(board):
     assert board.console_since(mark) == '' and board.boots == 1       # never even interrupted
 
 
+def test_site_config_errors_say_what_to_fix(tmp_path, capsys):
+    """The three a newcomer meets first, each one clear line: a VALUES file that is not there, a
+    mistyped name (with the nearest known one), STALE_MS under two periods (naming both)."""
+    missing = tmp_path / 'my-site.env'
+    assert site_config.main(['--board', 'unix', '--values', str(missing)]) == 2
+    assert capsys.readouterr().err == 'site config: error: VALUES file %s not found\n' % missing
+
+    with pytest.raises(site_config.SiteError) as e:
+        site_config.make('unix', {'IMPORT_LIMT_W': 60000})
+    assert str(e.value) == 'unknown setting IMPORT_LIMT_W: did you mean IMPORT_LIMIT_W?'   # not also "no value"
+    with pytest.raises(site_config.SiteError) as e:
+        site_config.make('unix', {'IMPORT_LIMIT_W': 60000, 'MAX_DISCHRGE_W': 1, 'XYZZY': 2})
+    assert str(e.value).splitlines() == ['unknown setting MAX_DISCHRGE_W: did you mean MAX_DISCHARGE_W?',
+                                         '  unknown setting XYZZY (names: tools/site.template.json _vars)']
+    # a known name whose section is dropped is not called unknown
+    with pytest.raises(site_config.SiteError) as e:
+        site_config.make('unix', {'IMPORT_LIMIT_W': 60000, 'MQTT_PORT': 1884})
+    assert str(e.value) == ('setting MQTT_PORT has no effect without MQTT_SERVER (the section it belongs to '
+                            'is dropped)')
+
+    with pytest.raises(site_config.SiteError) as e:
+        site_config.make('unix', {'IMPORT_LIMIT_W': 60000, 'PERIOD_MS': 1000, 'STALE_MS': 1999})
+    assert 'control.stale_ms: STALE_MS=1999 is below 2 x PERIOD_MS=1000' in str(e.value)
+    assert 'STALE_MS >= 2000' in str(e.value)
+    for period, stale in ((1000, 2000), (500, 1000), (2000, 4000)):     # 2 x PERIOD_MS is enough
+        site = site_config.make('unix', {'IMPORT_LIMIT_W': 60000, 'PERIOD_MS': period, 'STALE_MS': stale})[0]
+        assert site['control']['stale_ms'] == stale
+    # from a values file too, through the command line
+    vals = tmp_path / 'site.env'
+    vals.write_text('# site\nIMPORT_LIMIT_W=60000\nPERIOD_MS=2000\n')
+    assert site_config.main(['--board', 'unix', '--values', str(vals), '-o', str(tmp_path / 's.json')]) == 2
+    err = capsys.readouterr().err
+    assert 'STALE_MS=2000 is below 2 x PERIOD_MS=2000' in err and 'set STALE_MS >= 4000' in err
+
+
 def test_build_layout_sizes_and_packaging():
     res = fwbuild.build('esp32')
     files = res['files']
-    assert 'main.py' in files and 'app.mpy' in files and 'lib/bess_core.mpy' in files
-    assert 'lib/umqtt/simple.mpy' in files and 'lib/umodbus/serial.mpy' in files
+    assert 'main.py' in files and 'cycle.mpy' in files and 'startup.mpy' in files and 'lib/bess_core.mpy' in files
+    assert 'lib/umqtt/simple.mpy' in files and not any('umodbus' in p for p in files)   # host comparison only
     assert 'boards/esp32.json' in files and 'profiles/eastron_sdm630.json' in files
     assert not any(p.endswith('.py') and p != 'main.py' for p in files)
     assert 'lib/machine.mpy' not in files                    # the unix shim only for the unix board
@@ -307,7 +347,7 @@ def test_an_interrupted_deploy_stays_held_and_a_broken_install_says_so(tmp_path)
     finally:
         vb.stop()
     (root / 'deploy_hold').unlink()
-    (root / 'app.mpy').write_bytes(b'M\x06garbage')    # a half-written module
+    (root / 'startup.mpy').write_bytes(b'M\x06garbage')    # a half-written module
     vb = VirtualBoard(str(root)).start()
     try:
         assert vb.wait_console('FIRMWARE INCOMPLETE', timeout=10), vb.console_text()

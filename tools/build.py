@@ -3,7 +3,7 @@
 board (tools/deploy.py copies it, minus what is already there).
 
     /main.py                 boot entry (source: a board runs main.py only as source)
-    /app.mpy /bus.mpy ...    firmware/*.py compiled with mpy-cross
+    /cycle.mpy /bus.mpy ...  firmware/*.py compiled with mpy-cross
     /lib/*.mpy               lib/*.py (control core, config, profiles decoder, ...)
     /lib/umqtt/simple.mpy    device library from build/vendor (tools/fetch_vendor.py)
     /lib/machine.mpy         unix board only: the machine shim (firmware/unix/machine.py)

@@ -83,7 +83,7 @@ class Run:
         self.lock = threading.Lock()
 
     def _site(self, port, pty):
-        return {'board': 'unix', 'period_ms': self.period_ms, 'log_cycles': 0,
+        return {'board': 'unix', 'period_ms': self.period_ms, 'log_cycles': 0, 'check_alloc': 1,
                 'bus': {'baud': 9600, 'timeout_ms': 200, 'retries': 1, 'device': pty},
                 'meter': {'profile': 'eastron_sdm630', 'unit_id': 1},
                 'battery': {'profile': 'sunspec_battery_802_124', 'unit_id': 2},

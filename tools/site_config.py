@@ -12,6 +12,7 @@ profiles/<meter>.json of kind meter, profiles/<battery>.json of kind battery wit
 Exit 2 with every problem listed, one per line.
 """
 import argparse
+import difflib
 import json
 import os
 import re
@@ -43,7 +44,13 @@ def parse_value(text):
 
 def read_values(path):
     vals = {}
-    with open(path) as f:
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        raise SiteError('VALUES file %s not found' % path)
+    except OSError as e:
+        raise SiteError('VALUES file %s: %s' % (path, e.strerror or e))
+    with f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith('#'):
@@ -55,10 +62,67 @@ def read_values(path):
     return vals
 
 
+def template_names(template):
+    """Every NAME the template knows: its ${NAME} placeholders, _if conditions and _vars entries."""
+    names = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get('_if'), str):
+                names.add(node['_if'])
+            for k, v in node.items():
+                if k == '_vars' and isinstance(v, dict):
+                    for key in v:
+                        names.update(n.strip() for n in key.split(','))
+                elif not k.startswith('_'):
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, str):
+            m = PLACEHOLDER.match(node)
+            if m:
+                names.add(m.group(1))
+    walk(template)
+    return names
+
+
+def unknown_errors(names, template, dropped=None):
+    """One line per name the template does not use, with the nearest known name when one is close."""
+    known = sorted(template_names(template))
+    out = []
+    for name in sorted(names):
+        if dropped and name in dropped:
+            out.append('setting %s has no effect without %s (the section it belongs to is dropped)'
+                       % (name, dropped[name]))
+            continue
+        near = difflib.get_close_matches(name, known, n=1)
+        if near:
+            out.append('unknown setting %s: did you mean %s?' % (name, near[0]))
+        else:
+            out.append('unknown setting %s (names: tools/site.template.json _vars)' % name)
+    return out
+
+
 def fill(template, values):
     """Template (parsed JSON) + {NAME: text} -> config. Raises SiteError listing missing values."""
     missing = []
     used = set()
+    dropped = {}            # NAME -> the _if NAME whose section was dropped
+
+    def names_in(node, out):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not k.startswith('_'):
+                    names_in(v, out)
+        elif isinstance(node, list):
+            for v in node:
+                names_in(v, out)
+        elif isinstance(node, str):
+            m = PLACEHOLDER.match(node)
+            if m:
+                out.add(m.group(1))
+        return out
 
     def value(name, default):
         used.add(name)
@@ -73,6 +137,8 @@ def fill(template, values):
         if isinstance(node, dict):
             cond = node.get('_if')
             if cond is not None and value(cond, 'null') is None:
+                for name in names_in(node, set()):
+                    dropped.setdefault(name, cond)
                 return None
             out = {}
             for k, v in node.items():
@@ -91,12 +157,14 @@ def fill(template, values):
         return node
 
     cfg = walk(template)
+    # a mistyped name first: its correct twin is then usually "missing" too
+    errs = unknown_errors(set(values) - used, template, dropped)
+    suggested = {e.rsplit(' ', 1)[-1].rstrip('?') for e in errs if e.endswith('?')}
+    missing = sorted(set(missing) - suggested)          # "did you mean X?" already says X is needed
     if missing:
-        raise SiteError('site config: no value for %s (give NAME=VALUE; meanings: tools/site.template.json _vars)'
-                        % ', '.join(sorted(set(missing))))
-    unknown = sorted(set(values) - used)
-    if unknown:
-        raise SiteError('site config: unknown value name(s) %s (not in tools/site.template.json)' % ', '.join(unknown))
+        errs.append('no value for %s (give NAME=VALUE; meanings: tools/site.template.json _vars)' % ', '.join(missing))
+    if errs:
+        raise SiteError('\n  '.join(errs))
     return cfg
 
 
@@ -119,6 +187,7 @@ def validate(site, board):
     elif sitecfg.name_ok(b) and not errs:
         with open(bpath) as f:
             errs += sitecfg.timing_errors(site, json.load(f))
+    errs += stale_errors(site)
     for key, kind in (('meter', 'meter'), ('battery', 'battery')):
         d = site.get(key)
         if not isinstance(d, dict) or not sitecfg.name_ok(d.get('profile')):
@@ -138,6 +207,20 @@ def validate(site, board):
         elif kind == 'battery' and prof.control is None:
             errs.append('battery.profile: %r has no control section (cannot take a setpoint)' % d['profile'])
     return errs
+
+
+def stale_errors(site):
+    """Data older than stale_ms is missing data: below two periods a single late poll fails safe."""
+    ctl = site.get('control')
+    period = site.get('period_ms', 1000)
+    stale = ctl.get('stale_ms', 2000) if isinstance(ctl, dict) else None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (period, stale)):
+        return []                           # type errors are sitecfg.check's
+    if stale < 2 * period:
+        return ['control.stale_ms: STALE_MS=%d is below 2 x PERIOD_MS=%d: one late poll would make the data '
+                'stale and the battery fail safe to 0 W; set STALE_MS >= %d (or a shorter PERIOD_MS)'
+                % (stale, period, 2 * period)]
+    return []
 
 
 def warnings(site):
