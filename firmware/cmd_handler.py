@@ -1,9 +1,9 @@
-# Commands from the MQTT link to the controller: validate -> persist -> apply.
+# Commands from the MQTT link to the controller: validate -> persist -> apply. Loaded on demand:
+# reporting.CommandHandler (resident: key, counter, counts) imports this module when a command
+# arrives and unloads it (with commands, settings, persist) when commands stop, so the command
+# path's code does not occupy the heap between commands (docs/resources.md).
 #
-#   s = settings.load(site, config_path)        # at boot (firmware/settings.py)
-#   ctl = bess_core.Controller(s.control)
-#   h = CommandHandler(ctl, s.state_path, key, s.ctr, stats, base=s.base)
-#                                                # key: bytes or None (no HMAC)
+#   h = reporting.CommandHandler(ctl, s.state_path, key, s.ctr, stats, base=s.base)
 #   link = mqtt_link.MqttLink({..., 'on_command': h}); h.on_change = link.set_config
 #
 # The link calls h(name, topic, payload, retained) from poll(), outside ctl.step(); an accepted
@@ -29,40 +29,31 @@ def _req_id(payload):
     return None
 
 
-class CommandHandler:
-    def __init__(self, ctl, path, key=None, last_ctr=0, stats=None, on_change=None, base=None):
-        self.ctl = ctl
-        self.path = path
-        self.base = base                # the commissioned config the saved settings build on
-        self.auth = commands.Auth(key, last_ctr)
-        self.stats = stats              # telemetry.Stats: cmd_rejected is counted there
-        self.on_change = on_change      # f(config dict) after an accepted settings change
-        self.accepted = 0
-        self.rejected = 0
-
-    def __call__(self, name, topic, payload, retained):
-        """Handle one command; return the ack dict for <prefix>/<id>/cmd/ack."""
-        try:
-            if retained:
-                raise commands.Rejected('rejected: retained commands are not accepted')
-            cmd = commands.check(name, payload, self.ctl.cfg, self.auth, topic)
-            signed = self.auth.key is not None
-            if cmd.kind == commands.K_CONFIG or signed:
-                cfg = cmd.data if cmd.kind == commands.K_CONFIG else self.ctl.cfg
-                ctr = cmd.ctr if signed else self.auth.last_ctr
-                try:
-                    settings.save(self.path, cfg, ctr, self.base)
-                except OSError as e:
-                    raise commands.Rejected('storage: could not save settings (%s); nothing changed' % e)
-            commands.apply(self.ctl, cmd)
-            if signed:
-                self.auth.last_ctr = cmd.ctr
-        except commands.Rejected as e:
-            self.rejected += 1
-            if self.stats is not None:
-                self.stats.cmd_rejected += 1
-            return commands.ack(name, False, str(e), None if retained else _req_id(payload))
-        self.accepted += 1
-        if cmd.kind == commands.K_CONFIG and self.on_change is not None:
-            self.on_change(self.ctl.cfg)
-        return commands.ack(name, True, None, cmd.id, cmd.ctr)
+def handle(h, name, topic, payload, retained):
+    """Handle one command for h (reporting.CommandHandler: the state that outlives this module);
+    return the ack dict for <prefix>/<id>/cmd/ack."""
+    auth = commands.Auth(h.key, h.last_ctr)
+    try:
+        if retained:
+            raise commands.Rejected('rejected: retained commands are not accepted')
+        cmd = commands.check(name, payload, h.ctl.cfg, auth, topic)
+        signed = h.key is not None
+        if cmd.kind == commands.K_CONFIG or signed:
+            cfg = cmd.data if cmd.kind == commands.K_CONFIG else h.ctl.cfg
+            ctr = cmd.ctr if signed else h.last_ctr
+            try:
+                settings.save(h.path, cfg, ctr, h.base)
+            except OSError as e:
+                raise commands.Rejected('storage: could not save settings (%s); nothing changed' % e)
+        commands.apply(h.ctl, cmd)
+        if signed:
+            h.last_ctr = cmd.ctr
+    except commands.Rejected as e:
+        h.rejected += 1
+        if h.stats is not None:
+            h.stats.cmd_rejected += 1
+        return commands.ack(name, False, str(e), None if retained else _req_id(payload))
+    h.accepted += 1
+    if cmd.kind == commands.K_CONFIG and h.on_change is not None:
+        h.on_change(h.ctl.cfg)
+    return commands.ack(name, True, None, cmd.id, cmd.ctr)

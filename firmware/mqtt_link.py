@@ -47,6 +47,7 @@ import umqtt.simple as _simple
 from umqtt.simple import MQTTClient
 import telemetry
 from mqtt_sock import Sock, SocketModule, Deferred, der
+from reporting import unload
 
 config = {
     'client_id': None,          # device id: also the topic level <id>
@@ -432,7 +433,7 @@ class MqttLink:
             m = _discovery(self, self.disc_next)
             if m is None:
                 self.disc_next = -1
-                _unload('ha_discovery')
+                unload(('ha_discovery',))
                 break
             cl.publish(m[0], m[1], True)
             self.disc_next += 1
@@ -482,9 +483,3 @@ class MqttLink:
 def _discovery(link, k):
     import ha_discovery              # load-on-demand: only while discovery messages are sent
     return ha_discovery.message(link, k)
-
-
-def _unload(name):
-    import sys
-    if name in sys.modules:
-        del sys.modules[name]

@@ -74,4 +74,51 @@ class Reporter:
                 d['notice'] = link.notice
             link.set_state(d)
         link.poll(now)
+        h = link.on_command
+        if getattr(h, 't_last', None) is not None:
+            h.idle(now)
         self.heap_free = gc.mem_free()
+
+
+class CommandHandler:
+    """The command path's resident state. Its code (cmd_handler, commands, settings, persist:
+    about 10 KB of a 32-bit heap) is imported when a command arrives and dropped once no command
+    came for IDLE_MS (idle(), from after_cycle). key: HMAC key bytes or None; last_ctr: the
+    last accepted counter (replay guard); base: the commissioned config (validated)."""
+
+    MODULES = ('cmd_handler', 'commands', 'settings', 'persist')
+    IDLE_MS = 10000
+
+    def __init__(self, ctl, path, key=None, last_ctr=0, stats=None, on_change=None, base=None):
+        self.ctl = ctl
+        self.path = path
+        self.key = key
+        self.last_ctr = last_ctr
+        self.stats = stats              # telemetry.Stats: cmd_rejected is counted there
+        self.on_change = on_change      # f(config dict) after an accepted settings change
+        self.base = base
+        self.accepted = 0
+        self.rejected = 0
+        self.t_last = None              # the code is loaded: -1 (a command just came) or the
+                                        # ticks_ms of the first idle() after the last command
+
+    def __call__(self, name, topic, payload, retained):
+        import cmd_handler
+        self.t_last = -1
+        return cmd_handler.handle(self, name, topic, payload, retained)
+
+    def idle(self, now):
+        t = self.t_last
+        if t == -1:
+            self.t_last = now
+        elif t is not None and time.ticks_diff(now, t) > self.IDLE_MS:
+            self.t_last = None
+            unload(self.MODULES)
+
+
+def unload(names):
+    """Drop modules from sys.modules (their code is freed once nothing refers to it)."""
+    import sys
+    for m in names:
+        if m in sys.modules:
+            del sys.modules[m]

@@ -15,7 +15,9 @@ import machine
 
 from bess_config import ConfigError
 
-BOOT_ONLY = ('startup', 'devprofile', 'sitecfg', 'safe_state', 'net')
+# + the command path: loaded again when a command arrives (reporting.CommandHandler)
+BOOT_ONLY = ('startup', 'devprofile', 'sitecfg', 'safe_state', 'net', 'settings', 'commands', 'persist',
+             'cmd_handler')
 # Where profiles live: at the root on a board (deploy flattens), in firmware/ in a checkout
 PROFILE_DIRS = ('profiles', 'firmware/profiles')
 # site["mqtt"] keys that are not the link's (the rest go to mqtt_link.config)
@@ -80,15 +82,15 @@ def wire_time_ms(nbytes, baud, bits_per_char=10):
     return nbytes * bits_per_char * 1000 // baud
 
 
-def runtime(site, board, root, control):
-    """The resident Runtime for a checked site config and the control settings in force."""
+def runtime(site, board, meter_prof, battery_prof, control):
+    """The resident Runtime for a checked site config, its two profiles (devprofile.load) and the
+    control settings in force."""
     import bess_core
     from cycle import Poller, Runtime
     bus = open_bus(site, board)
     period = site.get('period_ms', 1000)
-    meter = Poller(bus, load_profile(root, site['meter']['profile']), site['meter'].get('unit_id', 1), period)
-    battery = Poller(bus, load_profile(root, site['battery']['profile']), site['battery'].get('unit_id', 2),
-                     period)
+    meter = Poller(bus, meter_prof, site['meter'].get('unit_id', 1), period)
+    battery = Poller(bus, battery_prof, site['battery'].get('unit_id', 2), period)
     if meter.prof.kind != 'meter' or battery.prof.kind != 'battery':
         raise ConfigProblem('meter profile must be kind "meter" and battery profile kind "battery"')
     try:
@@ -103,22 +105,30 @@ def runtime(site, board, root, control):
     return rt
 
 
-def mqtt_side(site, s, rt):
+def mqtt_key(site):
+    """The HMAC key (bytes) from the mqtt section, or None. ValueError when it is unusable."""
+    mq = site.get('mqtt') or {}
+    if not mq.get('hmac_key'):
+        return None
+    import commands
+    return commands.parse_key(mq['hmac_key'])
+
+
+def mqtt_side(site, s, rt, key):
     """Reporter (telemetry, commands, link) for the mqtt section, or None. A broken mqtt section
-    disables MQTT with a message; it never costs battery control."""
+    disables MQTT with a message; it never costs battery control. key: mqtt_key() or an
+    exception it raised."""
     mq = site.get('mqtt')
     if not mq:
         return None
     try:
+        if isinstance(key, Exception):
+            raise key
         import telemetry
-        import commands
-        import cmd_handler
         import mqtt_link
-        from reporting import Reporter
+        from reporting import Reporter, CommandHandler
         stats = telemetry.Stats()
-        key = mq.get('hmac_key')
-        key = commands.parse_key(key) if key else None
-        handler = cmd_handler.CommandHandler(rt.ctl, s.state_path, key, s.ctr, stats, base=s.base)
+        handler = CommandHandler(rt.ctl, s.state_path, key, s.ctr, stats, base=s.base)
         lc = {}
         for k in mq:
             if k not in MQTT_OWN:
@@ -187,10 +197,18 @@ def boot(config_path='/site.json', root='', cycles=0):
         s = settings.load(site, config_path)
         if s.notice:
             print(s.notice)
-        rt = runtime(site, board, root, s.control)
-        del sitecfg
-        _unload(('devprofile', 'sitecfg'))  # the MQTT side is built in the room they leave
-        rep = mqtt_side(site, s, rt)
+        try:
+            key = mqtt_key(site)
+        except ValueError as e:
+            key = e
+        # profiles are parsed before the resident modules are imported, and the parser leaves
+        # the heap before they come: the boot peak is the larger of the two phases, not the sum
+        mp = load_profile(root, site['meter']['profile'])
+        bp = load_profile(root, site['battery']['profile'])
+        del sitecfg, settings
+        _unload(('devprofile', 'sitecfg', 'settings', 'persist', 'commands'))
+        rt = runtime(site, board, mp, bp, s.control)
+        rep = mqtt_side(site, s, rt, key)
     except Exception as e:              # any failure to start: safe state, saying why
         import safe_state
         safe_state.idle(problem_text(e), board, site=site, root=root, cycles=cycles)

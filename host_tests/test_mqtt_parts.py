@@ -19,7 +19,7 @@ from mqtt_fixtures import MICROPYPATH, ROOT, micropython_exe
 
 sys.path.insert(0, os.path.join(ROOT, 'firmware'))
 import persist  # noqa: E402
-import cmd_handler  # noqa: E402
+import reporting  # noqa: E402
 import settings  # noqa: E402
 
 TOPIC = b'bess/d1/cmd/import_limit'
@@ -196,7 +196,7 @@ def test_load_state_and_handler(tmp_path):
     ctl = bess_core.Controller(cfg)
     st = telemetry.Stats()
     base = validate({'import_limit_w': 10000})
-    h = cmd_handler.CommandHandler(ctl, p, b'k' * 32, 0, st, base=base)
+    h = reporting.CommandHandler(ctl, p, b'k' * 32, 0, st, base=base)
     good = commands.sign(b'k' * 32, TOPIC, b'{"value":9000,"ctr":4}')
     assert h('import_limit', TOPIC, good, False)['ok']
     assert not h('import_limit', TOPIC, good, False)['ok'] and st.cmd_rejected == 1
@@ -212,7 +212,7 @@ def test_load_state_and_handler(tmp_path):
     # storage failure: rejected, nothing changed
     h.path = str(tmp_path / 'no_such_dir' / 'state.json')
     a = h('import_limit', TOPIC, commands.sign(b'k' * 32, TOPIC, b'{"value":8000,"ctr":9}'), False)
-    assert not a['ok'] and 'storage' in a['reason'] and ctl.import_limit_w == 9000 and h.auth.last_ctr == 4
+    assert not a['ok'] and 'storage' in a['reason'] and ctl.import_limit_w == 9000 and h.last_ctr == 4
     # valid file, invalid content -> commissioned config with a message
     persist.save(p, {'v': 1, 'config': {'import_limit_w': -5}, 'ctr': 4})
     cfg, ctr, msg = settings.load_state(p, validate({'import_limit_w': 10000}))

@@ -37,6 +37,7 @@ VERSION = '0.5.0'
 
 # firmware modules that are not for the device filesystem
 FIRMWARE_SKIP = ('main.py', 'bus_umodbus.py')   # bus_umodbus: host comparison only (docs/bus.md)
+VENDOR_LIB = 'lib/umqtt/'
 VENDOR_PKGS = ('umqtt/simple.py',)      # bundled device libraries (umodbus: host comparison only)
 NATIVE_RE = re.compile(r'@micropython\.(native|viper|asm_\w+)')
 
@@ -107,6 +108,11 @@ def compile_mpy(src, dev_path, march):
     tmp = os.path.join(OUT, '.tmp.mpy')
     os.makedirs(OUT, exist_ok=True)
     cmd = [exe, '-o', tmp, '-s', dev_path[:-4] + '.py']
+    if not dev_path.startswith(VENDOR_LIB):
+        # -O3: no line-number tables (about a fifth of the bytecode a module brings into the heap,
+        # docs/resources.md) and no asserts (our code has none; umqtt's are protocol checks, so
+        # the vendored library keeps the default). Tracebacks then say "line 1".
+        cmd.append('-O3')
     if native:
         if not march:
             raise BuildError('%s uses native code but the board file has no build.march' % src)

@@ -5,7 +5,8 @@ import startup
 
 site = startup.load_json(sys.argv[1], 'site')
 board = startup.load_json('%s/boards/unix.json' % sys.argv[2], 'board')
-rt = startup.runtime(site, board, sys.argv[2], site['control'])
+rt = startup.runtime(site, board, startup.load_profile(sys.argv[2], site['meter']['profile']),
+                     startup.load_profile(sys.argv[2], site['battery']['profile']), site['control'])
 real_step = rt.ctl.step
 n = [0]
 

@@ -17,7 +17,6 @@ import bess_core
 import bess_config
 import telemetry
 import mqtt_link
-import cmd_handler
 import commands
 import settings
 import reporting
@@ -29,7 +28,7 @@ if msg:
 ctl = bess_core.Controller(cfg)
 stats = telemetry.Stats()
 key = commands.parse_key(p['hmac_key']) if p.get('hmac_key') else None
-handler = cmd_handler.CommandHandler(ctl, p['state_path'], key, ctr, stats,
+handler = reporting.CommandHandler(ctl, p['state_path'], key, ctr, stats,
                                      base=bess_config.validate(p['base_cfg']))
 mc = dict(p['mqtt'])
 mc['on_command'] = handler
