@@ -1,10 +1,10 @@
 # Home Assistant MQTT discovery: the k-th retained config message for this device, or None past
 # the last. Loaded on demand by the link after each connect and unloaded once every message is
 # sent (firmware/mqtt_link.py), so neither this code nor the messages stay in the heap: one
-# message exists at a time. The objective selector's options come from bess_config.OBJECTIVES.
+# message exists at a time. The objective selector's options come from bess_core.OBJECTIVES.
 import json
 
-from bess_config import OBJECTIVES
+from bess_core import OBJECTIVES
 
 # (object id, name, value template, unit, device_class)
 SENSORS = (

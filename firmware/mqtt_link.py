@@ -141,6 +141,7 @@ class MqttLink:
         self._next_tele = None
         # counters (for telemetry and tests)
         self.connects = 0
+        self.fails = 0              # connection attempts that failed or connections lost
         self.lost = 0
         self.published = 0
         self.cmds = 0
@@ -270,7 +271,11 @@ class MqttLink:
         self.next_try = time.ticks_add(now_ms, half + (_rand(16) * (d - half)) // 65536)
 
     def _fail(self, now_ms, e):
+        self.fails += 1
         self.last_error = repr(e)
+        if self.fails == 1 or self.fails % 50 == 0 or isinstance(e, MemoryError):
+            # on the console (make logs): telemetry cannot say why it does not arrive
+            print('mqtt: %s (%d failures; next try in %d ms)' % (self.last_error, self.fails, self.delay_ms))
         self._drop()
         self._schedule(now_ms)
 

@@ -81,12 +81,12 @@ class Reporter:
 
 
 class CommandHandler:
-    """The command path's resident state. Its code (cmd_handler, commands, settings, persist:
-    about 10 KB of a 32-bit heap) is imported when a command arrives and dropped once no command
+    """The command path's resident state. Its code (cmd_handler, commands, settings, persist,
+    bess_config: about 14 KB of a 32-bit heap) is imported when a command arrives and dropped once no command
     came for IDLE_MS (idle(), from after_cycle). key: HMAC key bytes or None; last_ctr: the
     last accepted counter (replay guard); base: the commissioned config (validated)."""
 
-    MODULES = ('cmd_handler', 'commands', 'settings', 'persist')
+    MODULES = ('cmd_handler', 'commands', 'settings', 'persist', 'bess_config')
     IDLE_MS = 10000
 
     def __init__(self, ctl, path, key=None, last_ctr=0, stats=None, on_change=None, base=None):

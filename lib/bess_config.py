@@ -9,7 +9,7 @@ SOC_FULL_BP = 10000         # 100.00 % in basis points
 RAMP_MAX_W_PER_S = 10000000
 STALE_MAX_MS = 600000
 
-OBJECTIVES = ('gce', 'ss', 'zfi')   # index = objective code used by the core
+from bess_core import OBJECTIVES   # noqa: E402 (index = objective code used by the core)
 OBJECTIVE_TITLES = ('grid capacity expansion', 'self-sufficiency', 'self-sufficiency, zero feed-in')
 
 # key: (default, lo, hi). default None = required. 'objective' is the only non-integer key.

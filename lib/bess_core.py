@@ -14,12 +14,15 @@ except ImportError:         # CPython
     def const(x):
         return x
 
-from bess_config import validate, objective_code, ConfigError, POWER_MAX_W, SOC_FULL_BP  # noqa: F401
+# bess_config (validation) is imported by configure() only: on a board it is loaded for boot and
+# for a command, not kept in the heap between them (docs/resources.md).
 
-_PMAX = const(10000000)     # = POWER_MAX_W; inputs beyond it are invalid data (fail-safe)
+_PMAX = const(10000000)     # = bess_config.POWER_MAX_W; inputs beyond it are invalid data (fail-safe)
+_SOC_FULL = const(10000)    # = bess_config.SOC_FULL_BP
 _DT_MAX_MS = const(60000)   # longest supported cycle; larger elapsed times are clamped
 _COMMAND_MAX_MS = const(86400000)  # longest dispatch event or operator override: 24 h
 
+OBJECTIVES = ('gce', 'ss', 'zfi')   # index = objective code (bess_config validates names)
 OBJ_GCE = const(0)
 OBJ_SS = const(1)
 OBJ_ZFI = const(2)
@@ -120,8 +123,8 @@ def _count_down(left_ms, dt_ms):
 
 
 def _check_command(what, power_w, duration_ms):
-    if not isinstance(power_w, int) or isinstance(power_w, bool) or not -POWER_MAX_W <= power_w <= POWER_MAX_W:
-        raise ValueError('%s power_w must be an integer in -%d..%d' % (what, POWER_MAX_W, POWER_MAX_W))
+    if not isinstance(power_w, int) or isinstance(power_w, bool) or not -_PMAX <= power_w <= _PMAX:
+        raise ValueError('%s power_w must be an integer in -%d..%d' % (what, _PMAX, _PMAX))
     if not isinstance(duration_ms, int) or isinstance(duration_ms, bool) or not 1 <= duration_ms <= _COMMAND_MAX_MS:
         raise ValueError('%s duration_ms must be an integer in 1..%d' % (what, _COMMAND_MAX_MS))
 
@@ -151,6 +154,7 @@ class Controller:
 
     def configure(self, cfg):
         """Validate and apply a config dict (raises ConfigError, changing nothing, if invalid)."""
+        from bess_config import validate, objective_code
         c = validate(cfg)
         # Copied into plain attributes so step() does one lookup per value.
         self.objective = objective_code(c['objective'])
@@ -215,7 +219,7 @@ class Controller:
         gcp = i.gcp_w
         bat = i.bat_w
         soc = i.soc_bp
-        if gcp > _PMAX or gcp < -_PMAX or bat > _PMAX or bat < -_PMAX or soc < 0 or soc > SOC_FULL_BP:
+        if gcp > _PMAX or gcp < -_PMAX or bat > _PMAX or bat < -_PMAX or soc < 0 or soc > _SOC_FULL:
             flags |= F_RANGE
         plim = self.phase_limit_w
         if plim > 0:

@@ -219,8 +219,7 @@ class Ring:
 
 def _names():
     # imported lazily so this module does not need the core for Ring alone
-    from bess_core import STATE_NAMES, BINDING_NAMES
-    from bess_config import OBJECTIVES
+    from bess_core import STATE_NAMES, BINDING_NAMES, OBJECTIVES
     return STATE_NAMES, BINDING_NAMES, OBJECTIVES
 
 
