@@ -43,6 +43,15 @@ if _held():
 else:
     try:
         import gc
+        # the resident modules first: their code lies together at the bottom of the heap, and
+        # what boot leaves behind (unloaded below) is free space above it, not holes between
+        import cycle
+        import reporting
+        import mqtt_link
+        import profile_model
+        import bus
+        del cycle, reporting, mqtt_link, profile_model, bus
+        gc.collect()
         import net
         import startup
     except MemoryError as e:

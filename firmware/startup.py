@@ -45,6 +45,23 @@ def load_json(path, what):
 
 
 def load_profile(root, name):
+    """The profile's model: from its compiled form (profiles/<name>.cpf.json, written by `make
+    build` after validating the JSON on the host) when there is one, else from the JSON through
+    devprofile (parser and validator: unix-port checkouts, or a profile copied by hand)."""
+    import profile_model
+    for d in PROFILE_DIRS:
+        path = '%s/%s/%s.cpf.json' % (root, d, name)
+        try:
+            with open(path) as f:
+                c = json.load(f)
+        except OSError:
+            continue
+        except ValueError as e:
+            raise ConfigProblem('compiled profile %s: not valid JSON (%s): run make deploy again' % (path, e))
+        try:
+            return profile_model.from_compiled(c)
+        except Exception as e:
+            raise ConfigProblem('compiled profile %s unusable (%r): run make deploy again' % (path, e))
     import devprofile
     for d in PROFILE_DIRS:
         try:
@@ -201,8 +218,7 @@ def boot(config_path='/site.json', root='', cycles=0):
             key = mqtt_key(site)
         except ValueError as e:
             key = e
-        # profiles are parsed before the resident modules are imported, and the parser leaves
-        # the heap before they come: the boot peak is the larger of the two phases, not the sum
+        # profiles (compiled: a small JSON list each; from source only without `make build`)
         mp = load_profile(root, site['meter']['profile'])
         bp = load_profile(root, site['battery']['profile'])
         del sitecfg, settings

@@ -13,7 +13,8 @@
 import json
 
 import regdecode as rd
-from profile_model import Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile  # noqa: F401
+from profile_model import (Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile,  # noqa: F401
+                           COMPILED_FORMAT)
 
 FORMAT = 1
 KINDS = ('meter', 'battery')
@@ -424,6 +425,32 @@ def from_dict(d):
         p.control = sunspec_control(c, p.blocks) if c['scheme'] == 'sunspec_124' else command_control(c)
     p.identify = d.get('identify', [])
     return p
+
+
+def compiled(p):
+    """The compiled form of a loaded Profile (profile_model.from_compiled builds it back): what
+    `make build` writes to profiles/<name>.cpf.json for the device."""
+    bi = {}
+    for k in range(len(p.blocks)):
+        bi[id(p.blocks[k])] = k
+
+    def pt(x):
+        return [x.name, bi[id(x.block)], x.off, x.typ, x.lsw, x.exp10, x.sign, x.limit, x.na,
+                -1 if x.sf_block is None else bi[id(x.sf_block)], x.sf_off, x.fc, x.addr, x.unit]
+    ctl = None
+    c = p.control
+    if c is not None:
+        writes = [[w.fc, w.addr, w.n] for w in c.writes]
+        if c.scheme == 'sunspec_124':
+            ctl = ['sunspec_124', c.mod_addr, c.mod_value, c.out_addr, c.in_addr, c.win_addr, c.rvrt_addr,
+                   c.revert_s, pt(c.wchamax), pt(c.rte_sf), writes]
+        else:
+            ctl = ['command', c.mode_addr, c.mode_value, c.cmd_addr, c.cmd_charge, c.cmd_discharge,
+                   c.cmd_stop, [[k] + list(c.pw[k]) for k in c.pw], writes]
+    return [COMPILED_FORMAT, p.name, p.kind, p.min_gap_ms, p.unit_id,
+            [[b.fc, b.start, b.count, b.every_ms] for b in p.blocks],
+            [pt(p.points[n]) for n in p.points], ctl,
+            [{'fc': e['fc'], 'addr': e['addr'], 'values': e['values']} for e in p.identify]]
 
 
 def loads(text):

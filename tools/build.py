@@ -7,7 +7,8 @@ board (tools/deploy.py copies it, minus what is already there).
     /lib/*.mpy               lib/*.py (control core, config, profiles decoder, ...)
     /lib/umqtt/simple.mpy    device library from build/vendor (tools/fetch_vendor.py)
     /lib/machine.mpy         unix board only: the machine shim (firmware/unix/machine.py)
-    /profiles/*.json         device profiles
+    /profiles/*.json         device profiles, and *.cpf.json: each compiled (validated here; the
+                             device builds its model from it without the JSON validator)
     /boards/<board>.json     the board file (the firmware reads the one site.json names)
     /site.json               written by deploy from the site config, not by the build
 
@@ -59,7 +60,7 @@ def load_board(name):
 
 
 def sources(board_name, frozen=False):
-    """[(device path, source path, kind)] kind: 'mpy' (compile), 'copy'."""
+    """[(device path, source path, kind)] kind: 'mpy' (compile), 'profile' (compile a profile), 'copy'."""
     out = [('main.py', os.path.join(ROOT, 'firmware', 'main.py'), 'copy')]
     if not frozen:
         for p in sorted(glob.glob(os.path.join(ROOT, 'firmware', '*.py'))):
@@ -80,6 +81,7 @@ def sources(board_name, frozen=False):
                 out.append(('lib/' + rel[:-3] + '.mpy', p, 'mpy'))
     for p in sorted(glob.glob(os.path.join(ROOT, 'firmware', 'profiles', '*.json'))):
         out.append(('profiles/' + os.path.basename(p), p, 'copy'))
+        out.append(('profiles/' + os.path.basename(p)[:-5] + '.cpf.json', p, 'profile'))
     out.append(('boards/%s.json' % board_name, os.path.join(ROOT, 'boards', '%s.json' % board_name), 'copy'))
     return out
 
@@ -127,6 +129,19 @@ def compile_mpy(src, dev_path, march):
     return data, native
 
 
+def compile_profile(src):
+    """Validate a device profile here, on the host, and return its compiled form (JSON bytes):
+    the device builds its model from that without the parser and validator (docs/resources.md)."""
+    if os.path.join(ROOT, 'lib') not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, 'lib'))
+    import devprofile
+    try:
+        p = devprofile.load(src)
+    except devprofile.ProfileError as e:
+        raise BuildError(str(e))
+    return (json.dumps(devprofile.compiled(p), separators=(',', ':')) + '\n').encode()
+
+
 def build(board_name, frozen=False, out_root=OUT):
     """Build build/device/<board>[-frozen]/. Returns {'dir', 'files': {path: (size, sha256)}, ...}."""
     board = load_board(board_name)
@@ -139,6 +154,8 @@ def build(board_name, frozen=False, out_root=OUT):
             data, nat = compile_mpy(src, dev_path, march)
             if nat:
                 native.append(dev_path)
+        elif kind == 'profile':
+            data = compile_profile(src)
         else:
             with open(src, 'rb') as f:
                 data = f.read()
