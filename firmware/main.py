@@ -37,6 +37,15 @@ def _stay(msg):
         time.sleep(10)
 
 
+def _free_all():
+    """Out of memory: drop every loaded module (what a message needs is then free again)."""
+    import gc
+    while sys.modules:
+        sys.modules.popitem()
+    gc.collect()
+    return gc
+
+
 if _held():
     print('main.py: deploy hold: firmware not started (a deploy is copying files, or one was '
           'interrupted: run make deploy again)')
@@ -55,8 +64,7 @@ else:
         import net
         import startup
     except MemoryError as e:
-        import gc
-        gc.collect()
+        gc = _free_all()
         _stay('OUT OF MEMORY loading the firmware (%r): heap %d bytes free of %d; the build does not fit '
               'this board (docs/resources.md); the battery is not commanded (its own revert timer applies)'
               % (e, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
@@ -67,7 +75,23 @@ else:
     _root = _a[1] if len(_a) > 1 else ('.' if _unix else '')
     _n = int(_a[2]) if len(_a) > 2 else 0
     net.start_from_files(_cfg, _root)
-    _job = startup.boot(_cfg, _root, _n)
+    try:
+        _job = startup.boot(_cfg, _root, _n)
+    except MemoryError as e:
+        # even the safe state ran out of memory while boot's modules were loaded: drop them all,
+        # then try the safe state alone (it commands 0 W when it can), saying what happened
+        _job = None
+        del startup
+        _free_all()
+        _msg = ('OUT OF MEMORY while starting (%r): the build does not fit this board\'s heap '
+                '(docs/resources.md)' % (e,))
+        try:
+            import startup
+            startup.safe(_msg, _cfg, _root, _n)
+        except MemoryError:
+            gc.collect()
+            _stay('%s; heap %d bytes free of %d; the battery is not commanded (its own revert timer '
+                  'applies)' % (_msg, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
     startup.unload()                    # boot-only code leaves the heap before the loop starts
     del startup, net
     gc.collect()

@@ -240,6 +240,16 @@ def _unload(names):
     gc.collect()
 
 
+def safe(msg, config_path, root, cycles=0):
+    """The safe state with only what it needs loaded (main.py, after boot ran out of memory)."""
+    import safe_state
+    try:
+        site = load_json(config_path, 'site config')
+    except ConfigProblem:
+        site = None
+    safe_state.idle(msg, None, site=site, root=root, cycles=cycles)
+
+
 def unload():
     """Drop the boot-only modules (their code and data are garbage once boot returned). A module
     listed in BOOT_ONLY must not be imported by any resident one, or it would stay referenced."""

@@ -104,6 +104,11 @@ class Run:
         with self.lock:
             return [json.loads(p) for t, p, _ in self.msgs if t == 'bess/fit1/cmd/ack']
 
+    def failed(self):
+        """A fail mark is on the console: the run is decided (stop waiting)."""
+        with self.lock:
+            return any(m in ln for ln in self.lines[-20:] for m in FAIL_MARKS)
+
     def _read(self, proc):
         for line in proc.stdout:
             line = line.rstrip('\n')
@@ -141,16 +146,16 @@ class Run:
         events = []
         try:
             # the script: every step waits for the firmware, never a fixed sleep alone
-            up = wait_for(lambda: len(self.telemetry()) >= 3 or proc.poll() is not None, 30)
+            up = wait_for(lambda: len(self.telemetry()) >= 3 or proc.poll() is not None or self.failed(), 30)
             events.append(('boot', time.monotonic() - t0, bool(up)))
-            if proc.poll() is None:
+            if proc.poll() is None and not self.failed():
                 n0 = len(self.telemetry())
                 br.stop()                                   # broker outage
                 time.sleep(4)
                 br = Broker(work, port=br.port).start()
-                ok = wait_for(lambda: len(self.telemetry()) >= n0 + 6 or proc.poll() is not None, 30)
+                ok = wait_for(lambda: len(self.telemetry()) >= n0 + 6 or proc.poll() is not None or self.failed(), 30)
                 events.append(('broker outage 4 s', time.monotonic() - t0, bool(ok)))
-            if proc.poll() is None:                         # command burst: valid and invalid
+            if proc.poll() is None and not self.failed():   # command burst: valid and invalid
                 n_ack = len(self.acks())
                 for k in range(20):
                     body = ({'value': 50000 + 100 * k, 'id': 'b%d' % k} if k % 4 else
@@ -158,18 +163,20 @@ class Run:
                     col.publish('bess/fit1/cmd/import_limit', json.dumps(body), qos=1)
                 col.publish('bess/fit1/cmd/objective', json.dumps({'value': 'ss', 'id': 'o1'}), qos=1)
                 col.publish('bess/fit1/cmd/objective', json.dumps({'value': 'gce', 'id': 'o2'}), qos=1)
-                ok = wait_for(lambda: len(self.acks()) >= n_ack + 22 or proc.poll() is not None, 30)
+                ok = wait_for(lambda: len(self.acks()) >= n_ack + 22 or proc.poll() is not None or self.failed(), 30)
                 events.append(('command burst 22', time.monotonic() - t0, bool(ok)))
-            if proc.poll() is None:                         # bus faults
+            if proc.poll() is None and not self.failed():   # bus faults
                 sim.set_fault('bad_crc', unit=2, duration_s=1.5)
                 time.sleep(2)
                 sim.set_fault('silent', unit=1, duration_s=3)
                 time.sleep(4)
                 sim.set_fault('garbage', duration_s=1)
                 events.append(('bus faults', time.monotonic() - t0, True))
-            proc.wait(max(60, self.cycles * self.period_ms / 1000 * 4))
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            end = time.monotonic() + max(60, self.cycles * self.period_ms / 1000 * 4)
+            while proc.poll() is None and not self.failed() and time.monotonic() < end:
+                time.sleep(0.2)
+            if self.failed():
+                time.sleep(1)               # the rest of the message
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -1,0 +1,65 @@
+"""The firmware as deployed fits the board's heap: 32-bit MicroPython with a fixed heap.
+
+tools/heapfit.py boots the `make build` output for esp32 (.mpy, compiled profiles) on the 32-bit
+unix port built by tools/mp32fixed.py, under -X heapsize=HEAP, with MQTT to a real mosquitto and
+the SDM630 + SunSpec battery on the pty simulator, and drives it through a broker outage and
+reconnect, a burst of 22 commands (valid and invalid), and bus faults (bad CRC, silence, a
+garbled line). The site config sets check_alloc, so every control cycle (polls, decode, step,
+setpoint write, telemetry capture) runs under micropython.heap_lock(): one allocated byte would
+fail that cycle and this test. Figures and the smallest heap: docs/resources.md (make bench-heap).
+"""
+import os
+import subprocess
+
+import pytest
+
+import heapfit
+import mp32fixed
+from fil import Rig
+
+# docs/resources.md: the budget is 96 000 bytes for the firmware; the unix `machine` shim, which
+# a board has in ROM, costs SHIM_BYTES of the same heap here and is added on top.
+BUDGET = 96000
+SHIM_BYTES = 10000
+
+
+@pytest.fixture(scope='module')
+def root():
+    mp32fixed.build()
+    return heapfit.prepare_root('esp32')
+
+
+def test_the_deployed_firmware_runs_1000_cycles_in_the_budget(root):
+    r = heapfit.Run(BUDGET + SHIM_BYTES, root, cycles=1000, period_ms=100).run()
+    assert r['pass'], r
+    assert r['acks'] >= 22 and r['records'] >= 60, r
+    assert ' 1000 cycles' in r['done'] and 'cycle errors 0' in r['done'], r
+
+
+def test_a_too_small_heap_says_out_of_memory_and_never_crashes(root):
+    r = heapfit.Run(70000, root, cycles=30, period_ms=100).run()
+    text = '\n'.join(r['tail'])
+    assert not r['pass'] and 'OUT OF MEMORY' in text, r
+    assert 'Traceback' not in text and 'run make deploy again' not in text, r
+
+
+def test_the_whole_cycle_heap_lock_catches_an_allocation(tmp_path):
+    """Negative control: with check_alloc a cycle that allocates fails (safely) on 32-bit."""
+    exe = mp32fixed.build()
+    rig = Rig({'import_limit_w': 60000, 'phase_limit_w': 0}, period_ms=200)
+    rig.sim.start()
+    try:
+        site = dict(rig.site, check_alloc=1, log_cycles=0)
+        site['bus'] = dict(site['bus'], device=rig.sim.paths[0])
+        cfg = tmp_path / 'site.json'
+        import json
+        cfg.write_text(json.dumps(site))
+        env = dict(os.environ, MICROPYPATH=':'.join(os.path.join(heapfit.ROOT, d) for d in
+                                                    ('firmware/unix', 'firmware', 'lib', 'build/vendor')))
+        p = subprocess.run([exe, '-X', 'heapsize=400000', os.path.join(heapfit.ROOT, 'host_tests', 'mp', 'cycle_fault.py'),
+                            str(cfg), heapfit.ROOT, 'alloc'], capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        rig.sim.stop()
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert 'MemoryError' in out and 'RESULT cycles=10 cycle_errors=3 fed=7' in out, out
