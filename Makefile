@@ -1,5 +1,6 @@
 # Two commands matter on a fresh machine: `make sim` and `make test`. Everything they need
-# (virtualenv, pip packages, the 32-bit MicroPython from npm) is installed here, idempotently.
+# (virtualenv, pip packages, the 32-bit MicroPythons: npm's WebAssembly port and a fixed-heap unix
+# build from ../shared/micropython) is installed here, idempotently.
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
@@ -7,13 +8,14 @@ BUILD  := build
 MP32   := $(BUILD)/mp32
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all sim sim-day test bench-core bench deps clean help build deploy repl logs prereqs
+.PHONY: all sim sim-day test bench-core bench bench-heap deps clean help build deploy repl logs prereqs
 
 help:
 	@echo "make sim         firmware on MicroPython controls a simulated site over Modbus RTU (60 s)"
 	@echo "make sim-day     the control core alone against the site model for one simulated day"
 	@echo "make test        run all tests (CPython, MicroPython unix, 32-bit MicroPython, mpy-cross)"
-	@echo "make bench-core  core step time, allocation, heap and .mpy sizes"
+	@echo "make bench-core  core step and whole-cycle time, allocation, heap and .mpy sizes"
+	@echo "make bench-heap  smallest fixed 32-bit heap the deployed firmware runs in (.mpy and frozen)"
 	@echo "make bench       scenario benchmark vs comparators and the LP optimum (docs/benchmarks.md)"
 	@echo "make build BOARD=esp32                 device filesystem in build/device/BOARD, .mpy sizes"
 	@echo "make deploy BOARD=esp32 PORT=/dev/ttyUSB0 [VALUES=site.env] [SITE=site.json] [NAME=VALUE ...]"
@@ -37,7 +39,11 @@ $(BUILD)/vendor/.stamp: tools/fetch_vendor.py $(VENV)/.stamp
 	$(VPY) tools/fetch_vendor.py --dest $(BUILD)/vendor
 	touch $@
 
-deps: $(VENV)/.stamp $(MP32)/.stamp $(BUILD)/vendor/.stamp
+# 32-bit MicroPython unix port with a fixed heap (-X heapsize), built from source (gcc-multilib).
+$(BUILD)/mp32fixed/micropython: tools/mp32fixed.py $(VENV)/.stamp
+	$(VPY) tools/mp32fixed.py
+
+deps: $(VENV)/.stamp $(MP32)/.stamp $(BUILD)/vendor/.stamp $(BUILD)/mp32fixed/micropython
 
 # System packages `make test` needs (mosquitto, openssl, node/npm, gcc-multilib): installed as root,
 # else one line naming the missing ones.
@@ -54,6 +60,14 @@ sim-day: $(VENV)/.stamp
 
 test: prereqs deps $(VENV)/.stamp-bench
 	$(VPY) -m pytest -q host_tests
+
+# Bisects the smallest heap that passes the fixed-heap run (tools/heapfit.py), .mpy and frozen.
+bench-heap: deps
+	$(VPY) tools/mp32fixed.py --frozen
+	@mkdir -p out
+	$(VPY) tools/heapfit.py --search 80000 130000 --cycles 300 > out/heapfit-mpy.json
+	$(VPY) tools/heapfit.py --frozen --search 30000 80000 --cycles 300 > out/heapfit-frozen.json
+	@$(VPY) -c "import json; [print('%-7s smallest passing heap: %s bytes' % (k, json.load(open('out/heapfit-%s.json' % k))['smallest_passing'])) for k in ('mpy', 'frozen')]"
 
 bench-core: deps
 	$(VPY) tools/bench_core.py

@@ -55,9 +55,9 @@ def prepare_root(board='esp32', frozen=False, dest=None):
     build(board)
     build('unix')                   # for lib/machine.mpy and boards/unix.json
     dest = dest or tempfile.mkdtemp(prefix='heapfit-')
-    src = os.path.join(ROOT, 'build', 'device', board)
+    src = os.path.join(ROOT, 'build', 'device', board + ('-frozen' if frozen else ''))
     shutil.copytree(src, dest, dirs_exist_ok=True)
-    unix = os.path.join(ROOT, 'build', 'device', 'unix')
+    unix = os.path.join(ROOT, 'build', 'device', 'unix' + ('-frozen' if frozen else ''))
     os.makedirs(os.path.join(dest, 'lib'), exist_ok=True)
     if not frozen:
         shutil.copy(os.path.join(unix, 'lib', 'machine.mpy'), os.path.join(dest, 'lib', 'machine.mpy'))

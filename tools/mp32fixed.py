@@ -90,8 +90,16 @@ def build(frozen=False, quiet=True):
     subprocess.check_call(['make', '-C', os.path.join(SRC, 'mpy-cross'), '-j2'], stdout=out)
     variant_build = 'build-frozen' if frozen else 'build-standard'
     manifest = frozen_manifest() if frozen else ''
+    extra = []
+    if frozen:
+        # the manifest needs nothing from micropython-lib (a submodule the source subset lacks),
+        # but the build insists on the folder: an empty stand-in
+        mpl = os.path.join(OUT, 'no-micropython-lib')
+        os.makedirs(mpl, exist_ok=True)
+        open(os.path.join(mpl, 'README.md'), 'w').close()
+        extra = ['MPY_LIB_DIR=' + mpl]
     subprocess.check_call(['make', '-C', os.path.join(SRC, 'ports', 'unix'), '-j2', 'BUILD=' + variant_build]
-                          + FLAGS + ['FROZEN_MANIFEST=' + manifest], stdout=out)
+                          + FLAGS + extra + ['FROZEN_MANIFEST=' + manifest], stdout=out)
     shutil.copy(os.path.join(SRC, 'ports', 'unix', variant_build, 'micropython'), target)
     return target
 
