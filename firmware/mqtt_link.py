@@ -112,9 +112,12 @@ class MqttLink:
         self.port = c['port'] or (8883 if c['ssl'] else 1883)
         self.ssl_params = self._ssl_params() if c['ssl'] else None
         self.ring = None            # alloc_ring(): once boot-only code has left the heap
+        self.wbuf = bytearray(512)  # outgoing bytes of a connection (mqtt_sock.Sock), one block for good
         self.tele_ms = c['telemetry_ms']
         self.epoch_s = 0            # wall clock at uptime 0 (records hold uptime; see telemetry.py)
         self.disc_next = -1         # next HA discovery message to send; -1: none
+        self.disc_done = False
+        self.oom = 0                # publishes deferred or skipped for want of memory
         self.on_command = c['on_command']
         self.state = DOWN
         self.sock = None
@@ -270,6 +273,11 @@ class MqttLink:
         half = d // 2
         self.next_try = time.ticks_add(now_ms, half + (_rand(16) * (d - half)) // 65536)
 
+    def _oom(self, what):
+        self.oom += 1
+        if self.oom == 1 or self.oom % 100 == 0:
+            print('mqtt: out of memory (%d times): %s' % (self.oom, what))
+
     def _fail(self, now_ms, e):
         self.fails += 1
         self.last_error = repr(e)
@@ -296,7 +304,7 @@ class MqttLink:
                 if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
                     s.close()
                     raise
-            self.sock = Sock(s, self.cfg['sock_timeout_ms'], self.cfg['max_rx_bytes'])
+            self.sock = Sock(s, self.cfg['sock_timeout_ms'], self.cfg['max_rx_bytes'], self.wbuf)
             s.setblocking(False)
             self.poller = select.poll()
             self.poller.register(s, select.POLLOUT)
@@ -389,7 +397,12 @@ class MqttLink:
         self.state_dirty = self.state_msg is not None
         self.config_dirty = self.config_msg is not None
         sk.flush()
-        self.disc_next = 0 if c['ha_discovery'] else -1   # HA discovery: one message per slot
+        if c['ha_discovery'] and not self.disc_done:
+            # HA discovery: one message per slot, after the first connect since boot only (the
+            # configs are retained on the broker; a broker that lost them gets them at the next
+            # boot). Loading the messages' code again at every reconnect fragments a small heap.
+            self.disc_next = 0
+            self.disc_done = True
 
     # --- connected: one bounded service step --------------------------------------------------
     def _service(self, now_ms):
@@ -435,7 +448,11 @@ class MqttLink:
             n -= 1
         ring = self.ring
         while self.disc_next >= 0 and n > 0:
-            m = _discovery(self, self.disc_next)
+            try:
+                m = _discovery(self, self.disc_next)
+            except MemoryError:         # no room now: skip discovery, keep the link
+                m = None
+                self._oom('HA discovery skipped')
             if m is None:
                 self.disc_next = -1
                 unload(('ha_discovery',))
@@ -447,7 +464,12 @@ class MqttLink:
             k = ring.next_unsent()
             if k < 0:
                 break
-            cl.publish(self.t_tele, json.dumps(ring.record_dict(k, self.epoch_s)).encode())
+            try:                        # encode before anything goes on the wire
+                payload = json.dumps(ring.record_dict(k, self.epoch_s)).encode()
+            except MemoryError:         # the record stays unsent: tried again next poll
+                self._oom('telemetry deferred')
+                break
+            cl.publish(self.t_tele, payload)
             ring.mark_sent()
             self.published += 1
             n -= 1
@@ -482,7 +504,10 @@ class MqttLink:
         if a is not None:
             if a.get('ok'):
                 a['eff_seq'] = self.ring.seq    # first telemetry record that shows the change
-            self.out.append((self.t_ack, json.dumps(a).encode(), False))
+            try:
+                self.out.append((self.t_ack, json.dumps(a).encode(), False))
+            except MemoryError:         # the command's effect shows in the retained config
+                self._oom('ack dropped')
 
 
 def _discovery(link, k):

@@ -28,7 +28,7 @@ class Deferred(Exception):
 class Sock:
     """Socket wrapper handed to umqtt.simple: bounded blocking, whole reads, packet-type tap."""
 
-    def __init__(self, raw, timeout_ms, max_read):
+    def __init__(self, raw, timeout_ms, max_read, wbuf):
         self.max_read = max_read
         self.raw = raw          # the TCP socket (timeouts are set here; SSL sockets lack them)
         self.s = raw            # what is read and written (raw or the SSL socket)
@@ -39,7 +39,8 @@ class Sock:
         self.pkt = 0            # type byte of the last packet started
         self.pongs = 0          # PINGRESPs seen
         self.rx_pkts = 0
-        self.wbuf = bytearray()
+        self.wbuf = wbuf            # the link's write buffer (fixed size, reused per connection)
+        self.wlen = 0
         self.defer = False
         self.until = None       # ticks_ms: the current poll()'s budget for all blocking reads/writes
         raw.settimeout(self.tmo_s)
@@ -79,7 +80,7 @@ class Sock:
 
     def read_nb(self, n):
         """Whatever is there, up to n bytes, without waiting: bytes, b'' at EOF, or None."""
-        if self.wbuf:
+        if self.wlen:
             self.flush()
         self.raw.setblocking(False)
         try:
@@ -94,7 +95,7 @@ class Sock:
     def read(self, n):
         if self.defer:              # CONNECT / SUBSCRIBE stay queued: the link flushes them
             raise Deferred()
-        if self.wbuf:
+        if self.wlen:
             self.flush()
         if n > self.max_read:
             # umqtt would allocate the whole payload: refuse instead (the link reconnects)
@@ -131,19 +132,29 @@ class Sock:
         return buf
 
     def write(self, data, n=None):
-        # Collected and sent by flush() (before any read, and by the link after each batch):
-        # umqtt writes a packet in 3-4 pieces, and small separate segments meet Nagle and
-        # delayed ACKs (a 40 ms stall before CONNACK / SUBACK on Linux).
-        if n is None:
-            self.wbuf += data
-        else:
-            self.wbuf += memoryview(data)[:n]
-        if len(self.wbuf) >= 1024:
-            self.flush()
-        return n if n is not None else len(data)
+        # Collected in the fixed buffer and sent by flush() (before any read, by the link after
+        # each batch, and whenever the buffer is full): umqtt writes a packet in 3-4 pieces, and
+        # small separate segments meet Nagle and delayed ACKs (a 40 ms stall before CONNACK /
+        # SUBACK on Linux). The buffer never grows: a growing one needed ever larger contiguous
+        # blocks, which a fragmented 32-bit heap refused after a reconnect (docs/resources.md).
+        mv = memoryview(data)
+        total = len(mv) if n is None else n
+        buf = self.wbuf
+        size = len(buf)
+        off = 0
+        while off < total:
+            if self.wlen == size:
+                self.flush()
+            k = size - self.wlen
+            if k > total - off:
+                k = total - off
+            buf[self.wlen:self.wlen + k] = mv[off:off + k]
+            self.wlen += k
+            off += k
+        return total
 
     def flush(self):
-        if not self.wbuf:
+        if not self.wlen:
             return
         if self.nb:
             self.nb = False
@@ -151,13 +162,14 @@ class Sock:
         mv = memoryview(self.wbuf)
         deadline = self._deadline()
         off = 0
-        total = len(mv)
+        total = self.wlen
         try:
             while off < total:
                 if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
                     raise OSError(errno.ETIMEDOUT)  # checked every round, progress or not
+                end = off + 256 if off + 256 < total else total
                 try:
-                    w = self.s.write(mv[off:off + 256])   # small pieces: the deadline gets a say
+                    w = self.s.write(mv[off:end])   # small pieces: the deadline gets a say
                 except OSError as e:
                     if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
                         raise
@@ -165,14 +177,14 @@ class Sock:
                 if w:
                     off += w
         finally:
-            self.wbuf = bytearray()
+            self.wlen = 0
 
     def tls_step(self):
         """One non-blocking go at the TLS handshake, driven by writing the queued CONNECT:
         False while the handshake is in progress, True once it is done and CONNECT is sent."""
         self.raw.setblocking(False)
         try:
-            w = self.s.write(self.wbuf)
+            w = self.s.write(memoryview(self.wbuf)[:self.wlen])
         except OSError as e:
             if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
                 raise
@@ -181,7 +193,9 @@ class Sock:
             self.raw.settimeout(self.tmo_s)
         if not w:
             return False
-        self.wbuf = self.wbuf[w:]
+        rest = self.wlen - w
+        self.wbuf[0:rest] = self.wbuf[w:self.wlen]
+        self.wlen = rest
         self.flush()
         return True
 
