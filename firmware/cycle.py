@@ -21,6 +21,7 @@ import machine
 
 import bess_core as bc
 from rtu import OK, NO_RESPONSE
+from ondemand import unload
 
 AGE_NEVER_MS = 600001           # > the largest stale_ms: "never read" is always stale
 HEARTBEAT_MS = 5000             # rewrite an unchanged setpoint this often (revert timers, resets)
@@ -82,6 +83,9 @@ class Poller:
         # identify: registers that must read exactly so before we trust (or write to) the device:
         # 1 confirmed, 0 not yet (asked again next cycle), -1 refused for good
         self.ident = 0 if prof.identify else 1
+        self.id_wait = 0                # identify backoff (firmware/identify.py): cycles to skip
+        self.id_backoff = 1
+        self.id_tries = 0
         n = 1
         for e in prof.identify:
             if len(e['values']) > n:
@@ -91,32 +95,9 @@ class Poller:
         for b in self.blocks:           # request 8 bytes, response 5 + 2 x count
             self.bytes_per_poll += 8 + 5 + 2 * b.count
 
-    def identify(self):
-        """Check the profile's identify registers. A mismatch or an exception response (e.g.
-        illegal address: another register layout) refuses the device for good. Allocates
-        (messages): runs only until the device is confirmed."""
-        for e in self.prof.identify:
-            vals = e['values']
-            st = self.bus.read(self.unit, e['fc'], e['addr'], len(vals), self._id_buf)
-            if st == NO_RESPONSE:
-                return 0
-            bad = st != OK
-            for k in range(len(vals)):
-                if bad or self._id_buf[k] != vals[k]:
-                    self.ident = -1
-                    print('REFUSED %s at unit %d: register %d %s, the profile expects %r: wrong profile or '
-                          'layout; it is neither trusted nor written to' % (
-                              self.prof.name, self.unit, e['addr'] + k,
-                              'answered status %d' % st if bad else 'reads %d' % self._id_buf[k], vals))
-                    return -1
-        self.ident = 1
-        print('%s at unit %d: layout confirmed (%d identify registers)' % (self.prof.name, self.unit,
-                                                                         len(self.prof.identify)))
-        return 1
-
     def poll(self):
         """Read every block that is due. 1 when all of them answered."""
-        if self.ident != 1 and (self.ident < 0 or self.identify() != 1):
+        if self.ident != 1 and (self.ident < 0 or _identify(self) != 1):
             self.prof.invalidate()
             return 0
         ok = 1
@@ -152,6 +133,15 @@ class Poller:
 
     def failed_calls(self):
         return self.dev.failed_calls()
+
+
+def _identify(p):
+    """Confirm or refuse the device (firmware/identify.py, loaded until it has decided)."""
+    import identify
+    r = identify.check(p)
+    if r != 0:
+        unload(('identify',))
+    return r
 
 
 def send_writes(bus, unit, writes):

@@ -47,7 +47,7 @@ import umqtt.simple as _simple
 from umqtt.simple import MQTTClient
 import telemetry
 from mqtt_sock import Sock, SocketModule, Deferred, der
-from reporting import unload
+from ondemand import unload
 
 config = {
     'client_id': None,          # device id: also the topic level <id>

@@ -14,6 +14,7 @@ import gc
 import time
 
 import telemetry
+from ondemand import unload
 
 
 class Reporter:
@@ -114,11 +115,3 @@ class CommandHandler:
         elif t is not None and time.ticks_diff(now, t) > self.IDLE_MS:
             self.t_last = None
             unload(self.MODULES)
-
-
-def unload(names):
-    """Drop modules from sys.modules (their code is freed once nothing refers to it)."""
-    import sys
-    for m in names:
-        if m in sys.modules:
-            del sys.modules[m]

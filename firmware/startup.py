@@ -16,7 +16,7 @@ import machine
 from bess_config import ConfigError
 
 # + the command path: loaded again when a command arrives (reporting.CommandHandler)
-BOOT_ONLY = ('startup', 'devprofile', 'sitecfg', 'safe_state', 'net', 'settings', 'commands', 'persist',
+BOOT_ONLY = ('startup', 'devprofile', 'profile_compiled', 'sitecfg', 'safe_state', 'net', 'settings', 'commands', 'persist',
              'cmd_handler', 'bess_config')
 # Where profiles live: at the root on a board (deploy flattens), in firmware/ in a checkout
 PROFILE_DIRS = ('profiles', 'firmware/profiles')
@@ -48,7 +48,7 @@ def load_profile(root, name):
     """The profile's model: from its compiled form (profiles/<name>.cpf.json, written by `make
     build` after validating the JSON on the host) when there is one, else from the JSON through
     devprofile (parser and validator: unix-port checkouts, or a profile copied by hand)."""
-    import profile_model
+    import profile_compiled
     for d in PROFILE_DIRS:
         path = '%s/%s/%s.cpf.json' % (root, d, name)
         try:
@@ -59,7 +59,7 @@ def load_profile(root, name):
         except ValueError as e:
             raise ConfigProblem('compiled profile %s: not valid JSON (%s): run make deploy again' % (path, e))
         try:
-            return profile_model.from_compiled(c)
+            return profile_compiled.from_compiled(c)
         except Exception as e:
             raise ConfigProblem('compiled profile %s unusable (%r): run make deploy again' % (path, e))
     import devprofile
@@ -222,7 +222,7 @@ def boot(config_path='/site.json', root='', cycles=0):
         mp = load_profile(root, site['meter']['profile'])
         bp = load_profile(root, site['battery']['profile'])
         del sitecfg, settings
-        _unload(('devprofile', 'sitecfg', 'settings', 'persist', 'commands'))
+        _unload(('devprofile', 'profile_compiled', 'sitecfg', 'settings', 'persist', 'commands'))
         rt = runtime(site, board, mp, bp, s.control)
         rep = mqtt_side(site, s, rt, key)
     except Exception as e:              # any failure to start: safe state, saying why

@@ -6,6 +6,8 @@ id 2 on one pty) and firmware/main.py with a site config pointing at that pty.
 import json
 import os
 
+import pytest
+
 from fil import Rig, parse_cycle
 from modbus_sim import Scenario
 
@@ -182,6 +184,23 @@ def test_a_device_whose_layout_differs_from_its_profile_is_refused_and_never_wri
     assert r.sim.status()['battery']['setpoint_w'] == 0
     assert r.sim.battery.regs[3].get(40139, 0) == 0            # StorCtl_Mod never written
     assert 'REFUSED eastron' not in out          # the meter (no identify entries) is unaffected
+
+
+@pytest.mark.parametrize('kind', ['bad_crc', 'silent', 'garbage'])
+def test_transient_errors_while_identifying_are_retried_not_refused(kind):
+    """Issue 10 #3: two transient errors on the identify read used to refuse the battery until
+    reboot. Now only registers that read but differ (or do not exist) refuse; the rest is retried
+    with a backoff, said in the log, and the battery is confirmed and controlled afterwards."""
+    sc = [(0, 80000, 0, 0, 0, 0)]
+    r = rig(sc, control={'phase_limit_w': 0}, cycles=30)
+    r.sim.set_fault(kind, unit=2, count=4)          # the first identify attempts (with retries)
+    with r:
+        c = wait_for(r, lambda c: c['state'] == 'discharging', 25, 'control after identify retries')
+        assert abs(c['sp'] - 20000) <= 300
+    out = '\n'.join(r.lines)
+    assert 'REFUSED' not in out, out
+    assert 'sunspec_battery_802_124 at unit 2: identify register 40000 not read' in out, out
+    assert 'sunspec_battery_802_124 at unit 2: layout confirmed' in out, out
 
 
 def test_a_broken_mqtt_section_never_costs_battery_control():

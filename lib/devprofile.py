@@ -13,8 +13,8 @@
 import json
 
 import regdecode as rd
-from profile_model import (Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile,  # noqa: F401
-                           COMPILED_FORMAT)
+from profile_model import Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile  # noqa: F401
+from profile_compiled import COMPILED_FORMAT
 
 FORMAT = 1
 KINDS = ('meter', 'battery')
@@ -428,7 +428,7 @@ def from_dict(d):
 
 
 def compiled(p):
-    """The compiled form of a loaded Profile (profile_model.from_compiled builds it back): what
+    """The compiled form of a loaded Profile (profile_compiled.from_compiled builds it back): what
     `make build` writes to profiles/<name>.cpf.json for the device."""
     bi = {}
     for k in range(len(p.blocks)):
