@@ -71,12 +71,11 @@ class Poller:
     """One Modbus device described by a profile: reads the blocks that are due, tracks the age of
     the data, confirms the device's identity before it is trusted or written to."""
 
-    def __init__(self, bus, prof, unit, period_ms):
+    def __init__(self, bus, prof, unit):
         self.bus = bus
         self.prof = prof
         self.unit = unit
         self.blocks = prof.blocks
-        prof.set_cadence(period_ms)
         self.dev = bus.add_device(unit, prof.name, prof.min_gap_ms)
         self.groups = tuple(Group(prof, g[0], g[1], g[2]) for g in GROUPS[prof.kind])
         self.t_ok = None                # ticks_ms of the last complete read
@@ -101,14 +100,15 @@ class Poller:
             self.prof.invalidate()
             return 0
         ok = 1
+        now = time.ticks_ms()
         for b in self.blocks:
-            if b.ok and b.left > 0:     # slow block (cadence), still valid: not due yet
-                b.left -= 1
-                continue
+            if b.ok and b.every_ms and time.ticks_diff(now, b.due) < 0:
+                continue                # slow block (cadence), still valid: not due yet
             st = self.bus.read(self.unit, b.fc, b.start, b.count, b.buf)
             if st == OK:
                 b.ok = 1
-                b.left = b.every - 1
+                if b.every_ms:
+                    b.due = time.ticks_add(now, b.every_ms)
                 continue
             ok = 0
             b.ok = 0
@@ -299,6 +299,21 @@ class Runtime:
                     self.log_line(us)
         finally:
             tim.deinit()
+
+
+class Job:
+    """What boot hands to the loop: the runtime, its MQTT side and the board's timer/watchdog."""
+
+    def __init__(self, rt, rep, board):
+        self.rt = rt
+        self.rep = rep
+        self.wdt_ms = board.get('wdt_timeout_ms', 10000)
+        t = board.get('timer', {})
+        self.hard = t.get('hard', False)
+        self.timer_id = t.get('id', -1)
+
+    def run(self, cycles=0):
+        run_job(self, cycles)
 
 
 def run_job(job, cycles=0):

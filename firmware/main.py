@@ -16,6 +16,8 @@ import os
 import sys
 
 HOLD = 'deploy_hold'
+_job = None                 # bound now: a new global costs heap, and an out-of-memory handler
+_msg = None                 # below must not need any
 
 
 def _held():
@@ -80,9 +82,8 @@ else:
     except MemoryError as e:
         # even the safe state ran out of memory while boot's modules were loaded: drop them all,
         # then try the safe state alone (it commands 0 W when it can), saying what happened
-        _job = None
-        del startup
         _free_all()
+        startup = None
         _msg = ('OUT OF MEMORY while starting (%r): the build does not fit this board\'s heap '
                 '(docs/resources.md)' % (e,))
         try:

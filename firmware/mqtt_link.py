@@ -389,7 +389,6 @@ class MqttLink:
             sk.defer = False
         self.state = UP
         self.connects += 1
-        self.delay_ms = 0
         self.next_try = None
         self.last_ping = now_ms
         self.pongs_seen = sk.pongs
@@ -481,6 +480,7 @@ class MqttLink:
             self.last_ping = now_ms
             ring.set_mark()
         sk.flush()
+        self.delay_ms = 0               # backoff reset only by a poll that served cleanly
 
     def _on_msg(self, topic, msg, *rest):
         self.pending = (topic, msg, self.sock.pkt & 1)

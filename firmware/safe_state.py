@@ -20,7 +20,7 @@ class SafeBattery:
         if prof.kind != 'battery' or prof.control is None:
             raise startup.ConfigProblem('battery profile %r cannot take a setpoint' % b['profile'])
         self.bus = startup.open_bus(site, board)
-        self.poller = Poller(self.bus, prof, b.get('unit_id', 2), 1000)
+        self.poller = Poller(self.bus, prof, b.get('unit_id', 2))
         self.name = '%s id %d' % (prof.name, self.poller.unit)
         self.sent = 0                   # 0 W writes acknowledged
         self.failed = 0
@@ -60,6 +60,8 @@ def safe_battery(site, board, root):
         return None, '; '.join(errs), board
     try:
         return SafeBattery(site, board, root), None, board
+    except MemoryError:
+        raise                           # main.py: free everything, then try again
     except Exception as e:             # profile missing, UART cannot open, ...
         return None, str(e), board
 

@@ -46,22 +46,13 @@ def load_json(path, what):
 
 def load_profile(root, name):
     """The profile's model: from its compiled form (profiles/<name>.cpf.json, written by `make
-    build` after validating the JSON on the host) when there is one, else from the JSON through
-    devprofile (parser and validator: unix-port checkouts, or a profile copied by hand)."""
-    import profile_compiled
+    build` after validating the JSON on the host) when it is there, readable and made from the
+    JSON beside it; else from the JSON through devprofile (parser and validator: unix-port
+    checkouts, a profile copied by hand, a damaged compiled file), saying why."""
     for d in PROFILE_DIRS:
-        path = '%s/%s/%s.cpf.json' % (root, d, name)
-        try:
-            with open(path) as f:
-                c = json.load(f)
-        except OSError:
-            continue
-        except ValueError as e:
-            raise ConfigProblem('compiled profile %s: not valid JSON (%s): run make deploy again' % (path, e))
-        try:
-            return profile_compiled.from_compiled(c)
-        except Exception as e:
-            raise ConfigProblem('compiled profile %s unusable (%r): run make deploy again' % (path, e))
+        c = _compiled(root, d, name)
+        if c is not None:
+            return c
     import devprofile
     for d in PROFILE_DIRS:
         try:
@@ -71,6 +62,37 @@ def load_profile(root, name):
         except devprofile.ProfileError as e:
             raise ConfigProblem('device profile %r: %s' % (name, e))
     raise ConfigProblem('device profile %r not found in %s' % (name, ' or '.join('%s/%s' % (root, d) for d in PROFILE_DIRS)))
+
+
+def _compiled(root, d, name):
+    base = '%s/%s/%s' % (root, d, name)
+    try:
+        with open(base + '.cpf.json') as f:
+            c = json.load(f)
+    except OSError:
+        return None
+    except MemoryError:
+        raise
+    except ValueError as e:
+        print('profile %s.cpf.json not valid JSON (%s): using %s.json' % (base, e, base))
+        return None
+    try:
+        with open(base + '.json', 'rb') as f:
+            from profile_compiled import source_hash
+            sha = source_hash(f.read())
+    except OSError:
+        sha = None                      # no source beside it: the compiled file is all there is
+    if sha is not None and (not isinstance(c, list) or not c or c[-1] != sha):
+        print('profile %s.cpf.json was not made from %s.json (changed by hand?): using the JSON' % (base, base))
+        return None
+    try:
+        import profile_compiled
+        return profile_compiled.from_compiled(c)
+    except MemoryError:
+        raise
+    except Exception as e:
+        print('profile %s.cpf.json unusable (%r): using %s.json' % (base, e, base))
+        return None
 
 
 def open_bus(site, board):
@@ -106,8 +128,8 @@ def runtime(site, board, meter_prof, battery_prof, control):
     from cycle import Poller, Runtime
     bus = open_bus(site, board)
     period = site.get('period_ms', 1000)
-    meter = Poller(bus, meter_prof, site['meter'].get('unit_id', 1), period)
-    battery = Poller(bus, battery_prof, site['battery'].get('unit_id', 2), period)
+    meter = Poller(bus, meter_prof, site['meter'].get('unit_id', 1))
+    battery = Poller(bus, battery_prof, site['battery'].get('unit_id', 2))
     if meter.prof.kind != 'meter' or battery.prof.kind != 'battery':
         raise ConfigProblem('meter profile must be kind "meter" and battery profile kind "battery"')
     try:
@@ -156,6 +178,10 @@ def mqtt_side(site, s, rt, key):
         link.set_config(rt.ctl.cfg)
         handler.on_change = link.set_config
         return Reporter(rt, link, stats)
+    except MemoryError as e:
+        print('MQTT DISABLED (%s): the controller runs without telemetry and commands'
+              % oom_text('building the MQTT side', e))
+        return None
     except Exception as e:
         print('MQTT DISABLED (%s: %s): the controller runs without telemetry and commands; '
               'fix the "mqtt" section of the site config' % (type(e).__name__, e))
@@ -178,22 +204,6 @@ def oom_text(what, e):
     gc.collect()
     return ('OUT OF MEMORY while %s (%s): heap %d bytes free of %d after collection; the build does '
             'not fit this board (docs/resources.md)' % (what, e, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
-
-
-class Job:
-    """What boot hands to the loop: the runtime, its MQTT side and the board's timer/watchdog."""
-
-    def __init__(self, rt, rep, board):
-        self.rt = rt
-        self.rep = rep
-        self.wdt_ms = board.get('wdt_timeout_ms', 10000)
-        t = board.get('timer', {})
-        self.hard = t.get('hard', False)
-        self.timer_id = t.get('id', -1)
-
-    def run(self, cycles=0):
-        from cycle import run_job
-        run_job(self, cycles)
 
 
 def boot(config_path='/site.json', root='', cycles=0):
@@ -225,10 +235,13 @@ def boot(config_path='/site.json', root='', cycles=0):
         _unload(('devprofile', 'profile_compiled', 'sitecfg', 'settings', 'persist', 'commands'))
         rt = runtime(site, board, mp, bp, s.control)
         rep = mqtt_side(site, s, rt, key)
+    except MemoryError:
+        raise                           # main.py frees every module first, then the safe state
     except Exception as e:              # any failure to start: safe state, saying why
         import safe_state
         safe_state.idle(problem_text(e), board, site=site, root=root, cycles=cycles)
         return None
+    from cycle import Job           # a resident class: a Job must not keep this module alive
     return Job(rt, rep, board)
 
 

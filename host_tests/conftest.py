@@ -3,7 +3,6 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for sub in ('lib', 'tools'):
-    p = os.path.join(ROOT, sub)
-    if p not in sys.path:
-        sys.path.insert(0, p)
+if os.path.join(ROOT, 'tools') not in sys.path:
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+import paths  # noqa: E402,F401 (lib/, firmware/ and tools/ on sys.path: tools/paths.py)

@@ -26,8 +26,6 @@ FW = os.path.join(ROOT, 'firmware')
 MP = os.path.join(ROOT, '.venv', 'bin', 'micropython')
 VENDOR = os.path.join(ROOT, 'build', 'vendor')
 MPPATH = ':'.join((os.path.join(FW, 'unix'), FW, os.path.join(ROOT, 'lib'), VENDOR))
-if FW not in sys.path:
-    sys.path.insert(0, FW)
 import rtu  # noqa: E402  (portable: decode/crc16 run on CPython)
 
 

@@ -7,7 +7,6 @@ import hmac
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -17,7 +16,6 @@ from bess_config import validate
 import telemetry
 from mqtt_fixtures import MICROPYPATH, ROOT, micropython_exe
 
-sys.path.insert(0, os.path.join(ROOT, 'firmware'))
 import persist  # noqa: E402
 import reporting  # noqa: E402
 import settings  # noqa: E402

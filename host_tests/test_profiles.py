@@ -595,3 +595,63 @@ def test_float32_power_readings_decode_without_heap_ints(tmp_path, runtime):
         exact = Fraction(struct.unpack('>f', struct.pack('>HH', w0, w1))[0])
         want = int(abs(exact) + Fraction(1, 2)) * (1 if exact >= 0 else -1)    # half away from zero
         assert g == want, (v, g, want)
+
+
+# --- compiled profiles (make build -> profiles/<name>.cpf.json, the device's fast path) ------------
+
+def _model_facts(p):
+    import profile_model  # noqa: F401
+    facts = [p.name, p.kind, p.min_gap_ms, p.unit_id,
+             [(b.fc, b.start, b.count, b.every_ms) for b in p.blocks],
+             sorted(p.points), [(e['fc'], e['addr'], e['values']) for e in p.identify]]
+    for b in p.blocks:                       # a deterministic register image
+        for k in range(b.count):
+            b.buf[k] = (b.start * 7 + k * 13) & 0xFFFF
+        b.ok = 1
+    facts.append([(n, p.points[n].value()) for n in sorted(p.points)])
+    if p.control is not None:
+        for w in (0, 1, -1, 500, -500, 12345, -12345, 10 ** 6, -(10 ** 6)):
+            ws = p.control.plan(w)
+            facts.append(None if ws is None else [(x.fc, x.addr, list(x.buf)) for x in ws])
+    return facts
+
+
+@pytest.mark.parametrize('name', sorted(os.path.basename(f)[:-5] for f in PROFILES))
+def test_a_compiled_profile_behaves_as_its_json(name):
+    import json
+    import profile_compiled
+    path = os.path.join(modbus_sim.PROFILE_DIR, name + '.json')
+    src = devprofile.load(path)
+    sha = profile_compiled.source_hash(open(path, 'rb').read())
+    c = json.loads(json.dumps(devprofile.compiled(src, sha)))
+    assert c[-1] == sha and len(sha) == 16
+    assert _model_facts(profile_compiled.from_compiled(c)) == _model_facts(devprofile.load(path))
+
+
+def test_the_device_takes_the_json_when_the_compiled_profile_is_stale_or_damaged(tmp_path):
+    """On the unix port: startup.load_profile uses profiles/<name>.cpf.json only when it was made
+    from the JSON beside it; a hand-edited JSON or a damaged compiled file falls back to the JSON."""
+    import shutil
+    import subprocess
+    import build as fwbuild
+    import paths
+    res = fwbuild.build('esp32')
+    shutil.copytree(os.path.join(res['dir'], 'profiles'), tmp_path / 'profiles')
+    script = tmp_path / 'lp.py'
+    script.write_text("import sys, startup\nfor n in sys.argv[2:]:\n    p = startup.load_profile(sys.argv[1], n)\n"
+                      "    print('LOADED', p.name, len(p.blocks), p.control is not None)\n")
+
+    def run():
+        r = subprocess.run([MPY, str(script), str(tmp_path), 'eastron_sdm630', 'sunspec_battery_802_124'],
+                           capture_output=True, text=True, timeout=60, env=dict(os.environ, MICROPYPATH=paths.MICROPYPATH))
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+    out = run()
+    assert 'LOADED eastron_sdm630 2 False' in out and 'LOADED sunspec_battery_802_124 2 True' in out, out
+    assert 'using' not in out, out                                  # both from the compiled files
+    with open(tmp_path / 'profiles' / 'eastron_sdm630.json', 'a') as f:
+        f.write(' ')                                                # edited by hand
+    (tmp_path / 'profiles' / 'sunspec_battery_802_124.cpf.json').write_text('[1, "trunc')
+    out = run()
+    assert 'eastron_sdm630.cpf.json was not made from' in out and 'LOADED eastron_sdm630 2 False' in out, out
+    assert 'sunspec_battery_802_124.cpf.json not valid JSON' in out and 'LOADED sunspec_battery_802_124 2 True' in out, out

@@ -36,7 +36,7 @@ class ConfigError(ValueError):
     """Raised with every problem found, one per line, so an operator can fix all at once."""
 
 
-def _is_int(v):
+def is_int(v):
     # bool is an int subclass on CPython; a True in a power field is a mistake, not 1 W.
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -68,7 +68,7 @@ def validate(cfg):
             continue
         else:
             v = default
-        if not _is_int(v):
+        if not is_int(v):
             errs.append('%s: must be an integer, got %r' % (k, v))
         elif v < lo or v > hi:
             errs.append('%s: must be in %d..%d, got %d' % (k, lo, hi, v))

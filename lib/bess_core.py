@@ -20,7 +20,7 @@ except ImportError:         # CPython
 _PMAX = const(10000000)     # = bess_config.POWER_MAX_W; inputs beyond it are invalid data (fail-safe)
 _SOC_FULL = const(10000)    # = bess_config.SOC_FULL_BP
 _DT_MAX_MS = const(60000)   # longest supported cycle; larger elapsed times are clamped
-_COMMAND_MAX_MS = const(86400000)  # longest dispatch event or operator override: 24 h
+COMMAND_MAX_MS = const(86400000)   # longest dispatch event or operator override: 24 h (commands.py too)
 
 OBJECTIVES = ('gce', 'ss', 'zfi')   # index = objective code (bess_config validates names)
 OBJ_GCE = const(0)
@@ -125,8 +125,8 @@ def _count_down(left_ms, dt_ms):
 def _check_command(what, power_w, duration_ms):
     if not isinstance(power_w, int) or isinstance(power_w, bool) or not -_PMAX <= power_w <= _PMAX:
         raise ValueError('%s power_w must be an integer in -%d..%d' % (what, _PMAX, _PMAX))
-    if not isinstance(duration_ms, int) or isinstance(duration_ms, bool) or not 1 <= duration_ms <= _COMMAND_MAX_MS:
-        raise ValueError('%s duration_ms must be an integer in 1..%d' % (what, _COMMAND_MAX_MS))
+    if not isinstance(duration_ms, int) or isinstance(duration_ms, bool) or not 1 <= duration_ms <= COMMAND_MAX_MS:
+        raise ValueError('%s duration_ms must be an integer in 1..%d' % (what, COMMAND_MAX_MS))
 
 
 def muldiv(a, b, c):

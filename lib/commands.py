@@ -17,10 +17,10 @@ try:
 except ImportError:     # very old MicroPython
     import ubinascii as binascii
 
-from bess_config import validate, ConfigError, POWER_MAX_W
+from bess_config import validate, ConfigError, POWER_MAX_W, is_int
+from bess_core import COMMAND_MAX_MS
 
 MAX_PAYLOAD = 512               # bytes; larger payloads are rejected unread
-COMMAND_MAX_MS = 86400000       # = bess_core._COMMAND_MAX_MS (24 h)
 CTR_MAX = 9007199254740991      # 2**53 - 1: exact in every JSON implementation
 ID_MAX = 32                     # longest request id echoed in the ack
 
@@ -64,9 +64,6 @@ class Command:
         self.ctr = ctr
         self.id = req_id
 
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 # --- HMAC-SHA256 (RFC 2104) -------------------------------------------------------------------
@@ -141,7 +138,7 @@ class Auth:
 
     def check_ctr(self, obj):
         ctr = obj.get('ctr')
-        if not _is_int(ctr) or not 0 < ctr <= CTR_MAX:
+        if not is_int(ctr) or not 0 < ctr <= CTR_MAX:
             raise Rejected('unauthorized: ctr must be an integer in 1..%d' % CTR_MAX)
         if ctr <= self.last_ctr:
             raise Rejected('unauthorized: replay (ctr %d <= last accepted %d)' % (ctr, self.last_ctr))
@@ -184,7 +181,7 @@ def check(name, payload, cfg, auth, topic=b''):
         ctr = None
         if 'ctr' in obj:
             ctr = obj['ctr']
-            if not _is_int(ctr) or not 0 < ctr <= CTR_MAX:
+            if not is_int(ctr) or not 0 < ctr <= CTR_MAX:
                 raise Rejected('malformed: ctr must be an integer in 1..%d' % CTR_MAX)
     req_id = obj.get('id')
     if req_id is not None and not (isinstance(req_id, str) and len(req_id) <= ID_MAX):
@@ -209,13 +206,13 @@ def check(name, payload, cfg, auth, topic=b''):
     _only(obj, _ACTION_KEYS)
     p = obj.get('power_w')
     d = obj.get('duration_ms')
-    if not _is_int(d) or not 0 <= d <= COMMAND_MAX_MS:
+    if not is_int(d) or not 0 <= d <= COMMAND_MAX_MS:
         raise Rejected('invalid: duration_ms must be an integer in 0..%d (0 = stop)' % COMMAND_MAX_MS)
     if d == 0:
         if p is not None and p != 0:
             raise Rejected('invalid: a stop (duration_ms 0) takes power_w 0 or none')
         return Command(name, name, (0, 0), ctr, req_id)
-    if not _is_int(p) or not -POWER_MAX_W <= p <= POWER_MAX_W:
+    if not is_int(p) or not -POWER_MAX_W <= p <= POWER_MAX_W:
         raise Rejected('invalid: power_w must be an integer in -%d..%d' % (POWER_MAX_W, POWER_MAX_W))
     if p > cfg['max_discharge_w']:
         raise Rejected('invalid: power_w %d exceeds max_discharge_w %d' % (p, cfg['max_discharge_w']))

@@ -13,8 +13,10 @@
 import json
 
 import regdecode as rd
+from bess_config import is_int
+from sitecfg import BAUDS
 from profile_model import Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile  # noqa: F401
-from profile_compiled import COMPILED_FORMAT
+from profile_compiled import COMPILED_FORMAT, source_hash  # noqa: F401 (build.py)
 
 FORMAT = 1
 KINDS = ('meter', 'battery')
@@ -27,7 +29,6 @@ REQUIRED = {
     'battery': ('soc_bp', 'power_w'),
 }
 UNITS = {'W': rd.LIMIT_W, 'Wh': rd.LIMIT_BIG, 'bp': 10000}
-BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 SCALE_MAX = 9                   # |scale| in a profile; the SunSpec SF adds up to +-10 at run time
 MODBUS_MAX_READ = 125
 SCHEMES = ('sunspec_124', 'command')
@@ -52,9 +53,6 @@ class ProfileError(ValueError):
     """Raised with every problem found, one per line."""
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 # --- validation -----------------------------------------------------------------------------------
 
@@ -70,7 +68,7 @@ def _int_in(errs, where, d, key, lo, hi, required=True):
             errs.append('%s: missing %r' % (where, key))
         return False
     v = d[key]
-    if not _is_int(v):
+    if not is_int(v):
         errs.append('%s: %r must be an integer, got %r' % (where, key, v))
         return False
     if not lo <= v <= hi:
@@ -158,7 +156,7 @@ def _check_control(errs, c, blocks):
             if k in c and _check_reg(errs, 'control.' + k, c[k]):
                 used.append(c[k]['addr'])
         _int_in(errs, where, c, 'revert_s', 0, 65535, 'rvrt_tms' in c)
-        if 'rte_sf' in c and isinstance(c['rte_sf'], dict) and _is_int(c['rte_sf'].get('addr')):
+        if 'rte_sf' in c and isinstance(c['rte_sf'], dict) and is_int(c['rte_sf'].get('addr')):
             if not _covered(blocks, 3, c['rte_sf']['addr'], 1):
                 errs.append('control.rte_sf: register fc3 %d is not inside any read block'
                             % c['rte_sf']['addr'])
@@ -298,7 +296,7 @@ def validate(d):
         _int_in(errs, w, e, 'fc', 3, 4)
         _int_in(errs, w, e, 'addr', 0, 65535)
         v = e.get('values')
-        if not isinstance(v, list) or not v or not all(_is_int(x) and 0 <= x <= 65535 for x in v):
+        if not isinstance(v, list) or not v or not all(is_int(x) and 0 <= x <= 65535 for x in v):
             errs.append(w + ': values must be a non-empty list of 0..65535')
     return errs
 
@@ -413,8 +411,7 @@ def from_dict(d):
     p.max_regs = d.get('max_regs', MODBUS_MAX_READ)
     p.min_gap_ms = d.get('min_gap_ms', 0)
     for b in d['blocks']:
-        blk = Block(b['fc'], b['start'], b['count'])
-        blk.every_ms = b.get('every_ms', 0)
+        blk = Block(b['fc'], b['start'], b['count'], b.get('every_ms', 0))
         p.blocks.append(blk)
     for n in NAMES[p.kind]:
         if n in d['points']:
@@ -427,9 +424,10 @@ def from_dict(d):
     return p
 
 
-def compiled(p):
+def compiled(p, source_sha=''):
     """The compiled form of a loaded Profile (profile_compiled.from_compiled builds it back): what
-    `make build` writes to profiles/<name>.cpf.json for the device."""
+    `make build` writes to profiles/<name>.cpf.json for the device. source_sha: source_hash() of
+    the JSON it came from, so the device can tell a compiled file from a stale one."""
     bi = {}
     for k in range(len(p.blocks)):
         bi[id(p.blocks[k])] = k
@@ -450,7 +448,8 @@ def compiled(p):
     return [COMPILED_FORMAT, p.name, p.kind, p.min_gap_ms, p.unit_id,
             [[b.fc, b.start, b.count, b.every_ms] for b in p.blocks],
             [pt(p.points[n]) for n in p.points], ctl,
-            [{'fc': e['fc'], 'addr': e['addr'], 'values': e['values']} for e in p.identify]]
+            [{'fc': e['fc'], 'addr': e['addr'], 'values': e['values']} for e in p.identify], source_sha]
+
 
 
 def loads(text):

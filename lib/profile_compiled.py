@@ -9,9 +9,17 @@ from profile_model import Block, Point, Write, Plan, SunSpecControl, CommandCont
 COMPILED_FORMAT = 1
 
 
+def source_hash(data):
+    """The first 16 hex digits of sha256 over a profile file's bytes: the last element of a
+    compiled profile, so the device can tell it from a stale one."""
+    import hashlib
+    import binascii
+    return binascii.hexlify(hashlib.sha256(data).digest())[:16].decode()
+
+
 def from_compiled(c):
     """Profile from devprofile.compiled() output (a list, e.g. parsed from .cpf.json)."""
-    if not isinstance(c, list) or len(c) != 9 or c[0] != COMPILED_FORMAT:
+    if not isinstance(c, list) or len(c) != 10 or c[0] != COMPILED_FORMAT:
         raise ValueError('not a compiled profile (format %d)' % COMPILED_FORMAT)
     p = Profile()
     p.name = p.title = c[1]
@@ -19,8 +27,7 @@ def from_compiled(c):
     p.min_gap_ms = c[3]
     p.unit_id = c[4]
     for fc, start, count, every_ms in c[5]:
-        b = Block(fc, start, count)
-        b.every_ms = every_ms
+        b = Block(fc, start, count, every_ms)
         p.blocks.append(b)
     for pt in c[6]:
         p.points[pt[0]] = _point(p.blocks, pt)

@@ -13,22 +13,21 @@ import regdecode as rd
 
 
 class Block:
-    """One Modbus read request. every: read on every n-th cycle (poll cadence, 1 = each cycle);
-    left: cycles until the next read (the runtime counts it down; a failed read is retried on
-    the next cycle, as is every block after the device went silent)."""
+    """One Modbus read request. every_ms: read it this often (0: every cycle); due: ticks_ms when
+    it is due again (the runtime sets it after a good read; a failed read, or a device that went
+    silent, makes the block due at once)."""
 
-    def __init__(self, fc, start, count, every=1):
+    def __init__(self, fc, start, count, every_ms=0):
         self.fc = fc
         self.start = start
         self.count = count
-        self.every = every
-        self.every_ms = 0           # the profile's cadence in ms (0: every cycle), see set_cadence
-        self.left = 0
+        self.every_ms = every_ms
+        self.due = 0
         self.buf = _regs(count)
         self.ok = 0                 # runtime: 1 after a successful read of this block
 
     def __repr__(self):
-        return 'Block(fc=%d, start=%d, count=%d, every=%d)' % (self.fc, self.start, self.count, self.every)
+        return 'Block(fc=%d, start=%d, count=%d, every_ms=%d)' % (self.fc, self.start, self.count, self.every_ms)
 
 
 def _regs(n):
@@ -209,8 +208,3 @@ class Profile:
     def invalidate(self):
         for b in self.blocks:
             b.ok = 0
-
-    def set_cadence(self, period_ms):
-        """Blocks with a cadence (every_ms) are read every every_ms / period_ms cycles."""
-        for b in self.blocks:
-            b.every = 1 if b.every_ms <= period_ms else (b.every_ms + period_ms - 1) // period_ms

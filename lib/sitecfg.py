@@ -15,7 +15,7 @@
 #    "network": {"ssid": "...", "password": "..."},  # wlan boards; lan / host need nothing
 #    "mqtt": {...}}                                   # the MQTT link (docs/telemetry.md)
 
-from bess_config import validate, ConfigError
+from bess_config import validate, ConfigError, is_int
 
 BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PARITIES = ('N', 'E', 'O')
@@ -25,9 +25,6 @@ _BUS_KEYS = ('baud', 'parity', 'timeout_ms', 'retries', 'device')
 _DEV_KEYS = ('profile', 'unit_id')
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
 
 def _int(errs, where, d, k, lo, hi, required=False):
     if k not in d:
@@ -35,7 +32,7 @@ def _int(errs, where, d, k, lo, hi, required=False):
             errs.append('%s%s: required' % (where + '.' if where else '', k))
         return
     v = d[k]
-    if not _is_int(v) or v < lo or v > hi:
+    if not is_int(v) or v < lo or v > hi:
         errs.append('%s%s: must be an integer in %d..%d, got %r' % (where + '.' if where else '', k, lo, hi, v))
 
 

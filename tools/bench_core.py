@@ -42,8 +42,7 @@ TURNAROUND_MS = 20          # assumed device response latency per request (not i
 
 def images(meter, battery):
     """Register images of both devices with plausible values, from the site simulator's devices."""
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    sys.path.insert(0, LIB)
+    import paths  # noqa: F401 (lib/ on sys.path)
     import modbus_sim as ms
     m = ms.MeterDevice(ms.load_profile(meter), 1)
     m.update(20000, 18000, 22000, 60000, 1000)
@@ -65,13 +64,12 @@ def wire_ms(meter, battery, period_ms=1000):
     """Line time of one cycle at BAUD: every request and response (10 bits a byte), the device's
     minimum gap between its requests, TURNAROUND_MS per request, the setpoint writes. Returns
     (typical ms, worst ms: the cycle where every slow block is due)."""
-    sys.path.insert(0, LIB)
+    import paths
     import devprofile
     tot = [0.0, 0.0]
     for name in (meter, battery):
-        p = devprofile.load(os.path.join(ROOT, 'firmware', 'profiles', name + '.json'))
-        p.set_cadence(period_ms)
-        every_cycle = [b for b in p.blocks if b.every == 1]
+        p = devprofile.load(os.path.join(paths.PROFILES, name + '.json'))
+        every_cycle = [b for b in p.blocks if b.every_ms <= period_ms]
         for k, blocks in enumerate((every_cycle, p.blocks)):
             nbytes = sum(8 + 5 + 2 * b.count for b in blocks)
             tot[k] += nbytes * 10 * 1000 / BAUD + len(blocks) * TURNAROUND_MS + max(0, len(blocks) - 1) * p.min_gap_ms

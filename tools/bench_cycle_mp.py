@@ -49,8 +49,8 @@ bp = startup.load_profile(root, site['battery']['profile'])
 bus = Bus(ImageMaster(), retries=1)
 import cycle  # noqa: E402
 import bess_core  # noqa: E402
-meter = cycle.Poller(bus, mp, 1, 1000)
-battery = cycle.Poller(bus, bp, 2, 1000)
+meter = cycle.Poller(bus, mp, 1)
+battery = cycle.Poller(bus, bp, 2)
 meter.dev.min_interval_ms = battery.dev.min_interval_ms = 0     # device gaps are line time, counted apart
 rt = cycle.Runtime(bus, meter, battery, bess_core.Controller(site['control']), 1000)
 link = mqtt_link.MqttLink({'client_id': 'bench', 'server': '127.0.0.1', 'port': 9,

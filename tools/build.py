@@ -132,14 +132,15 @@ def compile_mpy(src, dev_path, march):
 def compile_profile(src):
     """Validate a device profile here, on the host, and return its compiled form (JSON bytes):
     the device builds its model from that without the parser and validator (docs/resources.md)."""
-    if os.path.join(ROOT, 'lib') not in sys.path:
-        sys.path.insert(0, os.path.join(ROOT, 'lib'))
+    import paths  # noqa: F401 (lib/ on sys.path)
     import devprofile
     try:
         p = devprofile.load(src)
     except devprofile.ProfileError as e:
         raise BuildError(str(e))
-    return (json.dumps(devprofile.compiled(p), separators=(',', ':')) + '\n').encode()
+    with open(src, 'rb') as f:
+        sha = devprofile.source_hash(f.read())
+    return (json.dumps(devprofile.compiled(p, sha), separators=(',', ':')) + '\n').encode()
 
 
 def build(board_name, frozen=False, out_root=OUT):

@@ -30,7 +30,6 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 import build as fwbuild  # noqa: E402
 import site_config  # noqa: E402

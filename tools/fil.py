@@ -16,14 +16,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, 'lib'))
-sys.path.insert(0, HERE)
+import paths  # noqa: E402,F401 (lib/ on sys.path)
 
 from modbus_sim import SiteSimulator, Scenario  # noqa: E402
 
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), 'micropython')
-MICROPYPATH = ':'.join([os.path.join(ROOT, p) for p in ('firmware/unix', 'firmware', 'lib', 'build/vendor')]
-                       + ['.frozen'])   # the unix port's frozen modules (ssl, ...), as on a board
+MICROPYPATH = paths.MICROPYPATH
 
 
 def parse_cycle(line):

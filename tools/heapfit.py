@@ -28,8 +28,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, 'lib'))
-sys.path.insert(0, HERE)
+import paths  # noqa: E402,F401 (lib/ on sys.path)
 
 import paho.mqtt.client as mqtt  # noqa: E402
 

@@ -39,16 +39,12 @@ import tty
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for _sub in ('lib', 'tools'):
-    _p = os.path.join(ROOT, _sub)
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
+import paths  # noqa: E402,F401 (lib/ on sys.path)
 import devprofile  # noqa: E402
 import regdecode as rd  # noqa: E402
 import site_model  # noqa: E402
 
-PROFILE_DIR = os.path.join(ROOT, 'firmware', 'profiles')
+PROFILE_DIR = paths.PROFILES
 SCENARIO_DIR = os.path.join(HERE, 'scenarios')
 FAULT_KINDS = ('silent', 'gone', 'bad_crc', 'exception', 'slow', 'garbage', 'truncate')
 

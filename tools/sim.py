@@ -7,11 +7,10 @@ evening peak that pushes the site over its 150 kW import limit; a 200 kWh / 100 
 usage: sim.py [--objective gce|ss|zfi] [--seed N] [--hours N]
 """
 import argparse
-import os
 import random
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'lib'))
+import paths  # noqa: E402,F401 (lib/ on sys.path)
 
 import bess_core as bc          # noqa: E402
 import site_model as sm         # noqa: E402

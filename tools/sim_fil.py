@@ -17,7 +17,6 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 from fil import Rig  # noqa: E402
 from broker import Broker  # noqa: E402

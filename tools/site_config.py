@@ -20,7 +20,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, 'lib'))
+import paths  # noqa: E402,F401 (lib/ on sys.path)
 
 import devprofile  # noqa: E402
 import sitecfg  # noqa: E402
@@ -169,7 +169,7 @@ def fill(template, values):
 
 
 def profile_dir():
-    return os.path.join(ROOT, 'firmware', 'profiles')
+    return paths.PROFILES
 
 
 def validate(site, board):

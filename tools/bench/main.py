@@ -12,10 +12,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-for _sub in ('lib', 'tools'):
-    _p = os.path.join(ROOT, _sub)
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if os.path.join(ROOT, 'tools') not in sys.path:    # run as tools/bench/main.py
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+import paths  # noqa: E402,F401 (lib/ on sys.path)
 
 from bench import kpi, runner, scenarios  # noqa: E402
 
