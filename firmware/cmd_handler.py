@@ -3,7 +3,7 @@
 # arrives and unloads it (with commands, settings, persist) when commands stop, so the command
 # path's code does not occupy the heap between commands (docs/resources.md).
 #
-#   h = reporting.CommandHandler(ctl, s.state_path, key, s.ctr, stats, base=s.base)
+#   h = reporting.CommandHandler(ctl, path, key, last_ctr, stats, base=commissioned_config)
 #   link = mqtt_link.MqttLink({..., 'on_command': h}); h.on_change = link.set_config
 #
 # The link calls h(name, topic, payload, retained) from poll(), outside ctl.step(); an accepted

@@ -2,8 +2,10 @@
 # accepted over MQTT since, saved beside it. One home: decided once at boot, validated once, and
 # handed to the controller and to the command handler (nothing else rewrites site['control']).
 #
-#   s = load(site, config_path)    # s.control: the config in force; s.base: commissioned (validated)
-#                                  # s.ctr: last HMAC counter; s.notice: boot message or None
+#   s = load(site, config_path)    # s['control']: the config in force; s['base']: commissioned
+#                                  # (validated); s['ctr']: last HMAC counter; s['notice']: boot
+#                                  # message or None; s['state_path']
+# A plain dict, not an object of a class defined here: boot unloads this module right after.
 #   save(path, cfg, ctr, base)     # an accepted command (firmware/cmd_handler.py)
 #
 # Saved settings apply only while they were made on the same commissioned config: a redeployed
@@ -16,13 +18,8 @@ from bess_config import validate, ConfigError
 STATE_VERSION = 1
 
 
-class Settings:
-    def __init__(self, control, base, ctr=0, notice=None, state_path=None):
-        self.control = control
-        self.base = base
-        self.ctr = ctr
-        self.notice = notice
-        self.state_path = state_path
+def _settings(control, base, ctr=0, notice=None, state_path=None):
+    return {'control': control, 'base': base, 'ctr': ctr, 'notice': notice, 'state_path': state_path}
 
 
 def _dirname(path):
@@ -40,10 +37,10 @@ def load(site, config_path):
     """Settings at boot. A ConfigError from the commissioned config propagates (safe state)."""
     base = validate(site['control'])
     if not site.get('mqtt'):
-        return Settings(base, base)
+        return _settings(base, base)
     path = state_path_for(site, config_path)
     cfg, ctr, notice = load_state(path, base)
-    return Settings(cfg, base, ctr, notice, path)
+    return _settings(cfg, base, ctr, notice, path)
 
 
 def save(path, cfg, ctr, base):

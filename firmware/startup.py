@@ -167,14 +167,14 @@ def mqtt_side(site, s, rt, key):
         import mqtt_link
         from reporting import Reporter, CommandHandler
         stats = telemetry.Stats()
-        handler = CommandHandler(rt.ctl, s.state_path, key, s.ctr, stats, base=s.base)
+        handler = CommandHandler(rt.ctl, s['state_path'], key, s['ctr'], stats, base=s['base'])
         lc = {}
         for k in mq:
             if k not in MQTT_OWN:
                 lc[k] = mq[k]
         lc['on_command'] = handler
         link = mqtt_link.MqttLink(lc)
-        link.notice = s.notice
+        link.notice = s['notice']
         link.set_config(rt.ctl.cfg)
         handler.on_change = link.set_config
         return Reporter(rt, link, stats)
@@ -222,8 +222,8 @@ def boot(config_path='/site.json', root='', cycles=0):
         if terrs:
             raise ConfigProblem('site config %s: %s' % (config_path, terrs[0]))
         s = settings.load(site, config_path)
-        if s.notice:
-            print(s.notice)
+        if s['notice']:
+            print(s['notice'])
         try:
             key = mqtt_key(site)
         except ValueError as e:
@@ -233,7 +233,7 @@ def boot(config_path='/site.json', root='', cycles=0):
         bp = load_profile(root, site['battery']['profile'])
         del sitecfg, settings
         _unload(('devprofile', 'profile_compiled', 'sitecfg', 'settings', 'persist', 'commands'))
-        rt = runtime(site, board, mp, bp, s.control)
+        rt = runtime(site, board, mp, bp, s['control'])
         rep = mqtt_side(site, s, rt, key)
     except MemoryError:
         raise                           # main.py frees every module first, then the safe state
