@@ -20,7 +20,7 @@ from array import array
 import machine
 
 import bess_core as bc
-from rtu import OK, NO_RESPONSE
+from rtu import OK, EXC
 from ondemand import unload
 
 AGE_NEVER_MS = 600001           # > the largest stale_ms: "never read" is always stale
@@ -112,8 +112,8 @@ class Poller:
                 continue
             ok = 0
             b.ok = 0
-            if st == NO_RESPONSE:       # silent device: don't spend the cycle timing out per block
-                self.prof.invalidate()
+            if st < EXC:                # silent or garbled device (retries spent): don't spend the
+                self.prof.invalidate()  # cycle on its other blocks (sitecfg.worst_cycle_ms)
                 break
         if ok:
             self.t_ok = time.ticks_ms()
@@ -127,7 +127,7 @@ class Poller:
         if self.t_ok is None:
             return AGE_NEVER_MS
         a = time.ticks_diff(now, self.t_ok)
-        if a < 0:                       # read during this cycle, after `now` was taken
+        if a < 0:
             return 0
         return a if a < AGE_NEVER_MS else AGE_NEVER_MS
 
@@ -186,16 +186,19 @@ class Runtime:
     def tick(self, _timer):
         self.due = 1                    # IRQ-safe: one attribute store of a small int
 
-    def read_inputs(self, now):
+    def read_inputs(self):
+        # each age is taken right after its device's poll: a cycle that spends its time waiting
+        # for a silent meter judges the data as old as it is when step() sees it, so the cycle
+        # that finds the meter stale is the one that commands 0 W (docs/reliability.md)
         i = self.ctl.inp
         m = self.meter
         if m.poll():
             m.apply(i)
-        i.meter_age_ms = m.age_ms(now)
+        i.meter_age_ms = m.age_ms(time.ticks_ms())
         b = self.battery
         if b.poll():
             b.apply(i)
-        i.bat_age_ms = b.age_ms(now)
+        i.bat_age_ms = b.age_ms(time.ticks_ms())
 
     def write_setpoint(self, sp, now):
         """Send the setpoint when it changed or the heartbeat is due. Returns 1 when sent."""
@@ -222,7 +225,7 @@ class Runtime:
         i = self.ctl.inp
         i.dt_ms = self.period_ms if self.t_last is None else time.ticks_diff(now, self.t_last)
         self.t_last = now
-        self.read_inputs(now)
+        self.read_inputs()
         self.ctl.step()
         self.write_setpoint(self.ctl.out.setpoint_w, time.ticks_ms())
         self.cycles += 1
@@ -251,6 +254,22 @@ class Runtime:
             print('cycle failed (%d times): %r; 0 W %s' % (self.cycle_errors, e,
                                                           'sent' if sent else 'could not be sent'))
 
+    def went_stale(self):
+        """1 when a device's data has just become older than stale_ms while the last step still
+        trusted it: the loop then runs a cycle at once, so 0 W goes out stale_ms + one poll after
+        the last good read, not up to a period later (docs/reliability.md). Allocation-free."""
+        if self.ctl.out.state == bc.ST_FAILSAFE:
+            return 0
+        now = time.ticks_ms()
+        lim = self.ctl.stale_ms
+        t = self.meter.t_ok
+        if t is not None and time.ticks_diff(now, t) > lim:
+            return 1
+        t = self.battery.t_ok
+        if t is not None and time.ticks_diff(now, t) > lim:
+            return 1
+        return 0
+
     def _locked_cycle(self):
         import micropython
         micropython.heap_lock()
@@ -266,7 +285,7 @@ class Runtime:
         self.due = 1                    # first cycle at once: 0 W goes out immediately
         try:
             while cycles == 0 or self.cycles < cycles:
-                if not self.due:
+                if not self.due and not self.went_stale():
                     machine.idle()
                     continue
                 self.due = 0

@@ -136,9 +136,9 @@ WRITES_MAX = 3          # setpoint writes per cycle at most (the profiles' contr
 
 
 def worst_cycle_ms(site):
-    """Longest a cycle can take when both devices are silent: each costs (1 + retries) x timeout
-    once (the poller skips a silent device's other blocks), the setpoint writes likewise, and an
-    MQTT poll its budget plus one socket timeout."""
+    """Longest a cycle can take when both devices are silent or garbled: each costs (1 + retries)
+    x timeout once (the poller skips such a device's other blocks), the setpoint writes likewise,
+    and an MQTT poll its budget plus one socket timeout."""
     bus = site.get('bus') or {}
     per = (1 + bus.get('retries', 1)) * bus.get('timeout_ms', 200)
     t = (2 + WRITES_MAX) * per
