@@ -180,6 +180,7 @@ class Runtime:
         self.cycle_errors = 0           # cycles that raised (a bug, or an allocation under check_alloc)
         self.hook_errors = 0            # after_cycle (MQTT side) raised
         self.capture = None             # f(now_ms): telemetry capture, inside the cycle (no allocation)
+        self.stale_run = 0              # an extra cycle ran for stale data since the last tick
         self.tick_ref = self.tick       # bound method created once, not in the IRQ
         self.wire_bytes = meter.bytes_per_poll + battery.bytes_per_poll
 
@@ -285,9 +286,13 @@ class Runtime:
         self.due = 1                    # first cycle at once: 0 W goes out immediately
         try:
             while cycles == 0 or self.cycles < cycles:
-                if not self.due and not self.went_stale():
-                    machine.idle()
+                if self.due:
+                    self.stale_run = 0
+                elif self.stale_run or not self.went_stale():
+                    machine.idle()          # at most one extra (stale) cycle per period
                     continue
+                else:
+                    self.stale_run = 1
                 self.due = 0
                 t0 = time.ticks_us()
                 try:
