@@ -8,7 +8,7 @@ BUILD  := build
 MP32   := $(BUILD)/mp32
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all sim sim-day test bench-core bench bench-heap deps clean help build deploy repl logs prereqs
+.PHONY: all sim sim-day test bench-core bench bench-heap bench-latency deps clean help build deploy repl logs prereqs
 
 help:
 	@echo "make sim         firmware on MicroPython controls a simulated site over Modbus RTU (60 s)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test        run all tests (CPython, MicroPython unix, 32-bit MicroPython, mpy-cross)"
 	@echo "make bench-core  core step and whole-cycle time, allocation, heap and .mpy sizes"
 	@echo "make bench-heap  smallest fixed 32-bit heap the deployed firmware runs in (.mpy and frozen)"
+	@echo "make bench-latency  meter step -> new setpoint written, worst timing (firmware on the unix port)"
 	@echo "make bench       scenario benchmark vs comparators and the LP optimum (docs/benchmarks.md)"
 	@echo "make build BOARD=esp32                 device filesystem in build/device/BOARD, .mpy sizes"
 	@echo "make deploy BOARD=esp32 PORT=/dev/ttyUSB0 [VALUES=site.env] [SITE=site.json] [NAME=VALUE ...]"
@@ -68,6 +69,9 @@ bench-heap: deps
 	$(VPY) tools/heapfit.py --search 80000 130000 --cycles 300 > out/heapfit-mpy.json
 	$(VPY) tools/heapfit.py --frozen --search 30000 80000 --cycles 300 > out/heapfit-frozen.json
 	@$(VPY) -c "import json; [print('%-7s smallest passing heap: %s bytes' % (k, json.load(open('out/heapfit-%s.json' % k))['smallest_passing'])) for k in ('mpy', 'frozen')]"
+
+bench-latency: deps
+	$(VPY) tools/bench_latency.py
 
 bench-core: deps
 	$(VPY) tools/bench_core.py
