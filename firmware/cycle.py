@@ -21,7 +21,7 @@ import machine
 
 import bess_core as bc
 from rtu import OK, EXC
-from ondemand import unload
+from ondemand import unload, heap_text
 
 AGE_NEVER_MS = 600001           # > the largest stale_ms: "never read" is always stale
 HEARTBEAT_MS = 5000             # rewrite an unchanged setpoint this often (revert timers, resets)
@@ -348,11 +348,8 @@ def run_job(job, cycles=0):
         try:
             rep.start()
         except MemoryError as e:        # not even one chunk of ring: control goes on without MQTT
-            import gc
-            gc.collect()
-            print('MQTT DISABLED (OUT OF MEMORY for the telemetry ring: %r; heap %d bytes free of %d): the '
-                  'controller runs without telemetry and commands (docs/resources.md)'
-                  % (e, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
+            print('MQTT DISABLED (OUT OF MEMORY for the telemetry ring: %r; %s): the controller runs '
+                  'without telemetry and commands (docs/resources.md)' % (e, heap_text()))
             rep = None
     wdt = machine.WDT(timeout=job.wdt_ms)
     rt.run(wdt, cycles, hard=job.hard, timer_id=job.timer_id,

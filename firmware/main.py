@@ -45,7 +45,17 @@ def _free_all():
     while sys.modules:
         sys.modules.popitem()
     gc.collect()
-    return gc
+
+
+def _oom_stay(msg, e=None):
+    """Nothing fits: say so with the figures, forever (no watchdog is armed yet). msg is
+    formatted with e only after every module is dropped: formatting needs heap too."""
+    _free_all()
+    if e is not None:
+        msg = msg % (e,)
+    import gc
+    _stay('%s; heap %d bytes free of %d; the battery is not commanded (its own revert timer applies)'
+          % (msg, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
 
 
 if _held():
@@ -66,10 +76,8 @@ else:
         import net
         import startup
     except MemoryError as e:
-        gc = _free_all()
-        _stay('OUT OF MEMORY loading the firmware (%r): heap %d bytes free of %d; the build does not fit '
-              'this board (docs/resources.md); the battery is not commanded (its own revert timer applies)'
-              % (e, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
+        _oom_stay('OUT OF MEMORY loading the firmware (%r): the build does not fit this board '
+                  '(docs/resources.md)', e)
     except Exception as e:
         _stay('FIRMWARE INCOMPLETE (%r): run make deploy again; the battery is not commanded (its own '
               'revert timer applies)' % (e,))
@@ -90,9 +98,7 @@ else:
             import startup
             startup.safe(_msg, _cfg, _root, _n)
         except MemoryError:
-            gc.collect()
-            _stay('%s; heap %d bytes free of %d; the battery is not commanded (its own revert timer '
-                  'applies)' % (_msg, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
+            _oom_stay(_msg)
     startup.unload()                    # boot-only code leaves the heap before the loop starts
     del startup, net
     gc.collect()

@@ -281,11 +281,12 @@ class MqttLink:
     def _fail(self, now_ms, e):
         self.fails += 1
         self.last_error = repr(e)
-        if self.fails == 1 or self.fails % 50 == 0 or isinstance(e, MemoryError):
-            # on the console (make logs): telemetry cannot say why it does not arrive
-            print('mqtt: %s (%d failures; next try in %d ms)' % (self.last_error, self.fails, self.delay_ms))
         self._drop()
         self._schedule(now_ms)
+        if self.fails == 1 or self.fails % 50 == 0 or isinstance(e, MemoryError):
+            # on the console (make logs): telemetry cannot say why it does not arrive
+            print('mqtt: %s (%d failures; next try in %d ms)' % (self.last_error, self.fails,
+                                                                 time.ticks_diff(self.next_try, now_ms)))
 
     def _lost(self, now_ms, e):
         self.lost += 1

@@ -1,7 +1,7 @@
 # The runtime's MQTT side (resident): telemetry capture inside the cycle, link work after it.
 #
-#   rep = Reporter(rt, link, handler, settings)   # built by firmware/startup.py
-#   rt.capture = rep.capture                      # in the cycle: allocation-free
+#   rep = Reporter(rt, link, stats)               # built by firmware/startup.py (mqtt_side)
+#   rep.start()                                   # ring from the heap left; rt.capture = rep.capture
 #   rt.run(..., after_cycle=rep.after_cycle)      # after it: retained state, link.poll()
 #
 # capture() copies counters and one telemetry record into the link's preallocated ring when one

@@ -194,16 +194,14 @@ def problem_text(e):
         return '%s; %s' % (e, SET_HINT)
     if isinstance(e, ConfigProblem):
         return str(e)
-    if isinstance(e, MemoryError):
-        return oom_text('starting', e)
     hint = ' (bus.device / the board file\'s uart pins?)' if isinstance(e, OSError) else ''
     return 'cannot start: %s: %s%s' % (type(e).__name__, e, hint)
 
 
 def oom_text(what, e):
-    gc.collect()
-    return ('OUT OF MEMORY while %s (%s): heap %d bytes free of %d after collection; the build does '
-            'not fit this board (docs/resources.md)' % (what, e, gc.mem_free(), gc.mem_free() + gc.mem_alloc()))
+    from ondemand import heap_text
+    return ('OUT OF MEMORY while %s (%s): %s after collection; the build does not fit this board '
+            '(docs/resources.md)' % (what, e, heap_text()))
 
 
 def boot(config_path='/site.json', root='', cycles=0):

@@ -4,12 +4,13 @@
 # f-string format specs, no typing, no dataclasses. Units are in the key names; signs and
 # ranges are documented once in docs/units.md.
 
+from bess_core import OBJECTIVES, is_int  # noqa: F401 (index = objective code; is_int for the other checks)
+
 POWER_MAX_W = 10000000      # supported power range is +-10 MW (see docs/units.md)
 SOC_FULL_BP = 10000         # 100.00 % in basis points
 RAMP_MAX_W_PER_S = 10000000
 STALE_MAX_MS = 600000
 
-from bess_core import OBJECTIVES   # noqa: E402 (index = objective code used by the core)
 OBJECTIVE_TITLES = ('grid capacity expansion', 'self-sufficiency', 'self-sufficiency, zero feed-in')
 
 # key: (default, lo, hi). default None = required. 'objective' is the only non-integer key.
@@ -35,10 +36,6 @@ OPTIONAL_DEFAULT_FROM = {'reserve_soc_bp': 'min_soc_bp'}
 class ConfigError(ValueError):
     """Raised with every problem found, one per line, so an operator can fix all at once."""
 
-
-def is_int(v):
-    # bool is an int subclass on CPython; a True in a power field is a mistake, not 1 W.
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def validate(cfg):

@@ -122,10 +122,15 @@ def _count_down(left_ms, dt_ms):
     return left_ms - dt_ms
 
 
+def is_int(v):
+    # bool is an int subclass on CPython; a True in a power field is a mistake, not 1 W.
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _check_command(what, power_w, duration_ms):
-    if not isinstance(power_w, int) or isinstance(power_w, bool) or not -_PMAX <= power_w <= _PMAX:
+    if not is_int(power_w) or not -_PMAX <= power_w <= _PMAX:
         raise ValueError('%s power_w must be an integer in -%d..%d' % (what, _PMAX, _PMAX))
-    if not isinstance(duration_ms, int) or isinstance(duration_ms, bool) or not 1 <= duration_ms <= COMMAND_MAX_MS:
+    if not is_int(duration_ms) or not 1 <= duration_ms <= COMMAND_MAX_MS:
         raise ValueError('%s duration_ms must be an integer in 1..%d' % (what, COMMAND_MAX_MS))
 
 
