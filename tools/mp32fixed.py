@@ -4,7 +4,8 @@
 Why: the PyPI unix port is 64-bit and the WebAssembly port grows its heap; only a 32-bit build
 with a fixed heap has the boards' object sizes, 31-bit small ints, a real GC, MemoryError and
 fragmentation (docs/resources.md). Source: MicroPython v1.28.0 from ../shared/micropython/
-(the unix-port subset, sha256 checked) when present, else a shallow git clone of tag v1.28.0.
+(the unix-port subset, sha256 checked) beside this checkout or the one it was cloned from, else
+a shallow git clone of tag v1.28.0.
 Needs gcc with 32-bit support (Debian: gcc-multilib). Idempotent: a finished build is reused.
 
     python tools/mp32fixed.py              # plain image  -> build/mp32fixed/micropython
@@ -23,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(ROOT, 'build', 'mp32fixed')
 TAG = 'v1.28.0'
-ARCHIVE = os.path.join(ROOT, '..', 'shared', 'micropython', 'micropython-1.28.0-unix-src.tar.gz')
+ARCHIVE_NAME = os.path.join('shared', 'micropython', 'micropython-1.28.0-unix-src.tar.gz')
 ARCHIVE_SHA256 = 'bb3fef95ae0c93face6c7dfef6dee7100c8dd2105404a55a3c634ab6edea64b4'
 REPO = 'https://github.com/micropython/micropython.git'
 SRC = os.path.join(OUT, 'micropython-1.28.0')
@@ -43,14 +44,30 @@ def _source():
     if os.path.exists(os.path.join(SRC, 'ports', 'unix', 'Makefile')):
         return
     os.makedirs(OUT, exist_ok=True)
-    if os.path.exists(ARCHIVE):
-        h = hashlib.sha256(open(ARCHIVE, 'rb').read()).hexdigest()
+    archive = _archive()
+    if archive:
+        h = hashlib.sha256(open(archive, 'rb').read()).hexdigest()
         if h != ARCHIVE_SHA256:
-            raise RuntimeError('%s: sha256 %s, expected %s' % (ARCHIVE, h, ARCHIVE_SHA256))
-        with tarfile.open(ARCHIVE) as t:
+            raise RuntimeError('%s: sha256 %s, expected %s' % (archive, h, ARCHIVE_SHA256))
+        with tarfile.open(archive) as t:
             t.extractall(OUT)
     else:
         subprocess.check_call(['git', 'clone', '-q', '--depth', '1', '--branch', TAG, REPO, SRC])
+
+
+def _archive():
+    """../shared/micropython/ beside this checkout, or beside the checkout it was cloned from
+    (a `git clone` of a local checkout into a temporary folder); None: clone from upstream."""
+    places = [os.path.dirname(ROOT)]
+    r = subprocess.run(['git', '-C', ROOT, 'remote', 'get-url', 'origin'], capture_output=True, text=True)
+    origin = r.stdout.strip()
+    if r.returncode == 0 and os.path.isdir(origin):
+        places.append(os.path.dirname(os.path.abspath(origin)))
+    for d in places:
+        p = os.path.join(d, ARCHIVE_NAME)
+        if os.path.exists(p):
+            return p
+    return None
 
 
 def _check_compiler():
