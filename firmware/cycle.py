@@ -79,6 +79,9 @@ class Poller:
         self.dev = bus.add_device(unit, prof.name, prof.min_gap_ms)
         self.groups = tuple(Group(prof, g[0], g[1], g[2]) for g in GROUPS[prof.kind])
         self.t_ok = None                # ticks_ms of the last complete read
+        self.fresh = prof.freshness     # profile_model.Freshness, or None (profile rule 'none')
+        self.t_judged = 0
+        self.frozen = 0                 # 1: the device answers, but its data is frozen
         # identify: registers that must read exactly so before we trust (or write to) the device:
         # 1 confirmed, 0 not yet (asked again next cycle), -1 refused for good
         self.ident = 0 if prof.identify else 1
@@ -102,11 +105,13 @@ class Poller:
         ok = 1
         now = time.ticks_ms()
         for b in self.blocks:
+            b.fresh = 0                 # not read by this poll (judge() runs only if all answered)
             if b.ok and b.every_ms and time.ticks_diff(now, b.due) < 0:
                 continue                # slow block (cadence), still valid: not due yet
             st = self.bus.read(self.unit, b.fc, b.start, b.count, b.buf)
             if st == OK:
                 b.ok = 1
+                b.fresh = 1
                 if b.every_ms:
                     b.due = time.ticks_add(now, b.every_ms)
                 continue
@@ -116,6 +121,15 @@ class Poller:
                 self.prof.invalidate()  # cycle on its other blocks (sitecfg.worst_cycle_ms)
                 break
         if ok:
+            f = self.fresh
+            if f is not None:
+                t = time.ticks_ms()
+                fresh = f.judge(time.ticks_diff(t, self.t_judged))
+                self.t_judged = t
+                self.frozen = f.frozen
+                if not fresh:           # answers, but the data does not move: not trusted, and
+                    self.prof.invalidate()  # every block is read again until it does
+                    return 0
             self.t_ok = time.ticks_ms()
         return ok
 
@@ -173,6 +187,7 @@ class Runtime:
         self.sp_sent = None
         self.t_sent = 0
         self.write_errors = 0
+        self.sp_unsent = 0              # 1: the last setpoint write failed (telemetry flag sp_unsent)
         self.cycles = 0
         self.max_cycle_us = 0
         self.last_cycle_us = 0          # the whole cycle, after_cycle (MQTT) included
@@ -195,10 +210,14 @@ class Runtime:
         m = self.meter
         if m.poll():
             m.apply(i)
+        elif m.frozen:                  # answers, data frozen: not valid from this cycle on
+            i.meter_valid = 0
         i.meter_age_ms = m.age_ms(time.ticks_ms())
         b = self.battery
         if b.poll():
             b.apply(i)
+        elif b.frozen:
+            i.bat_valid = 0
         i.bat_age_ms = b.age_ms(time.ticks_ms())
 
     def write_setpoint(self, sp, now):
@@ -210,13 +229,16 @@ class Runtime:
             return 0
         writes = b.prof.control.plan(sp) if b.prof.control is not None else None
         if writes is None:              # cannot encode (e.g. WChaMax unknown yet): nothing sent,
-            self.write_errors += 1      # and it shows (telemetry err.battery)
+            self.write_errors += 1      # and it shows (telemetry err.battery, flag sp_unsent)
+            self.sp_unsent = 1
             self.sp_sent = None
             return 0
         if send_writes(self.bus, b.unit, writes) != OK:
             self.write_errors += 1
+            self.sp_unsent = 1          # the battery's own revert timer is what is left
             self.sp_sent = None         # retry next cycle
             return 0
+        self.sp_unsent = 0
         self.sp_sent = sp
         self.t_sent = now
         return 1
@@ -228,18 +250,13 @@ class Runtime:
         self.t_last = now
         self.read_inputs()
         self.ctl.step()
-        self.write_setpoint(self.ctl.out.setpoint_w, time.ticks_ms())
+        o = self.ctl.out
+        o.flags |= self.meter.frozen * 512 | self.battery.frozen * 1024    # bess_core.FLAG_NAMES
+        self.write_setpoint(o.setpoint_w, time.ticks_ms())
+        o.flags |= self.sp_unsent * 2048    # this cycle's write failed (telemetry sp_unsent)
         self.cycles += 1
         if self.capture is not None:
             self.capture(now)
-
-    def log_line(self, us):
-        i, o = self.ctl.inp, self.ctl.out
-        print('cyc t=%d gcp=%d l1=%d l2=%d l3=%d bat=%d soc=%d sp=%d state=%s bind=%s flags=%d '
-              'us=%d merr=%d berr=%d' % (
-                  self.t_last, i.gcp_w, i.gcp_l1_w, i.gcp_l2_w, i.gcp_l3_w, i.bat_w, i.soc_bp, o.setpoint_w,
-                  bc.STATE_NAMES[o.state], bc.BINDING_NAMES[o.binding], o.flags, us,
-                  self.meter.failed_calls(), self.battery.failed_calls()))
 
     def fail_safe(self, e):
         """A cycle raised: say so (rate-limited) and command 0 W if the bus allows."""
@@ -320,7 +337,8 @@ class Runtime:
                 if us > self.period_ms * 1000:
                     self.overruns += 1
                 if self.log_cycles and done:
-                    self.log_line(us)
+                    import cycle_log        # commissioning only (it allocates): loaded on first use
+                    cycle_log.line(self, us)
         finally:
             tim.deinit()
 
@@ -354,9 +372,5 @@ def run_job(job, cycles=0):
     wdt = machine.WDT(timeout=job.wdt_ms)
     rt.run(wdt, cycles, hard=job.hard, timer_id=job.timer_id,
            after_cycle=rep.after_cycle if rep is not None else None)
-    import json
-    print('done: %d cycles, max cycle %d us, %d overruns, meter failed calls %d, battery failed calls %d, '
-          'setpoint write errors %d, cycle errors %d' % (rt.cycles, rt.max_cycle_us, rt.overruns,
-                                                         rt.meter.failed_calls(), rt.battery.failed_calls(),
-                                                         rt.write_errors, rt.cycle_errors))
-    print('stats ' + json.dumps({'meter': rt.meter.dev.stats(), 'battery': rt.battery.dev.stats()}))
+    import cycle_log
+    cycle_log.summary(rt)

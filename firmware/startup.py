@@ -226,11 +226,13 @@ def boot(config_path='/site.json', root='', cycles=0):
             key = mqtt_key(site)
         except ValueError as e:
             key = e
+        # the checks are done: drop their code before the profiles, the peak of boot
+        del sitecfg, settings
+        _unload(('sitecfg', 'settings', 'persist', 'commands'))
         # profiles (compiled: a small JSON list each; from source only without `make build`)
         mp = load_profile(root, site['meter']['profile'])
         bp = load_profile(root, site['battery']['profile'])
-        del sitecfg, settings
-        _unload(('devprofile', 'profile_compiled', 'sitecfg', 'settings', 'persist', 'commands'))
+        _unload(('devprofile', 'profile_compiled', 'sitecfg'))
         rt = runtime(site, board, mp, bp, s['control'])
         rep = mqtt_side(site, s, rt, key)
     except MemoryError:

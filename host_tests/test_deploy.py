@@ -132,6 +132,12 @@ def test_site_config_errors_say_what_to_fix(tmp_path, capsys):
     for period, stale in ((1000, 2000), (500, 1000), (2000, 4000)):     # 2 x PERIOD_MS is enough
         site = site_config.make('unix', {'IMPORT_LIMIT_W': 60000, 'PERIOD_MS': period, 'STALE_MS': stale})[0]
         assert site['control']['stale_ms'] == stale
+    # a period the profiles' freshness window cannot span: a steady device would look frozen
+    with pytest.raises(site_config.SiteError) as e:
+        site_config.make('unix', {'IMPORT_LIMIT_W': 60000, 'PERIOD_MS': 4000, 'STALE_MS': 8000})
+    assert ('meter.profile: eastron_sdm630 judges its data frozen after 3500 ms without a change, but it is '
+            'read only every 4000 ms') in str(e.value)
+    assert 'battery.profile: sunspec_battery_802_124 judges its data frozen after 3000 ms' in str(e.value)
     # from a values file too, through the command line
     vals = tmp_path / 'site.env'
     vals.write_text('# site\nIMPORT_LIMIT_W=60000\nPERIOD_MS=2000\n')

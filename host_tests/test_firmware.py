@@ -125,12 +125,18 @@ def _time_to_zero_after_meter_fault(kind, tries=3, **fault):
     return out
 
 
-@pytest.mark.parametrize('kind,fault', [('silent', {}), ('slow', {'delay_ms': 400}), ('garbage', {}),
+@pytest.mark.parametrize('kind,fault', [('silent', {}), ('slow', {'delay_ms': 450}), ('garbage', {}),
                                         ('exception', {'code': 4})])
 def test_a_meter_fault_puts_0_w_on_the_wire_within_3_s_at_the_defaults(kind, fault):
     """Issue 10 #4: measured from the fault's start at the worst timing, at the template
     defaults; the age is judged after the meter poll, so the first cycle that finds it stale
-    commands 0 W (it used to take 3.2 s, 3.6 s for a meter answering 400 ms late)."""
+    commands 0 W (it used to take 3.2 s, 3.6 s for a meter answering 400 ms late).
+
+    Late: 450 ms, past timeout x (1 + retries) = 400 ms, so no late answer can pass for the
+    retry's. RTU has no transaction id: an answer exactly 400 ms late lands inside the retry's
+    window and is taken as its (valid, 0.4 s old) answer, so the meter is not failing while
+    that lasts; 0 W then follows within stale_ms + one poll of the last one taken
+    (docs/reliability.md)."""
     times = _time_to_zero_after_meter_fault(kind, **fault)
     assert max(times) < 3.0, times
 

@@ -74,9 +74,13 @@ F_BAT_BAD = const(32)       # battery invalid or stale
 F_PHASE_BAD = const(64)     # per-phase limit configured but per-phase values missing
 F_RANGE = const(128)        # an input outside its documented range
 F_BMS_LIMITS = const(256)   # battery reported its own power limits this cycle
-F_FAILSAFE_MASK = const(16 | 32 | 64 | 128)
+# 512 meter_frozen, 1024 battery_frozen (the device answers but its data does not move: profile
+# 'freshness'; the runtime marks the data invalid, so meter_bad / battery_bad come with them) and
+# 2048 sp_unsent (the previous setpoint write failed) are set by the runtime after step()
+# (firmware/cycle.py), not by the core
+F_FAILSAFE_MASK = const(16 | 32 | 64 | 128 | 512 | 1024)
 FLAG_NAMES = ('min_lock', 'max_lock', 'reserve_lock', 'taper', 'meter_bad', 'battery_bad',
-              'phase_bad', 'range', 'bms_limits')
+              'phase_bad', 'range', 'bms_limits', 'meter_frozen', 'battery_frozen', 'sp_unsent')
 
 
 class Inputs:

@@ -15,7 +15,7 @@ import json
 import regdecode as rd
 from bess_config import is_int
 from sitecfg import BAUDS
-from profile_model import Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile  # noqa: F401
+from profile_model import Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile, Freshness  # noqa: F401
 from profile_compiled import COMPILED_FORMAT, source_hash  # noqa: F401 (build.py)
 
 FORMAT = 1
@@ -35,12 +35,19 @@ SCHEMES = ('sunspec_124', 'command')
 EVERY_MAX_MS = 3600000         # slowest block cadence: hourly
 
 _TOP_KEYS = ('format', 'name', 'title', 'kind', 'serial', 'max_regs', 'min_gap_ms', 'blocks',
-             'points', 'control', 'identify', 'doc')
+             'points', 'control', 'identify', 'freshness', 'doc')
 _SERIAL_KEYS = ('baud', 'parity', 'stop_bits', 'unit_id', 'doc')
 _BLOCK_KEYS = ('fc', 'start', 'count', 'every_ms', 'doc')
 _POINT_KEYS = ('fc', 'addr', 'type', 'order', 'scale', 'scale_sf', 'sign', 'unit', 'limit',
                'sunspec_na', 'doc')
 _ID_KEYS = ('fc', 'addr', 'values', 'doc')
+# freshness: how frozen data is recognised (docs/profiles.md); rule -> keys it needs besides
+# within_ms and watch ('none' needs only a doc saying why)
+RULES = {'heartbeat': (), 'counter': ('power', 'max_wh'), 'unchanged': ('power', 'min_w'), 'none': ()}
+_FRESH_KEYS = ('rule', 'watch', 'within_ms', 'power', 'max_wh', 'min_w', 'doc')
+_WATCH_KEYS = ('fc', 'addr', 'count')
+WITHIN_MIN_MS = 1000
+WITHIN_MAX_MS = 600000
 _CTL_KEYS = {
     'sunspec_124': ('scheme', 'mod', 'out_rte', 'in_rte', 'win_tms', 'rvrt_tms', 'revert_s',
                     'rte_sf', 'wchamax', 'write_fc', 'doc'),
@@ -298,7 +305,63 @@ def validate(d):
         v = e.get('values')
         if not isinstance(v, list) or not v or not all(is_int(x) and 0 <= x <= 65535 for x in v):
             errs.append(w + ': values must be a non-empty list of 0..65535')
+    if kind:
+        _check_freshness(errs, d.get('freshness'), pts, blocks)
     return errs
+
+
+def _check_freshness(errs, f, pts, blocks):
+    if f is None:
+        errs.append("profile: 'freshness' missing: say how frozen data is recognised, rule one of %s "
+                    "(docs/profiles.md)" % ', '.join(RULES))
+        return
+    if not isinstance(f, dict):
+        errs.append("profile: 'freshness' must be an object {rule, watch, within_ms, ...}")
+        return
+    _unknown(errs, 'freshness', f, _FRESH_KEYS)
+    rule = f.get('rule')
+    if rule not in RULES:
+        errs.append('freshness: rule %r must be one of %s' % (rule, ', '.join(RULES)))
+        return
+    if rule == 'none':
+        if not isinstance(f.get('doc'), str) or not f['doc']:
+            errs.append("freshness: rule 'none' needs a 'doc' saying why frozen data cannot be recognised")
+        for k in f:
+            if k not in ('rule', 'doc'):
+                errs.append("freshness: rule 'none' takes no %r" % k)
+        return
+    for k in ('power', 'max_wh', 'min_w'):
+        if k in f and k not in RULES[rule]:
+            errs.append('freshness: rule %r takes no %r' % (rule, k))
+    _int_in(errs, 'freshness', f, 'within_ms', WITHIN_MIN_MS, WITHIN_MAX_MS)
+    if 'max_wh' in RULES[rule]:
+        _int_in(errs, 'freshness', f, 'max_wh', 1, 1000000)
+    if 'min_w' in RULES[rule]:
+        _int_in(errs, 'freshness', f, 'min_w', 1, rd.LIMIT_W)
+    if 'power' in RULES[rule]:
+        pw = f.get('power')
+        if not isinstance(pw, str) or not pw.endswith('_w') or pw not in pts:
+            errs.append('freshness: power %r must name a power point (..._w) of this profile' % (pw,))
+    w = f.get('watch')
+    if not isinstance(w, list) or not w:
+        errs.append('freshness: watch must be a non-empty list of point names or {fc, addr, count}')
+        return
+    for i in range(len(w)):
+        e = w[i]
+        where = 'freshness.watch[%d]' % i
+        if isinstance(e, str):
+            if e not in pts:
+                errs.append('%s: %r is not a point of this profile' % (where, e))
+            continue
+        if not isinstance(e, dict):
+            errs.append(where + ': must be a point name or {fc, addr, count}')
+            continue
+        _unknown(errs, where, e, _WATCH_KEYS)
+        ok = _int_in(errs, where, e, 'fc', 3, 4) & _int_in(errs, where, e, 'addr', 0, 65535)
+        if 'count' in e:
+            ok &= _int_in(errs, where, e, 'count', 1, 4)
+        if ok and not _covered(blocks, e['fc'], e['addr'], e.get('count', 1)):
+            errs.append('%s: fc%d %d is not inside a read block' % (where, e['fc'], e['addr']))
 
 
 def block_for(blocks, fc, addr, n):
@@ -307,6 +370,12 @@ def block_for(blocks, fc, addr, n):
         if b.fc == fc and b.start <= addr and addr + n <= b.start + b.count:
             return b, addr - b.start
     return None, 0
+
+
+def encode_point(p, value, buf, off, sf=0):
+    """Device representation of value (our unit) into buf[off:] (simulator, tests; the runtime
+    only decodes, so this stays out of the resident profile_model)."""
+    rd.encode(value, p.typ, p.lsw, p.exp10 + sf, p.sign, buf, off)
 
 
 def compile_point(blocks, name, p, unit):
@@ -421,7 +490,24 @@ def from_dict(d):
         c = d['control']
         p.control = sunspec_control(c, p.blocks) if c['scheme'] == 'sunspec_124' else command_control(c)
     p.identify = d.get('identify', [])
+    p.freshness = freshness(d['freshness'], p)
     return p
+
+
+def freshness(f, p):
+    """profile_model.Freshness from a validated 'freshness' section, or None for rule 'none'."""
+    if f['rule'] == 'none':
+        return None
+    watch = []
+    for e in f['watch']:
+        if isinstance(e, str):
+            q = p.points[e]
+            watch.append((q.block, q.off, rd.TYPE_WORDS[q.typ]))
+        else:
+            b, off = block_for(p.blocks, e['fc'], e['addr'], e.get('count', 1))
+            watch.append((b, off, e.get('count', 1)))
+    pw = p.points[f['power']] if 'power' in f else None
+    return Freshness(tuple(watch), f['within_ms'], pw, f.get('min_w', 0), f.get('max_wh', 0))
 
 
 def compiled(p, source_sha=''):
@@ -435,6 +521,11 @@ def compiled(p, source_sha=''):
     def pt(x):
         return [x.name, bi[id(x.block)], x.off, x.typ, x.lsw, x.exp10, x.sign, x.limit, x.na,
                 -1 if x.sf_block is None else bi[id(x.sf_block)], x.sf_off, x.fc, x.addr, x.unit]
+    fr = None
+    f = p.freshness
+    if f is not None:
+        fr = [[[bi[id(w[0])], w[1], w[2]] for w in f.watch], f.within_ms,
+              None if f.power is None else f.power.name, f.min_w, f.max_ws // 3600]
     ctl = None
     c = p.control
     if c is not None:
@@ -448,7 +539,7 @@ def compiled(p, source_sha=''):
     return [COMPILED_FORMAT, p.name, p.kind, p.min_gap_ms, p.unit_id,
             [[b.fc, b.start, b.count, b.every_ms] for b in p.blocks],
             [pt(p.points[n]) for n in p.points], ctl,
-            [{'fc': e['fc'], 'addr': e['addr'], 'values': e['values']} for e in p.identify], source_sha]
+            [{'fc': e['fc'], 'addr': e['addr'], 'values': e['values']} for e in p.identify], fr, source_sha]
 
 
 

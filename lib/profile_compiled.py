@@ -4,9 +4,9 @@
 # (devprofile.compiled(): lists of ints and names, no keys to check) beside it as
 # profiles/<name>.cpf.json; the device builds the model from that with from_compiled(), so the
 # JSON parser and validator (devprofile, ~12 KB of heap) never load on a board.
-from profile_model import Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile
+from profile_model import Block, Point, Write, Plan, SunSpecControl, CommandControl, Profile, Freshness
 
-COMPILED_FORMAT = 1
+COMPILED_FORMAT = 2             # 2: freshness added (element 9)
 
 
 def source_hash(data):
@@ -19,7 +19,7 @@ def source_hash(data):
 
 def from_compiled(c):
     """Profile from devprofile.compiled() output (a list, e.g. parsed from .cpf.json)."""
-    if not isinstance(c, list) or len(c) != 10 or c[0] != COMPILED_FORMAT:
+    if not isinstance(c, list) or len(c) != 11 or c[0] != COMPILED_FORMAT:
         raise ValueError('not a compiled profile (format %d)' % COMPILED_FORMAT)
     p = Profile()
     p.name = p.title = c[1]
@@ -57,6 +57,11 @@ def from_compiled(c):
         s.writes = writes
         p.control = s
     p.identify = c[8]
+    f = c[9]
+    if f is not None:
+        watch, within_ms, pw, min_w, max_wh = f
+        p.freshness = Freshness(tuple((p.blocks[b], off, n) for b, off, n in watch), within_ms,
+                                None if pw is None else p.points[pw], min_w, max_wh)
     return p
 
 

@@ -25,9 +25,7 @@ class Block:
         self.due = 0
         self.buf = _regs(count)
         self.ok = 0                 # runtime: 1 after a successful read of this block
-
-    def __repr__(self):
-        return 'Block(fc=%d, start=%d, count=%d, every_ms=%d)' % (self.fc, self.start, self.count, self.every_ms)
+        self.fresh = 0              # runtime: 1 when this poll read it (0: skipped, not due)
 
 
 def _regs(n):
@@ -70,10 +68,6 @@ class Point:
             e += sf
         return rd.decode(b.buf, self.off, self.typ, self.lsw, e, self.sign, self.limit, self.na)
 
-    def encode(self, value, buf, off, sf=0):
-        """Device representation of value (our unit) into buf[off:] (simulator, tests)."""
-        rd.encode(value, self.typ, self.lsw, self.exp10 + sf, self.sign, buf, off)
-
 
 class Write:
     """One Modbus write request: fc 6 (n == 1) or 16, registers buf[0:n] at addr."""
@@ -83,9 +77,6 @@ class Write:
         self.addr = addr
         self.n = n
         self.buf = _regs(n)
-
-    def __repr__(self):
-        return 'Write(fc=%d, addr=%d, regs=%r)' % (self.fc, self.addr, list(self.buf))
 
 
 class Plan:
@@ -187,6 +178,87 @@ class CommandControl:
         return self.writes
 
 
+class Freshness:
+    """How a device shows that its data is live, not a register image frozen in a gateway or a
+    hung device (profile key 'freshness', docs/profiles.md). watch: (block, offset, words) of the
+    registers that must change; they are compared raw, so a counter beyond 2**30 stays a small-int
+    problem of nobody's. judge(now) after every complete poll returns 1 (fresh) or 0 (frozen):
+
+      heartbeat   power None: the registers must change within within_ms
+      counter     max_wh > 0: energy counters must change once the reported power, integrated
+                  since they last changed, exceeds max_wh (more than their resolution) and
+                  within_ms has passed
+      unchanged   min_w > 0: the registers must change within within_ms while |power| >= min_w
+                  (below it nothing is expected to move: not judged)
+
+    Allocation-free: raw words go into a preallocated snapshot; energy is kept in W*s as kW x ms
+    (< 2**30 for 10 MW over the 10 s cap on one step). Once frozen it stays so until the
+    registers change."""
+
+    def __init__(self, watch, within_ms, power=None, min_w=0, max_wh=0):
+        self.watch = watch
+        n = 0
+        for w in watch:
+            n += w[2]
+        self.snap = array('H', bytes(2 * n))
+        self.within_ms = within_ms
+        self.power = power
+        self.min_w = min_w
+        self.max_ws = max_wh * 3600
+        self.age_ms = -1            # since the watched registers last changed (or were last
+                                    # not expected to: power below min_w); -1: never judged
+        self.ws = 0                 # energy the power says flowed since then, W*s
+        self.frozen = 0
+
+    def judge(self, dt_ms):
+        """After a complete poll; dt_ms since the previous judge (the runtime's ticks_diff).
+        Decides only on a poll that read every watched block: between reads of a slow block
+        its registers cannot change, and the power integrated meanwhile is not yet in them."""
+        if dt_ms < 0 or dt_ms > 10000:  # a long gap counts as 10 s at most
+            dt_ms = 10000
+        read = 1
+        for w in self.watch:
+            if not w[0].fresh:
+                read = 0
+        moved = 0
+        if read:
+            moved = self.age_ms < 0
+            k = 0
+            snap = self.snap
+            for w in self.watch:
+                buf = w[0].buf
+                j = w[1]
+                for _ in range(w[2]):
+                    if snap[k] != buf[j]:
+                        snap[k] = buf[j]
+                        moved = 1
+                    k += 1
+                    j += 1
+        pw = self.power
+        if pw is not None and not moved:
+            p = pw.value()
+            if p is None:
+                p = 0
+            elif p < 0:
+                p = -p
+            if p < self.min_w:          # nothing is expected to move now
+                moved = 1
+            elif self.max_ws:
+                p = self.ws + (p // 1000) * dt_ms
+                self.ws = p if p < 0x20000000 else 0x20000000
+        if moved:
+            self.age_ms = 0
+            self.ws = 0
+            self.frozen = 0
+            return 1
+        a = self.age_ms
+        a = dt_ms if a < 0 else a + dt_ms
+        self.age_ms = a if a < 0x20000000 else 0x20000000
+        if read and a > self.within_ms and self.ws >= self.max_ws:
+            self.frozen = 1
+        return 1 - self.frozen
+
+
 class Profile:
     def __init__(self):
         self.name = ''
@@ -200,6 +272,7 @@ class Profile:
         self.points = {}
         self.control = None
         self.identify = []
+        self.freshness = None       # Freshness, or None: the profile declares rule 'none'
 
     def value(self, name):
         p = self.points.get(name)

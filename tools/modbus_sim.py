@@ -196,7 +196,7 @@ class Device:
             p = self.prof.points[name]
             if p.sf_block is None:
                 self._put(p.fc, p.addr, rd.TYPE_WORDS[p.typ],
-                          lambda b, p=p, v=vals[name]: p.encode(v, b, 0))
+                          lambda b, p=p, v=vals[name]: devprofile.encode_point(p, v, b, 0))
                 continue
             key = (p.fc, p.sf_addr)
             if key in done:
@@ -209,7 +209,7 @@ class Device:
             self.regs[p.fc][p.sf_addr] = s & 0xFFFF
             for q in group:
                 self._put(q.fc, q.addr, rd.TYPE_WORDS[q.typ],
-                          lambda b, q=q, v=self.values[q.name]: q.encode(v, b, 0, s))
+                          lambda b, q=q, v=self.values[q.name]: devprofile.encode_point(q, v, b, 0, s))
 
     def choose_sf(self, group):
         """Finest SF (>= full resolution in our unit) at which every value of the group fits."""
@@ -243,6 +243,15 @@ class Device:
 
     def reset_control(self):
         pass
+
+    def heartbeat(self, t_ms):
+        """A profile whose freshness rule is a heartbeat: its registers count scenario seconds
+        (SunSpec 802 Hb: "incremented every second"); they stop with the image when frozen."""
+        f = self.prof.freshness
+        if f is None or f.power is not None:
+            return
+        for b, off, n in f.watch:
+            self.regs[b.fc][b.start + off + n - 1] = (t_ms // 1000) & 0xFFFF
 
 
 class MeterDevice(Device):
@@ -280,7 +289,7 @@ class BatteryDevice(Device):
             while not rd.fits(bat.max_chg_w, wm.typ, wm.exp10 + s, 1):
                 s += 1
             self.regs[3][wm.sf_addr] = s
-            self._put(3, wm.addr, 1, lambda b: wm.encode(bat.max_chg_w, b, 0, s))
+            self._put(3, wm.addr, 1, lambda b: devprofile.encode_point(wm, bat.max_chg_w, b, 0, s))
             self.wchamax_w = rd.decode([self.regs[3][wm.addr]], 0, wm.typ, 0, wm.exp10 + s, 1,
                                        rd.LIMIT_W, 0)
         else:
@@ -351,22 +360,35 @@ class BatteryDevice(Device):
 
 # --- faults -----------------------------------------------------------------------------------------------
 
+# only='read' / 'write' restricts a fault to one direction, so that e.g. a battery whose reads fail
+# while its writes still work (the case where 0 W must still reach it) can be reproduced.
+ONLY_FCS = {'read': (1, 2, 3, 4), 'write': (5, 6, 15, 16)}
+
+
 class Fault:
-    def __init__(self, kind, unit=None, duration_s=None, count=None, code=4, delay_ms=500):
+    def __init__(self, kind, unit=None, duration_s=None, count=None, code=4, delay_ms=500, only=None):
         if kind not in FAULT_KINDS:
             raise ValueError('fault kind %r not one of %s' % (kind, ', '.join(FAULT_KINDS)))
         if kind == 'exception' and not 1 <= code <= 255:
             raise ValueError('exception code must be 1..255')
+        if only is not None and only not in ONLY_FCS:
+            raise ValueError('fault only=%r not one of read, write (or None: every request)' % (only,))
         self.kind = kind
         self.unit = unit
         self.until = None if duration_s is None else time.monotonic() + duration_s
-        self.count = count
+        self.count = count              # counts only the requests the fault applies to
         self.code = code
         self.delay_s = delay_ms / 1000.0
+        self.only = only
+        self.fcs = ONLY_FCS.get(only)   # None: every function code
         self.hits = 0
 
+    def applies(self, unit, fc):
+        return (self.unit is None or self.unit == unit) and (self.fcs is None or fc in self.fcs)
+
     def __repr__(self):
-        return 'Fault(%s, unit=%s, count=%s)' % (self.kind, self.unit, self.count)
+        return 'Fault(%s, unit=%s, count=%s%s)' % (self.kind, self.unit, self.count,
+                                                 '' if self.only is None else ', only=' + self.only)
 
 
 # --- one RS-485 line on a pty ------------------------------------------------------------------------
@@ -454,7 +476,7 @@ class RtuLine:
                     self.stats['crc_errors'] += 1
                     self.stats['dropped_bytes'] += len(frame)
 
-    def _fault_for(self, unit):
+    def _fault_for(self, unit, fc):
         now = time.monotonic()
         with self.lock:
             for f in list(self.faults):
@@ -463,7 +485,7 @@ class RtuLine:
                     if self.on_fault_end:
                         self.on_fault_end(f)
             for f in self.faults:
-                if f.unit is None or f.unit == unit:
+                if f.applies(unit, fc):
                     f.hits += 1
                     if f.count is not None:
                         f.count -= 1
@@ -482,7 +504,7 @@ class RtuLine:
         if dev is None and unit != 0:
             self.stats['foreign'] += 1
             return                      # another device's address: a real device stays silent
-        f = self._fault_for(unit)
+        f = self._fault_for(unit, fc)
         if f is not None:
             self.stats['faults'] += 1
             if f.kind in ('silent', 'gone'):
@@ -503,7 +525,13 @@ class RtuLine:
             elif f.kind == 'truncate':
                 resp = resp[:max(1, len(resp) // 2)]
             elif f.kind == 'slow':
-                time.sleep(f.delay_s)
+                # the answer goes out delay_ms late without holding the line: a late device does
+                # not stop the other one from answering, its late frame just lands in whatever
+                # exchange is on the line then (as on a real RS-485 bus)
+                t = threading.Timer(f.delay_s, self._send, (resp,))
+                t.daemon = True
+                t.start()
+                return
         self._send(resp)
 
     def _execute(self, dev, frame):
@@ -610,6 +638,9 @@ class SiteSimulator:
                 self.meter.update(l1, l2, l3, tot, dt_ms)
             if self.battery and not self.battery.frozen:
                 self.battery.update()
+                self.battery.heartbeat(self.t_ms)
+            if self.meter and not self.meter.frozen:
+                self.meter.heartbeat(self.t_ms)
             self.gcp = (l1, l2, l3, tot)
 
     def _run(self):
@@ -647,16 +678,19 @@ class SiteSimulator:
         self.stop()
 
     # faults
-    def set_fault(self, kind, unit=None, duration_s=None, count=None, code=4, delay_ms=500):
+    def set_fault(self, kind, unit=None, duration_s=None, count=None, code=4, delay_ms=500, only=None):
         """Inject a fault for unit (None: every device on every line). Returns the Fault.
 
         silent: no answer. gone: no answer, and when the fault ends the device comes back
         rebooted (control registers 0, battery idle). bad_crc: answer with a corrupted CRC.
         exception: answer exception `code`. slow: answer after delay_ms. garbage: random bytes
         instead of the answer. truncate: first half of the answer. Ends after duration_s seconds
-        and/or count requests (None: until cleared).
+        and/or count requests (None: until cleared). only='read' (FC 1-4) or 'write' (FC 5, 6,
+        15, 16): the fault hits only those requests (and counts only them); the others are
+        answered normally. A slow answer does not hold the line: it is sent delay_ms late
+        from a timer, into whatever exchange is on the line by then.
         """
-        f = Fault(kind, unit, duration_s, count, code, delay_ms)
+        f = Fault(kind, unit, duration_s, count, code, delay_ms, only)
         with self.lock:
             self.faults.append(f)
         return f
@@ -678,7 +712,7 @@ class SiteSimulator:
         self.clear_faults()
         for fd in ctl.get('faults', []):
             self.set_fault(fd['kind'], fd.get('unit'), fd.get('duration_s'), fd.get('count'),
-                           fd.get('code', 4), fd.get('delay_ms', 500))
+                           fd.get('code', 4), fd.get('delay_ms', 500), fd.get('only'))
         if 'paused' in ctl:
             self.physics_paused = bool(ctl['paused'])
 
@@ -757,11 +791,11 @@ def cmd_run(a):
 def cmd_fault(a):
     ctl = _read_json(a.control)
     f = {'kind': a.kind}
-    for k in ('unit', 'duration', 'count', 'code', 'delay_ms'):
+    for k in ('unit', 'duration', 'count', 'code', 'delay_ms', 'only'):
         v = getattr(a, k)
         if v is not None:
             f['duration_s' if k == 'duration' else k] = v
-    Fault(a.kind, code=a.code or 4)     # validate
+    Fault(a.kind, code=a.code or 4, only=a.only)     # validate
     ctl.setdefault('faults', []).append(f)
     _write_json(a.control, ctl)
     return 0
@@ -804,6 +838,7 @@ def main(argv=None):
     f.add_argument('--count', type=int)
     f.add_argument('--code', type=int)
     f.add_argument('--delay-ms', type=int)
+    f.add_argument('--only', choices=sorted(ONLY_FCS), help='only reads (FC 1-4) or only writes (FC 5/6/15/16)')
     c = sub.add_parser('clear', help='remove all faults from a control file')
     c.add_argument('control')
     sub.add_parser('profiles', help='list the profile names')

@@ -206,7 +206,21 @@ def validate(site, board):
             errs.append('%s.profile: %r is a %s profile, not a %s' % (key, d['profile'], prof.kind, kind))
         elif kind == 'battery' and prof.control is None:
             errs.append('battery.profile: %r has no control section (cannot take a setpoint)' % d['profile'])
+        errs += freshness_errors(key, prof, site.get('period_ms', 1000))
     return errs
+
+
+def freshness_errors(key, prof, period):
+    """The profile's freshness window must span a poll of every watched block, else a steady
+    device looks frozen and the battery sits at 0 W (safe, but useless; docs/profiles.md)."""
+    f = prof.freshness
+    if f is None or not isinstance(period, int):
+        return []
+    slow = max([period] + [w[0].every_ms for w in f.watch])
+    if f.within_ms <= slow:
+        return ['%s.profile: %s judges its data frozen after %d ms without a change, but it is read only every '
+                '%d ms (PERIOD_MS / the block cadence): shorten PERIOD_MS' % (key, prof.name, f.within_ms, slow)]
+    return []
 
 
 def stale_errors(site):
