@@ -18,7 +18,7 @@ import settings
 
 def _req_id(payload):
     # best effort, for the ack of a rejected command
-    if payload is None or len(payload) > commands.MAX_PAYLOAD:
+    if not isinstance(payload, bytes) or len(payload) > commands.MAX_PAYLOAD:
         return None
     try:
         i = json.loads(payload).get('id')
@@ -31,11 +31,14 @@ def _req_id(payload):
 
 def handle(h, name, topic, payload, retained):
     """Handle one command for h (reporting.CommandHandler: the state that outlives this module);
-    return the ack dict for <prefix>/<id>/cmd/ack."""
+    return the ack dict for <prefix>/<id>/cmd/ack. payload: bytes, or its length (an int) when
+    it was too long for the link to read."""
     auth = commands.Auth(h.key, h.last_ctr)
     try:
         if retained:
             raise commands.Rejected('rejected: retained commands are not accepted')
+        if isinstance(payload, int):
+            raise commands.Rejected('oversized: payload %d bytes > %d (not read)' % (payload, commands.MAX_PAYLOAD))
         cmd = commands.check(name, payload, h.ctl.cfg, auth, topic)
         signed = h.key is not None
         if cmd.kind == commands.K_CONFIG or signed:

@@ -1,30 +1,30 @@
-# MQTT link over umqtt.simple: telemetry with store-and-forward, commands, status, HA discovery.
+# MQTT link: telemetry with store-and-forward, commands, status, HA discovery.
 #
-# The main loop calls poll(now_ms) once per cycle. It does a bounded amount of work per call and
-# never waits for the broker: connect, CONNACK and SUBACK are polled across cycles; reads wait
-# only for the rest of a packet whose first byte has arrived, writes only while the send buffer
-# is full -- each bounded by sock_timeout_ms (then the link is declared dead and reconnects).
+# The main loop calls poll(now_ms) once per cycle. One poll lasts at most poll_budget_ms (plus the
+# CPU time of the one step under way when it runs out: one command handled, one record encoded),
+# whatever the peer does: connect, CONNACK and SUBACK are polled across cycles; reads never wait
+# (a packet that is still arriving stays in the inbound buffer for the next poll); a write waits
+# only while the send buffer is full, and only until the deadline (then the link is declared
+# dead and reconnects with backoff). Inbound work gets at most half of the budget, so commands
+# cannot starve telemetry; docs/telemetry.md, "Link behaviour".
 #
-# umqtt.simple (PyPI 1.3.4 or the current micropython-lib version; the link uses only the API
-# both share) encodes and decodes MQTT packets. Its known gaps are handled here:
-#   - no keepalive pings (micropython-lib #909): the link sends PINGREQ every keepalive/2 and
-#     after each batch of telemetry;
-#   - PINGRESP swallowed by wait_msg() (#332): the link watches packet types on its own socket
-#     wrapper, so it sees every PINGRESP and declares the link dead when one is overdue;
-#   - wait_msg() sets the socket blocking after the first byte, dropping any timeout: the
-#     wrapper turns "blocking" into "blocking with sock_timeout_ms" and reads whole lengths;
-#   - IndexError from _recv_len() on a closed socket: caught like any socket error;
-#   - connect() opens its own blocking socket and waits for CONNACK, subscribe() waits for
-#     SUBACK: the link opens the TCP connection itself, non-blocking, polled across cycles,
-#     hands it to connect() (via a stand-in for umqtt.simple's `socket` module) to encode
-#     CONNECT, cuts the waits short (Deferred) and reads CONNACK / skips SUBACK in later
-#     polls; the whole connect is bounded by connect_timeout_ms. TLS is wrapped by the link,
-#     not by umqtt: the handshake runs non-blocking across polls (do_handshake=False, driven by
-#     writing the queued CONNECT); a poll that receives a server flight does its crypto at once
-#     (mbedTLS cannot be interrupted there: the one step that takes CPU time, docs/telemetry.md).
-# QoS 0 throughout (umqtt's QoS 1 publish waits for PUBACK inside publish()). Delivery of
-# telemetry is confirmed instead by a PINGRESP that follows it on the same connection (see
-# lib/telemetry.py): at-least-once, in order, with seq numbers for de-duplication.
+# MQTT 3.1.1 is done here and in mqtt_sock.py, no longer over umqtt.simple: the device sends only
+# CONNECT, SUBSCRIBE, PUBLISH (QoS 0), PUBACK, PINGREQ and DISCONNECT (a few lines each), and
+# umqtt's reading side could not be bounded -- wait_msg() blocks for a whole packet once its first
+# byte arrived (a trickling peer held a poll for seconds), allocates whatever length the peer
+# announces, swallows PINGRESP (micropython-lib #332); connect() and subscribe() wait for their
+# answers; and its code took ~4 KB of a 32-bit heap. The link opens the TCP connection itself,
+# non-blocking, polled across cycles, queues CONNECT and reads CONNACK / SUBACK in later polls;
+# the whole connect is bounded by connect_timeout_ms. TLS is wrapped by the link: the handshake
+# runs non-blocking across polls (do_handshake=False, driven by writing the queued CONNECT); a
+# poll that receives a server flight does its crypto at once (mbedTLS cannot be interrupted
+# there: the one step that takes CPU time, docs/telemetry.md). PINGREQ every keepalive/2 and
+# after each batch of telemetry; a PINGRESP overdue -> link dead.
+# Commands: subscribed at QoS 1 with a persistent session (clean_session False), so commands the
+# device has not acknowledged (PUBACK, sent by the link after handling one) stay with the broker
+# across a reconnect. Publishes are QoS 0: delivery of telemetry is confirmed by a PINGRESP that
+# follows it on the same connection (see lib/telemetry.py): at-least-once, in order, with seq
+# numbers for de-duplication.
 #
 # Configuration: a dict in the style of Peter Hinch's mqtt_as (copy `config`, fill it in).
 # Topics, payloads and the telemetry schema: docs/telemetry.md.
@@ -43,10 +43,8 @@ except (ImportError, AttributeError):
     def _rand(bits):
         return int.from_bytes(os.urandom(4), 'little') & ((1 << bits) - 1)
 
-import umqtt.simple as _simple
-from umqtt.simple import MQTTClient
 import telemetry
-from mqtt_sock import Sock, SocketModule, Deferred, der
+from mqtt_sock import Sock, MQTTException, der
 from ondemand import unload
 
 config = {
@@ -61,7 +59,9 @@ config = {
                                 # (default: server), key / cert (DER): docs/telemetry.md, TLS
     'keepalive': 60,            # s, announced to the broker; PINGREQ every keepalive/2
     'prefix': 'bess',
-    'sock_timeout_ms': 1000,    # bound on any one blocking socket operation
+    'poll_budget_ms': 200,      # one poll() lasts at most this (+ one step's CPU time), whatever
+                                # the broker does; inbound work gets at most half of it
+    'sock_timeout_ms': 1000,    # bound on close()'s final writes (offline status, DISCONNECT)
     'connect_timeout_ms': 5000,  # TCP connect (non-blocking, polled)
     'ping_timeout_ms': 0,       # PINGRESP overdue -> link dead; 0: keepalive/2
     'backoff_min_ms': 1000,     # reconnect delay: doubles per failure up to max, with jitter
@@ -70,9 +70,11 @@ config = {
     'ring_records': 360,        # store-and-forward capacity at most (docs/telemetry.md); fewer when
                                 # the heap left after boot cannot hold it with ring_reserve_bytes
     'ring_reserve_bytes': 24000,  # heap kept free beside the ring (publishes, commands, GC slack)
-    'max_pub_per_poll': 4,      # telemetry records published per poll() at most
-    'max_rx_per_poll': 4,       # inbound packets handled per poll() at most
-    'max_rx_bytes': 2048,       # longer inbound topic/payload: connection dropped unread (memory)
+    'max_pub_per_poll': 4,      # messages published per poll() at most (acks: half of them at most)
+    'max_cmd_per_poll': 20,     # commands handled per poll() at most; the rest wait (socket, broker)
+    'max_rx_bytes': 0,          # inbound buffer (allocated once); 0: fits the longest valid command.
+                                # A longer packet is never held: a command is rejected as oversized
+    'clean_session': False,     # False: commands not yet acknowledged (PUBACK) survive a reconnect
     'ha_discovery': True,
     'ha_prefix': 'homeassistant',
     'device_name': None,        # shown in Home Assistant; default "BESS <id>"
@@ -86,8 +88,11 @@ UP = 3
 TLS = 4            # TLS handshake in progress (non-blocking), CONNECT queued behind it
 STATE_NAMES = ('down', 'connecting', 'handshake', 'up', 'tls')
 
-# what a broken connection or a hostile peer can raise inside umqtt.simple or the wrapper
-_ERRS = (OSError, IndexError, TypeError, AssertionError, ValueError, MemoryError, _simple.MQTTException)
+ACK_REJECTED = 8   # acks of rejected commands waiting at most: beyond, counted, not acked
+ACK_MAX = 16       # acks waiting at most: further commands wait unread (socket, broker) meanwhile
+
+# what a broken connection or a hostile peer can raise in the link or mqtt_sock
+_ERRS = (OSError, IndexError, TypeError, ValueError, MemoryError, MQTTException)
 
 
 class MqttLink:
@@ -113,6 +118,9 @@ class MqttLink:
         self.ssl_params = self._ssl_params() if c['ssl'] else None
         self.ring = None            # alloc_ring(): once boot-only code has left the heap
         self.wbuf = bytearray(512)  # outgoing bytes of a connection (mqtt_sock.Sock), one block for good
+        self.rbuf = None            # inbound packets: alloc_ring() (after boot, like the ring)
+        self.rmv = None
+        self.puback = bytearray(b'\x40\x02\0\0')
         self.tele_ms = c['telemetry_ms']
         self.epoch_s = 0            # wall clock at uptime 0 (records hold uptime; see telemetry.py)
         self.disc_next = -1         # next HA discovery message to send; -1: none
@@ -121,19 +129,18 @@ class MqttLink:
         self.on_command = c['on_command']
         self.state = DOWN
         self.sock = None
-        self.client = None
         self.addr = None
-        self.poller = None
         self.delay_ms = 0           # current backoff (0 = first attempt now)
         self.next_try = None
         self.t_start = 0
         self.last_ping = 0
         self.ping_out = False
         self.ping_sent = 0
-        self.pongs_seen = 0
-        self.pending = None         # (topic, msg, retained) from the umqtt callback
-        self.connack = b''
-        self.out = []               # small queue of (topic, payload bytes, retain) to send
+        self.rx_more = 0            # the last poll stopped reading with inbound data left
+        self.t_end = 0              # this poll's deadline (ticks_ms)
+        self.out = []               # acks to send: (payload bytes, accepted 1 / rejected 0)
+        self.rej_out = 0            # of which rejected
+        self.ack_skipped = 0        # rejected commands not acked since the last ack queued
         self.state_msg = None       # latest retained state payload to (re)publish
         self.state_dirty = False
         self.config_msg = None
@@ -147,7 +154,9 @@ class MqttLink:
         self.fails = 0              # connection attempts that failed or connections lost
         self.lost = 0
         self.published = 0
-        self.cmds = 0
+        self.cmds = 0               # commands handled
+        self.acks_skipped = 0       # rejected commands that got no ack of their own (flood)
+        self.sub_refused = 0
         self.last_error = None
         ka = c['keepalive']
         self.ping_every_ms = ka * 500 if ka else 30000
@@ -158,6 +167,12 @@ class MqttLink:
         """The store-and-forward ring, sized from the heap left (call after boot's garbage is
         collected: the ring is the largest single block the firmware allocates)."""
         c = self.cfg
+        if self.rbuf is None:
+            # inbound packets (mqtt_sock.Sock.packet): one block for good, sized for the longest
+            # valid command (payload MAX_PAYLOAD 512 + its topic + packet id + fixed header)
+            n = c['max_rx_bytes'] or 512 + len(self.t_cmd) + 16 + 9
+            self.rbuf = bytearray(n if n > 64 else 64)      # at least a header and a topic
+            self.rmv = memoryview(self.rbuf)
         self.ring = telemetry.Ring(c['ring_records'], c['ring_reserve_bytes'])
         return self.ring
 
@@ -187,13 +202,14 @@ class MqttLink:
         self.config_dirty = True
 
     def poll(self, now_ms):
-        """Bounded work: connect steps, inbound commands, pings, publish from the ring. All
-        blocking socket work in one poll shares one budget of sock_timeout_ms (plus at most one
-        socket timeout for a read already under way when it runs out)."""
+        """Bounded work: connect steps, inbound commands, pings, publish from the ring. Lasts at
+        most poll_budget_ms plus the CPU time of the step under way at the deadline (reads never
+        wait; a write waits for a full send buffer only until the deadline)."""
         if self.ring is None:
             self.alloc_ring()
+        self.t_end = time.ticks_add(time.ticks_ms(), self.cfg['poll_budget_ms'])
         if self.sock is not None:
-            self.sock.until = time.ticks_add(time.ticks_ms(), self.cfg['sock_timeout_ms'])
+            self.sock.until = self.t_end
         st = self.state
         if st == DOWN:
             if self.next_try is None or time.ticks_diff(now_ms, self.next_try) >= 0:
@@ -209,10 +225,11 @@ class MqttLink:
     def close(self):
         """Orderly shutdown: offline status, DISCONNECT (the will is then not sent)."""
         if self.state == UP:
+            self.sock.until = time.ticks_add(time.ticks_ms(), self.cfg['sock_timeout_ms'])
             try:
-                self.client.publish(self.t_status, b'offline', True)
+                self.sock.publish(self.t_status, b'offline', True)
+                self.sock.write(b'\xe0\x00')          # DISCONNECT: the will is not sent
                 self.sock.flush()
-                self.client.disconnect()
             except _ERRS:
                 pass
         self._drop()
@@ -255,12 +272,11 @@ class MqttLink:
         if self.sock is not None:
             self.sock.close()
         self.sock = None
-        self.poller = None
         self.state = DOWN
         if self.ring is not None:
             self.ring.rewind()
         self.ping_out = False
-        self.pending = None
+        self.rx_more = 0
 
     def _schedule(self, now_ms):
         d = self.delay_ms
@@ -305,10 +321,8 @@ class MqttLink:
                 if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
                     s.close()
                     raise
-            self.sock = Sock(s, self.cfg['sock_timeout_ms'], self.cfg['max_rx_bytes'], self.wbuf)
-            s.setblocking(False)
-            self.poller = select.poll()
-            self.poller.register(s, select.POLLOUT)
+            self.sock = Sock(s, self.rbuf, self.rmv, self.wbuf)
+            self.sock.until = self.t_end
             self.state = CONNECTING
             self.t_start = now_ms
         except _ERRS as e:
@@ -319,7 +333,7 @@ class MqttLink:
             if time.ticks_diff(now_ms, self.t_start) > self.cfg['connect_timeout_ms']:
                 raise OSError(errno.ETIMEDOUT)
             if self.state == CONNECTING:
-                ev = self.poller.poll(0)
+                ev = self.sock.p.poll(0)
                 if not ev:
                     return
                 if ev[0][1] & (select.POLLERR | select.POLLHUP):
@@ -330,42 +344,54 @@ class MqttLink:
                     return
                 self.state = HANDSHAKE
             if self.state == HANDSHAKE:
-                # CONNACK: 4 bytes, collected without waiting
-                r = self.sock.read_nb(4 - len(self.connack))
-                if r == b'':
-                    raise OSError(errno.ECONNRESET)
-                if r:
-                    self.connack += r
-                if len(self.connack) == 4:
-                    self._connected(now_ms)
+                self._receive(now_ms)       # CONNACK -> _connected(), then whatever follows it
+                if self.state == UP:
+                    self.sock.flush()
         except _ERRS as e:
-            self._fail(now_ms, e)
+            if self.state == UP:
+                self._lost(now_ms, e)
+            else:
+                self._fail(now_ms, e)
 
     def _send_connect(self):
-        """TCP is up: CONNECT, encoded by umqtt.simple's connect(); its wait for CONNACK is
-        cut short (Deferred) and CONNACK is read by the following polls. With TLS, CONNECT
-        stays queued and drives the non-blocking handshake (state TLS, Sock.tls_step())."""
+        """TCP is up: CONNECT goes into the write buffer (sent now; with TLS it stays queued and
+        drives the non-blocking handshake: state TLS, Sock.tls_step()); CONNACK is read by the
+        following polls."""
         c = self.cfg
         sk = self.sock
-        sk.raw.settimeout(sk.tmo_s)
         if c['ssl']:
             sk.s = self._wrap(sk.raw)
-        cl = MQTTClient(self.id, c['server'], self.port, c['user'], c['password'], c['keepalive'])
-        cl.set_callback(self._on_msg)
-        cl.set_last_will(self.t_status, b'offline', True)
-        saved = _simple.socket
-        _simple.socket = SocketModule(sk, self.addr)
-        sk.defer = True
-        try:
-            cl.connect(True)
-            raise OSError(errno.EIO)        # not reached: connect() reads CONNACK
-        except Deferred:
-            pass
-        finally:
-            sk.defer = False
-            _simple.socket = saved
-        self.client = cl
-        self.connack = b''
+        cid = self.id.encode()
+        user = c['user']
+        pw = c['password'] if user is not None else None
+        if isinstance(user, str):
+            user = user.encode()
+        if isinstance(pw, str):
+            pw = pw.encode()
+        # flags: will (retained "offline" on status, QoS 0), clean session, user, password
+        f = 0x24 | (0x02 if c['clean_session'] else 0)
+        n = 10 + 2 + len(cid) + 2 + len(self.t_status) + 2 + 7
+        if user is not None:
+            f |= 0x80
+            n += 2 + len(user)
+        if pw is not None:
+            f |= 0x40
+            n += 2 + len(pw)
+        ka = c['keepalive']
+        sk.fixed(0x10, n)
+        sk.write(b'\x00\x04MQTT\x04')
+        h = sk.h
+        h[0] = f
+        h[1] = ka >> 8
+        h[2] = ka & 0xFF
+        sk.write(h, 3)
+        sk.lstr(cid)
+        sk.lstr(self.t_status)
+        sk.lstr(b'offline')
+        if user is not None:
+            sk.lstr(user)
+        if pw is not None:
+            sk.lstr(pw)
         if c['ssl']:
             self.state = TLS
         else:
@@ -373,27 +399,25 @@ class MqttLink:
             self.state = HANDSHAKE
 
     def _connected(self, now_ms):
-        r = self.connack
-        if r[0] != 0x20 or r[1] != 0x02:
-            raise _simple.MQTTException('bad CONNACK')
-        if r[3] != 0:
-            raise _simple.MQTTException(r[3])     # 4 = bad user/password, 5 = not authorised
-        c = self.cfg
-        cl = self.client
         sk = self.sock
-        sk.defer = True
-        try:
-            cl.subscribe(self.t_cmd + b'+')     # SUBACK is skipped later by _service()
-        except Deferred:
-            pass
-        finally:
-            sk.defer = False
+        r = sk.rbuf
+        if self.state != HANDSHAKE or sk.prem != 2 or sk.plen != 2:
+            raise MQTTException('bad CONNACK')
+        if r[3] != 0:
+            raise MQTTException(r[3])     # 4 = bad user/password, 5 = not authorised
+        c = self.cfg
+        # SUBSCRIBE cmd/+ at QoS 1: the broker keeps each command until the link acknowledges it
+        # (PUBACK) and sends at most its in-flight window ahead; SUBACK is read by _receive()
+        t = self.t_cmd
+        sk.fixed(0x82, 2 + 2 + len(t) + 1 + 1)
+        sk.write(b'\x00\x01')                    # packet id 1
+        sk.lstr(t + b'+')
+        sk.write(b'\x01')                         # QoS 1
         self.state = UP
         self.connects += 1
         self.next_try = None
         self.last_ping = now_ms
-        self.pongs_seen = sk.pongs
-        cl.publish(self.t_status, b'online', True)
+        sk.publish(self.t_status, b'online', True)
         self.state_dirty = self.state_msg is not None
         self.config_dirty = self.config_msg is not None
         sk.flush()
@@ -407,47 +431,35 @@ class MqttLink:
     # --- connected: one bounded service step --------------------------------------------------
     def _service(self, now_ms):
         c = self.cfg
-        cl = self.client
         sk = self.sock
-        # 1. inbound: commands and PINGRESPs (check_msg reads at most one packet)
-        if self.pending is not None:        # arrived during subscribe() in the handshake
-            self._command(now_ms)
-        for _ in range(c['max_rx_per_poll']):
-            rx = sk.rx_pkts
-            op = cl.check_msg()
-            if sk.rx_pkts == rx:
-                break                       # nothing was waiting
-            if op is not None and op & 0xF0 != 0x30:
-                # a packet umqtt leaves unread (SUBACK, PUBACK...): skip its body
-                n = cl._recv_len()
-                if n:
-                    sk.read(n)
-            if self.pending is not None:
-                self._command(now_ms)
-        if sk.pongs != self.pongs_seen:
-            self.pongs_seen = sk.pongs
-            if self.ping_out:
-                self.ping_out = False
-                self.ring.confirm_mark()
-        # 2. liveness
-        if self.ping_out and time.ticks_diff(now_ms, self.ping_sent) > self.ping_timeout_ms:
+        # 1. inbound: commands, PINGRESP, SUBACK (half of the budget at most)
+        self._receive(now_ms)
+        # 2. liveness: a PINGRESP overdue while nothing is left unread -> dead. With inbound
+        # data left over (a backlog, read at the budget's pace) it may be behind that data.
+        if self.ping_out and not self.rx_more and time.ticks_diff(now_ms, self.ping_sent) > self.ping_timeout_ms:
             raise OSError(errno.ETIMEDOUT)
-        # 3. outbound: queued control messages, retained state/config, then telemetry
+        # 3. outbound: acks (half of max_pub_per_poll at most), retained state / config, HA
+        # discovery, then telemetry; nothing new is started once the deadline has passed
         n = c['max_pub_per_poll']
-        while self.out and n > 0:
-            t, p, r = self.out.pop(0)
-            cl.publish(t, p, r)
+        na = n // 2 or 1
+        end = self.t_end
+        while self.out and na > 0 and time.ticks_diff(end, time.ticks_ms()) > 0:
+            p, ok = self.out.pop(0)
+            if not ok:
+                self.rej_out -= 1
+            sk.publish(self.t_ack, p)
             n -= 1
+            na -= 1
         if self.state_dirty and n > 0:
-            cl.publish(self.t_state, self.state_msg, True)
+            sk.publish(self.t_state, self.state_msg, True)
             self.state_dirty = False
             n -= 1
         if self.config_dirty and n > 0:
-            cl.publish(self.t_config, self.config_msg, True)
+            sk.publish(self.t_config, self.config_msg, True)
             self.config_dirty = False
             n -= 1
         ring = self.ring
-        while self.disc_next >= 0 and n > 0:
+        while self.disc_next >= 0 and n > 0 and time.ticks_diff(end, time.ticks_ms()) > 0:
             try:
                 m = _discovery(self, self.disc_next)
             except MemoryError:         # no room now: skip discovery, keep the link
@@ -457,10 +469,10 @@ class MqttLink:
                 self.disc_next = -1
                 unload(('ha_discovery',))
                 break
-            cl.publish(m[0], m[1], True)
+            sk.publish(m[0], m[1], True)
             self.disc_next += 1
             n -= 1
-        while n > 0:
+        while n > 0 and time.ticks_diff(end, time.ticks_ms()) > 0:
             k = ring.next_unsent()
             if k < 0:
                 break
@@ -469,13 +481,13 @@ class MqttLink:
             except MemoryError:         # the record stays unsent: tried again next poll
                 self._oom('telemetry deferred')
                 break
-            cl.publish(self.t_tele, payload)
+            sk.publish(self.t_tele, payload)
             ring.mark_sent()
             self.published += 1
             n -= 1
         # 4. PINGREQ: keepalive, and as the delivery confirmation of what was just sent
         if not self.ping_out and (ring.sent > 0 or time.ticks_diff(now_ms, self.last_ping) >= self.ping_every_ms):
-            cl.ping()
+            sk.write(b'\xc0\x00')              # PINGREQ
             self.ping_out = True
             self.ping_sent = now_ms
             self.last_ping = now_ms
@@ -483,32 +495,108 @@ class MqttLink:
         sk.flush()
         self.delay_ms = 0               # backoff reset only by a poll that served cleanly
 
-    def _on_msg(self, topic, msg, *rest):
-        self.pending = (topic, msg, self.sock.pkt & 1)
+    def _receive(self, now_ms):
+        """Read and handle inbound packets until the socket has nothing more, half of the poll's
+        budget is spent, max_cmd_per_poll commands were handled or ACK_MAX acks wait (then
+        rx_more = 1: the rest waits in the socket or, beyond the broker's in-flight window, at
+        the broker)."""
+        sk = self.sock
+        r = sk.rbuf
+        stop = time.ticks_add(self.t_end, -(self.cfg['poll_budget_ms'] // 2))
+        left = self.cfg['max_cmd_per_poll']
+        self.rx_more = 1
+        while left > 0 and len(self.out) < ACK_MAX and time.ticks_diff(stop, time.ticks_ms()) > 0:
+            if not sk.packet():
+                self.rx_more = 0
+                return
+            t = r[0] & 0xF0
+            if self.state != UP and t != 0x20:
+                raise MQTTException('no CONNACK')
+            if t == 0x30:
+                left -= self._inbound_publish()
+            elif t == 0xD0:             # PINGRESP: what was sent before the PINGREQ is delivered
+                if self.ping_out:
+                    self.ping_out = False
+                    self.ring.confirm_mark()
+            elif t == 0x20:
+                self._connected(now_ms)
+            elif t == 0x90:             # SUBACK: the granted QoS, or 0x80: refused (the ACL?)
+                if sk.plen >= 3 and r[sk.poff + 2] == 0x80:
+                    self.sub_refused += 1
+                    if self.sub_refused == 1:
+                        print('mqtt: the broker refused the subscription to %s+: no commands'
+                              % self.t_cmd.decode())
+            # anything else (PUBACK, UNSUBACK...) is not expected here and skipped
 
-    def _command(self, now_ms):
-        topic, msg, retained = self.pending
-        self.pending = None
-        if not topic.startswith(self.t_cmd):
-            return
-        name = topic[len(self.t_cmd):].decode()
-        if name == 'ack':       # our own acks come back on cmd/+
-            return
+    def _inbound_publish(self):
+        """The PUBLISH in the buffer: handled as a command, then acknowledged (QoS 1). Returns 1
+        when it was a command (counted against max_cmd_per_poll), else 0."""
+        sk = self.sock
+        r = sk.rbuf
+        mv = self.rmv
+        o = sk.poff
+        end = o + sk.plen
+        qos = (r[0] >> 1) & 3
+        tl = (r[o] << 8 | r[o + 1]) if end - o >= 2 else 0xFFFF
+        p = o + 2 + tl + (2 if qos else 0)
+        if p > end:                     # topic / packet id beyond the buffer: cannot be parsed
+            raise ValueError('inbound packet too large')
+        if qos == 2:                    # never granted: the subscription is QoS 1
+            raise ValueError('QoS 2 PUBLISH')
+        n = 0
+        t_cmd = self.t_cmd
+        k = len(t_cmd)
+        if tl > k and mv[o + 2:o + 2 + k] == t_cmd:
+            name = bytes(mv[o + 2 + k:o + 2 + tl])
+            if name != b'ack':          # our own acks come back on cmd/+
+                n = 1
+                if sk.prem > sk.plen:   # longer than the buffer: never read; rejected as such
+                    payload = sk.prem - (p - o)
+                else:
+                    payload = bytes(mv[p:end])
+                self._command(name, bytes(mv[o + 2:o + 2 + tl]), payload, r[0] & 1)
+        if qos:                         # after handling: unacknowledged, the broker sends it again
+            a = self.puback
+            a[2] = r[p - 2]
+            a[3] = r[p - 1]
+            sk.write(a)
+        return n
+
+    def _command(self, name, topic, payload, retained):
+        """payload: bytes, or its length (an int) when it was too long to be read."""
         self.cmds += 1
+        try:
+            name = name.decode()
+        except ValueError:              # not UTF-8: an unknown command all the same
+            name = repr(name)
         if self.on_command is None:
             a = {'cmd': name, 'ok': False, 'reason': 'commands disabled'}
         else:
             try:
-                a = self.on_command(name, topic, msg, retained)
+                a = self.on_command(name, topic, payload, retained)
             except Exception as e:      # a bug in the handler must not take the link down
                 a = {'cmd': name, 'ok': False, 'reason': 'internal error: %r' % e}
-        if a is not None:
-            if a.get('ok'):
-                a['eff_seq'] = self.ring.seq    # first telemetry record that shows the change
-            try:
-                self.out.append((self.t_ack, json.dumps(a).encode(), False))
-            except MemoryError:         # the command's effect shows in the retained config
-                self._oom('ack dropped')
+        if a is None:
+            return
+        ok = 1 if a.get('ok') else 0
+        if ok:
+            a['eff_seq'] = self.ring.seq    # first telemetry record that shows the change
+        elif self.rej_out >= ACK_REJECTED:
+            # a flood: rejected commands beyond these are counted (err.cmd_rejected, and
+            # "skipped" in the next ack), not acked one by one: acks cannot crowd out telemetry
+            self.ack_skipped += 1
+            self.acks_skipped += 1
+            return
+        if self.ack_skipped:
+            a['skipped'] = self.ack_skipped
+            self.ack_skipped = 0
+        try:
+            self.out.append((json.dumps(a).encode(), ok))
+        except MemoryError:             # the command's effect shows in the retained config
+            self._oom('ack dropped')
+            return
+        if not ok:
+            self.rej_out += 1
 
 
 def _discovery(link, k):

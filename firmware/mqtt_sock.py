@@ -1,10 +1,11 @@
-# MQTT transport: the socket wrapper umqtt.simple is given (bounded blocking, whole reads, a tap
-# on packet types) and the stand-ins that let the link drive umqtt's connect() non-blocking.
-# Resident (firmware/mqtt_link.py uses it on every poll). Why each piece exists: mqtt_link.py.
+# MQTT transport (resident: firmware/mqtt_link.py uses it on every poll). One connection's socket
+# with a fixed write buffer (writes bounded by the poll's deadline), the encoding of the few packets
+# the device sends (MQTT 3.1.1) and the framing of what it receives (non-blocking, into a fixed
+# buffer, a partial packet kept for the next poll). Why: mqtt_link.py.
 
 import time
 import errno
-import socket
+import select
 
 
 def der(data):
@@ -21,122 +22,67 @@ def der(data):
     return binascii.a2b_base64(b64)
 
 
-class Deferred(Exception):
-    """Raised into umqtt.simple where it would wait for an answer (CONNACK, SUBACK)."""
+class MQTTException(Exception):
+    """A protocol-level refusal or violation (e.g. CONNACK return code 5: not authorised)."""
 
 
 class Sock:
-    """Socket wrapper handed to umqtt.simple: bounded blocking, whole reads, packet-type tap."""
+    """One connection: packets out (encoded into the write buffer), packets in (packet()). A read
+    never waits; a write waits only while the send buffer is full, and never past `until` (the
+    poll's deadline, ticks_ms, set by the link)."""
 
-    def __init__(self, raw, timeout_ms, max_read, wbuf):
-        self.max_read = max_read
-        self.raw = raw          # the TCP socket (timeouts are set here; SSL sockets lack them)
+    def __init__(self, raw, rbuf, rmv, wbuf):
+        self.raw = raw          # the TCP socket (polled; an SSL socket cannot be)
         self.s = raw            # what is read and written (raw or the SSL socket)
-        self.tmo = timeout_ms
-        self.tmo_s = timeout_ms / 1000   # one float, made once (a float is a heap object)
-        self.nb = False
-        self.last1 = None       # result of the latest read(1): a packet-type byte candidate
-        self.pkt = 0            # type byte of the last packet started
-        self.pongs = 0          # PINGRESPs seen
-        self.rx_pkts = 0
-        self.wbuf = wbuf            # the link's write buffer (fixed size, reused per connection)
+        raw.setblocking(False)  # for good: every wait is an explicit poll with a bound
+        self.p = select.poll()
+        self.p.register(raw, select.POLLOUT)
+        self.rbuf = rbuf        # the link's inbound buffer (fixed size, shared by its connections)
+        self.rmv = rmv          # a memoryview of it, made once
+        self.rlen = 0           # bytes of the current inbound packet held in rbuf
+        self.hl = 0             # its fixed header's length once complete (0: not yet)
+        self.skip = 0           # bytes still to discard of a packet longer than rbuf
+        self.plen = 0           # the packet packet() returned: body bytes held (from rbuf[poff])
+        self.poff = 0
+        self.prem = 0           # and its whole body's length (> plen: it did not fit)
+        self.wbuf = wbuf        # the link's write buffer (fixed size, shared by its connections)
         self.wlen = 0
-        self.defer = False
-        self.until = None       # ticks_ms: the current poll()'s budget for all blocking reads/writes
-        raw.settimeout(self.tmo_s)
+        self.h = bytearray(5)   # a fixed header / a string length being encoded
+        self.until = 0
 
-    def _deadline(self):
-        # one operation's bound, cut to the poll's budget: a peer that trickles bytes cannot
-        # stretch a poll (each byte used to renew nothing but also end nothing)
-        d = time.ticks_add(time.ticks_ms(), self.tmo)
-        u = self.until
-        if u is not None and time.ticks_diff(u, d) < 0:
-            return u
-        return d
+    # --- packets out (MQTT 3.1.1), into the write buffer ---
+    def fixed(self, t, n):
+        """A fixed header: packet type byte t, remaining length n (1..4 bytes, 7 bits each)."""
+        h = self.h
+        h[0] = t
+        i = 1
+        while n > 0x7F:
+            h[i] = (n & 0x7F) | 0x80
+            n >>= 7
+            i += 1
+        h[i] = n
+        self.write(h, i + 1)
 
-    # --- what umqtt.simple calls ---
-    def connect(self, addr):    # already connected by the link
-        pass
+    def lstr(self, s):
+        """A string (bytes) with its 2-byte length."""
+        h = self.h
+        h[0] = len(s) >> 8
+        h[1] = len(s) & 0xFF
+        self.write(h, 2)
+        self.write(s)
 
-    def settimeout(self, t):    # newer umqtt connect(timeout=None): keep our bound
-        pass
-
-    def setblocking(self, flag):
-        if flag:
-            if self.nb:
-                self.nb = False
-                self.raw.settimeout(self.tmo_s)
-            b = self.last1
-            if b:
-                # wait_msg() calls setblocking(True) right after reading a packet's first byte
-                self.pkt = b[0]
-                self.rx_pkts += 1
-                if b[0] == 0xD0:
-                    self.pongs += 1
-            self.last1 = None
-        elif not self.nb:
-            self.nb = True
-            self.raw.setblocking(False)
-
-    def read_nb(self, n):
-        """Whatever is there, up to n bytes, without waiting: bytes, b'' at EOF, or None."""
-        if self.wlen:
-            self.flush()
-        self.raw.setblocking(False)
-        try:
-            return self.s.read(n)
-        except OSError as e:
-            if e.args[0] in (errno.EAGAIN, errno.ETIMEDOUT):
-                return None
-            raise
-        finally:
-            self.raw.settimeout(self.tmo_s)
-
-    def read(self, n):
-        if self.defer:              # CONNECT / SUBSCRIBE stay queued: the link flushes them
-            raise Deferred()
-        if self.wlen:
-            self.flush()
-        if n > self.max_read:
-            # umqtt would allocate the whole payload: refuse instead (the link reconnects)
-            raise ValueError('inbound packet too large')
-        if self.nb:
-            try:
-                r = self.s.read(n)
-            except OSError as e:
-                if e.args[0] in (errno.EAGAIN, errno.ETIMEDOUT):
-                    r = None
-                else:
-                    raise
-            self.last1 = r if n == 1 else None
-            return r
-        deadline = self._deadline()
-        buf = b''
-        while len(buf) < n:
-            if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
-                raise OSError(errno.ETIMEDOUT)      # checked every round, data or not
-            try:
-                # one byte per call: MicroPython's blocking read(n) loops inside until n bytes
-                # have come, each byte renewing the socket timeout, so a peer trickling bytes
-                # could hold it for minutes; read(1) returns with the first byte
-                r = self.s.read(1)
-            except OSError as e:
-                if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
-                    raise
-                r = None
-            if r == b'':
-                raise OSError(errno.ECONNRESET)
-            if r:
-                buf = r if not buf else buf + r
-        self.last1 = buf if n == 1 else None
-        return buf
+    def publish(self, topic, msg, retain=False):
+        """PUBLISH at QoS 0."""
+        self.fixed(0x31 if retain else 0x30, 2 + len(topic) + len(msg))
+        self.lstr(topic)
+        self.write(msg)
 
     def write(self, data, n=None):
-        # Collected in the fixed buffer and sent by flush() (before any read, by the link after
-        # each batch, and whenever the buffer is full): umqtt writes a packet in 3-4 pieces, and
-        # small separate segments meet Nagle and delayed ACKs (a 40 ms stall before CONNACK /
-        # SUBACK on Linux). The buffer never grows: a growing one needed ever larger contiguous
-        # blocks, which a fragmented 32-bit heap refused after a reconnect (docs/resources.md).
+        # Collected in the fixed buffer and sent by flush() (by the link after each batch, and
+        # whenever the buffer is full): a packet is written in 3-4 pieces, and small separate
+        # segments meet Nagle and delayed ACKs (a 40 ms stall before CONNACK / SUBACK on Linux).
+        # The buffer never grows: a growing one needed ever larger contiguous blocks, which a
+        # fragmented 32-bit heap refused after a reconnect (docs/resources.md).
         mv = memoryview(data)
         total = len(mv) if n is None else n
         buf = self.wbuf
@@ -153,44 +99,101 @@ class Sock:
             off += k
         return total
 
+    # --- the link's side ---
     def flush(self):
+        """Send what is buffered. Waits (in poll, not spinning) only while the send buffer is
+        full; ETIMEDOUT once `until` has passed with bytes still unsent."""
         if not self.wlen:
             return
-        if self.nb:
-            self.nb = False
-            self.raw.settimeout(self.tmo_s)
         mv = memoryview(self.wbuf)
-        deadline = self._deadline()
         off = 0
         total = self.wlen
         try:
             while off < total:
-                if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
-                    raise OSError(errno.ETIMEDOUT)  # checked every round, progress or not
-                end = off + 256 if off + 256 < total else total
                 try:
-                    w = self.s.write(mv[off:end])   # small pieces: the deadline gets a say
+                    w = self.s.write(mv[off:total])
                 except OSError as e:
                     if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
                         raise
                     w = None
                 if w:
                     off += w
+                    continue
+                left = time.ticks_diff(self.until, time.ticks_ms())
+                if left <= 0:
+                    raise OSError(errno.ETIMEDOUT)
+                self.p.ipoll(left)          # until writable or an error shows; allocation-free
         finally:
             self.wlen = 0
+
+    def _fill(self, a, b):
+        """Read what is there into rbuf[a:b], never waiting: the count, 0 if nothing now."""
+        try:
+            r = self.s.readinto(self.rmv[a:b])
+        except OSError as e:
+            if e.args[0] in (errno.EAGAIN, errno.ETIMEDOUT):
+                return 0
+            raise
+        if r is None:
+            return 0
+        if r == 0:
+            raise OSError(errno.ECONNRESET)     # closed by the peer
+        return r
+
+    def packet(self):
+        """Read, without waiting, towards the next inbound packet. True when one is ready: type
+        byte rbuf[0], plen body bytes from rbuf[poff], prem the body's announced length (prem >
+        plen: longer than the buffer; its rest is discarded as it arrives). It stays in rbuf
+        until the next call. False when the socket has nothing more now: a partial packet is
+        kept for the next call, so a peer that trickles bytes makes nobody wait."""
+        b = self.rbuf
+        cap = len(b)
+        while True:
+            if self.skip:
+                r = self._fill(0, self.skip if self.skip < cap else cap)
+                if not r:
+                    return False
+                self.skip -= r
+                continue
+            n = self.rlen
+            if not self.hl and n >= 2 and not b[n - 1] & 0x80:
+                # fixed header complete: the type byte and 1..4 bytes of length, 7 bits each
+                rem = 0
+                sh = 0
+                for i in range(1, n):
+                    rem |= (b[i] & 0x7F) << sh
+                    sh += 7
+                self.hl = n
+                self.prem = rem
+            if self.hl:
+                need = self.hl + self.prem
+                if need > cap:
+                    need = cap
+                if n >= need:
+                    self.poff = self.hl
+                    self.plen = n - self.hl
+                    self.skip = self.prem - self.plen
+                    self.hl = 0
+                    self.rlen = 0
+                    return True
+            elif n == 5:
+                raise ValueError('bad packet length')
+            else:
+                need = 2 if n < 2 else n + 1
+            r = self._fill(n, need)
+            if not r:
+                return False
+            self.rlen = n + r
 
     def tls_step(self):
         """One non-blocking go at the TLS handshake, driven by writing the queued CONNECT:
         False while the handshake is in progress, True once it is done and CONNECT is sent."""
-        self.raw.setblocking(False)
         try:
             w = self.s.write(memoryview(self.wbuf)[:self.wlen])
         except OSError as e:
             if e.args[0] not in (errno.EAGAIN, errno.ETIMEDOUT):
                 raise
             w = None
-        finally:
-            self.raw.settimeout(self.tmo_s)
         if not w:
             return False
         rest = self.wlen - w
@@ -201,7 +204,7 @@ class Sock:
 
     def close(self):
         try:
-            self.flush()            # e.g. DISCONNECT written by umqtt's disconnect()
+            self.flush()            # e.g. DISCONNECT written by the link's close()
         except Exception:
             pass
         try:
@@ -213,17 +216,3 @@ class Sock:
                 self.raw.close()
             except Exception:
                 pass
-
-
-class SocketModule:
-    """Stands in for the `socket` module inside umqtt.simple during connect()."""
-
-    def __init__(self, sock, addr):
-        self.sock = sock
-        self.addr = addr
-
-    def socket(self, *a):
-        return self.sock
-
-    def getaddrinfo(self, host, port, *a):
-        return [(socket.AF_INET, socket.SOCK_STREAM, 0, '', self.addr)]

@@ -69,3 +69,18 @@ def test_real_firmware_over_mqtt(tmp_path):
     finally:
         col.close()
         broker.stop()
+
+
+def test_a_trickling_broker_neither_stretches_the_cycle_nor_delays_0_w(tmp_path):
+    """Issue 10 #5, the real firmware at the template defaults (period 1000 ms, stale_ms 2000, bus
+    timeout 200 ms, 1 retry) with its MQTT on a broker that trickles a command 1 byte / 300 ms
+    and stops reading: every cycle interval (start to start) stays within period + the poll
+    budget (it was up to 1.5 s), and a silent meter still means 0 W on the wire within 3 s
+    (the stale check runs between cycles, so it needs the MQTT poll to give the loop back)."""
+    import faults_mqtt
+    f = faults_mqtt.trickle_try(str(tmp_path), cycles=15)
+    assert f['connections'] >= 1 and not f['trouble'], f
+    assert len(f['intervals_ms']) == 14
+    assert max(f['intervals_ms']) <= 1000 + faults_mqtt.POLL_BUDGET_MS + 30, f['intervals_ms']
+    assert f['t0w_s'] is not None and f['t0w_s'] < 3.0, f
+    assert f['recovery_s'] is not None, f

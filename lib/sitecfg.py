@@ -121,6 +121,7 @@ def check_mqtt(site, errs):
     _int(errs, 'mqtt', mq, 'port', 0, 65535)
     _int(errs, 'mqtt', mq, 'telemetry_ms', 100, 3600000)
     _int(errs, 'mqtt', mq, 'sock_timeout_ms', 50, 5000)
+    _int(errs, 'mqtt', mq, 'poll_budget_ms', 20, 2000)
     key = mq.get('hmac_key')
     if key is not None:
         ok = isinstance(key, str) and 32 <= len(key) <= 128 and len(key) % 2 == 0
@@ -133,18 +134,21 @@ def check_mqtt(site, errs):
 
 
 WRITES_MAX = 3          # setpoint writes per cycle at most (the profiles' control plans)
+POLL_BUDGET_MS = 200    # mqtt.poll_budget_ms default (firmware/mqtt_link.py)
+POLL_SLACK_MS = 50      # an MQTT poll's overrun: the step under way at its deadline (one command
+                        # handled, one record encoded; measured 1 ms on the unix port)
 
 
 def worst_cycle_ms(site):
     """Longest a cycle can take when both devices are silent or garbled: each costs (1 + retries)
     x timeout once (the poller skips such a device's other blocks), the setpoint writes likewise,
-    and an MQTT poll its budget plus one socket timeout."""
+    and an MQTT poll its budget plus the step under way at its deadline."""
     bus = site.get('bus') or {}
     per = (1 + bus.get('retries', 1)) * bus.get('timeout_ms', 200)
     t = (2 + WRITES_MAX) * per
     mq = site.get('mqtt')
     if isinstance(mq, dict):
-        t += 2 * mq.get('sock_timeout_ms', 1000)
+        t += mq.get('poll_budget_ms', POLL_BUDGET_MS) + POLL_SLACK_MS
     return t
 
 

@@ -1,7 +1,7 @@
 # A stand-in firmware main loop on the MicroPython unix port, for host_tests/test_mqtt.py.
 #
 # Real parts: bess_core.Controller, firmware/reporting.py (telemetry capture, after_cycle) with
-# mqtt_link.py over umqtt.simple, cmd_handler, settings, persist. Fake part: the site and its
+# mqtt_link.py (+ mqtt_sock.py), cmd_handler, settings, persist. Fake part: the site and its
 # devices (constant load; the battery reaches its setpoint in one cycle).
 # Run: MICROPYPATH=firmware:lib:build/vendor micropython mqtt_device.py PARAMS.json
 # PARAMS: {"mqtt": {...link config...}, "base_cfg": {...}, "state_path": str, "hmac_key": hex|null,
@@ -121,6 +121,7 @@ while True:
                           'published': link.published, 'ring': len(link.ring),
                           'dropped': link.ring.dropped, 'seq': link.ring.seq,
                           'accepted': handler.accepted, 'rejected': handler.rejected,
+                          'cmds': link.cmds, 'acks_skipped': link.acks_skipped,
                           'err': link.last_error}))
         if el >= run_ms:
             break
