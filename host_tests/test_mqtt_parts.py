@@ -232,3 +232,12 @@ def test_parts_on_micropython(tmp_path):
     assert res['capture_heap_locked'] == 'ok'
     assert res['ring'] == [4, 6, 6, 9]
     assert res['load'] == {'a': 2} and 'checksum' in res['corrupt'] and 'missing' in res['missing']
+
+
+def test_mqtt_keepalive_is_checked_as_the_16_bit_field_connect_carries():
+    """Outside 0..65535 CONNECT would wrap it while the link pings on the full value."""
+    import sitecfg
+    for ka, ok in ((0, True), (60, True), (65535, True), (65536, False), (-1, False)):
+        errs = []
+        sitecfg.check_mqtt({'mqtt': {'server': '127.0.0.1', 'client_id': 'd1', 'keepalive': ka}}, errs)
+        assert (not any('keepalive' in e for e in errs)) == ok, (ka, errs)

@@ -119,6 +119,7 @@ def check_mqtt(site, errs):
     if not isinstance(mq.get('server'), str) or not mq.get('server'):
         errs.append('mqtt.server: required: the broker address (an IP avoids a blocking DNS lookup)')
     _int(errs, 'mqtt', mq, 'port', 0, 65535)
+    _int(errs, 'mqtt', mq, 'keepalive', 0, 65535)     # a 16-bit field in CONNECT
     _int(errs, 'mqtt', mq, 'telemetry_ms', 100, 3600000)
     _int(errs, 'mqtt', mq, 'sock_timeout_ms', 50, 5000)
     _int(errs, 'mqtt', mq, 'poll_budget_ms', 20, 2000)

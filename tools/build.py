@@ -5,7 +5,6 @@ board (tools/deploy.py copies it, minus what is already there).
     /main.py                 boot entry (source: a board runs main.py only as source)
     /cycle.mpy /bus.mpy ...  firmware/*.py compiled with mpy-cross
     /lib/*.mpy               lib/*.py (control core, config, profiles decoder, ...)
-    /lib/umqtt/simple.mpy    device library from build/vendor (tools/fetch_vendor.py)
     /lib/machine.mpy         unix board only: the machine shim (firmware/unix/machine.py)
     /profiles/*.json         device profiles, and *.cpf.json: each compiled (validated here; the
                              device builds its model from it without the JSON validator)
@@ -38,8 +37,11 @@ VERSION = '0.5.0'
 
 # firmware modules that are not for the device filesystem
 FIRMWARE_SKIP = ('main.py', 'bus_umodbus.py')   # bus_umodbus: host comparison only (docs/bus.md)
-VENDOR_LIB = 'lib/umqtt/'
-VENDOR_PKGS = ('umqtt/simple.py',)      # bundled device libraries (umodbus: host comparison only)
+# third-party device libraries from build/vendor (tools/fetch_vendor.py) bundled into the build as
+# lib/<path>: none today. umodbus and umqtt.simple are fetched for host comparisons only
+# (firmware/bus_umodbus.py; host_tests/test_mqtt_wire.py checks the MQTT link's bytes against
+# umqtt.simple): the link encodes its few MQTT packets itself (firmware/mqtt_sock.py).
+VENDOR_PKGS = ()
 NATIVE_RE = re.compile(r'@micropython\.(native|viper|asm_\w+)')
 
 
@@ -110,10 +112,10 @@ def compile_mpy(src, dev_path, march):
     tmp = os.path.join(OUT, '.tmp.mpy')
     os.makedirs(OUT, exist_ok=True)
     cmd = [exe, '-o', tmp, '-s', dev_path[:-4] + '.py']
-    if not dev_path.startswith(VENDOR_LIB):
+    if not os.path.abspath(src).startswith(VENDOR + os.sep):
         # -O3: no line-number tables (about a fifth of the bytecode a module brings into the heap,
-        # docs/resources.md) and no asserts (our code has none; umqtt's are protocol checks, so
-        # the vendored library keeps the default). Tracebacks then say "line 1".
+        # docs/resources.md) and no asserts (our code has none; a vendored library's may be
+        # protocol checks, so it keeps the default). Tracebacks then say "line 1".
         cmd.append('-O3')
     if native:
         if not march:
@@ -174,8 +176,10 @@ def build(board_name, frozen=False, out_root=OUT):
 
 
 def group(path):
-    if path.startswith('lib/umqtt/') or path.startswith('lib/umodbus/'):
-        return 'vendor ' + path.split('/')[1]
+    for pkg in VENDOR_PKGS:         # a vendored package (a folder) or module (a file)
+        top = pkg.split('/')[0]
+        if path.startswith('lib/%s/' % top) or (top == pkg and path == 'lib/%s.mpy' % top[:-3]):
+            return 'vendor ' + top
     if path.startswith('lib/'):
         return 'lib'
     if '/' in path:
@@ -222,8 +226,7 @@ def mip_urls():
 
 
 def package_json():
-    return json.dumps({'urls': mip_urls(), 'deps': [['umqtt.simple', 'latest']], 'version': VERSION},
-                      indent=1) + '\n'
+    return json.dumps({'urls': mip_urls(), 'version': VERSION}, indent=1) + '\n'
 
 
 def manifest_py():
@@ -238,8 +241,7 @@ def manifest_py():
            '# flash the image, then `make deploy BOARD=... PORT=... FROZEN=1`: it copies only main.py and the',
            '# data (profiles, board file, site config). Frozen code runs from flash: no .mpy on the filesystem,',
            '# less RAM for the module bytecode. Paths below are relative to this file.',
-           'include("$(PORT_DIR)/boards/manifest.py")',
-           'require("umqtt.simple")']
+           'include("$(PORT_DIR)/boards/manifest.py")']
     out += ['module("%s", base_path="firmware")' % n for n in fw]
     out += ['module("%s", base_path="lib")' % n for n in lib]
     return '\n'.join(out) + '\n'

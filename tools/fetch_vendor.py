@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Fetch third-party MicroPython packages (sdist only on PyPI) into build/vendor/. Never committed.
 
+Host comparisons only, neither goes into the device build (tools/build.py VENDOR_PKGS): umodbus
+for firmware/bus_umodbus.py (docs/bus.md), umqtt.simple as the reference the MQTT link's bytes on
+the wire are checked against (host_tests/test_mqtt_wire.py).
+
 The sdists of these packages carry no setup.py/pyproject.toml, so `pip install` cannot install them.
 We let pip resolve and download the sdist by name and version from the configured registry
 (`pip download --no-deps --no-binary :all: NAME==VER`), verify its sha256 against the pin below

@@ -78,7 +78,7 @@ def _check_compiler():
 
 
 def frozen_manifest():
-    """Freeze what the device filesystem holds as .mpy (firmware, lib, umqtt) plus the unix
+    """Freeze what the device filesystem holds as .mpy (firmware, lib) plus the unix
     machine shim: the same modules a board image would freeze (manifest.py at the top)."""
     sys.path.insert(0, HERE)
     import build as b
