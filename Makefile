@@ -8,7 +8,7 @@ BUILD  := build
 MP32   := $(BUILD)/mp32
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all sim sim-day test bench-core bench bench-heap bench-latency deps clean help build deploy repl logs prereqs
+.PHONY: all sim sim-day test bench-core bench bench-heap bench-latency deps clean help build deploy repl logs prereqs faults
 
 help:
 	@echo "make sim         firmware on MicroPython controls a simulated site over Modbus RTU (60 s)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-heap  smallest fixed 32-bit heap the deployed firmware runs in (.mpy and frozen)"
 	@echo "make bench-latency  meter step -> new setpoint written, worst timing (firmware on the unix port)"
 	@echo "make bench       scenario benchmark vs comparators and the LP optimum (docs/benchmarks.md)"
+	@echo "make faults      fault-injection suite, full (~25 min): table in out/faults.md (docs/reliability.md)"
 	@echo "make build BOARD=esp32                 device filesystem in build/device/BOARD, .mpy sizes"
 	@echo "make deploy BOARD=esp32 PORT=/dev/ttyUSB0 [VALUES=site.env] [SITE=site.json] [NAME=VALUE ...]"
 	@echo "                 copy what changed, write site.json, soft reset, boot log (docs/deploy.md)"
@@ -72,6 +73,12 @@ bench-heap: deps
 
 bench-latency: deps
 	$(VPY) tools/bench_latency.py
+
+# Every fault class of issue 10 against the real firmware, with figures (tools/faults.py; the
+# bounds are asserted by host_tests/test_faults.py in make test). FAULTS_ARGS=--quick: ~10 min.
+faults: prereqs deps
+	@mkdir -p out
+	$(VPY) tools/faults.py --out out/faults.json --md out/faults.md $(FAULTS_ARGS)
 
 bench-core: deps
 	$(VPY) tools/bench_core.py

@@ -158,16 +158,23 @@ def _identify(p):
     return r
 
 
-def send_writes(bus, unit, writes):
-    """Send a profile's planned setpoint writes in order; OK, or the first failing status."""
+def send_writes(bus, unit, writes, every=0):
+    """Send a profile's planned setpoint writes in order; OK, or the first failing status. A
+    failed write stops the rest, unless `every` (0 W): a garbled answer does not mean the device
+    missed the request, and every write of a 0 W plan moves the battery toward 0 W, so all are
+    sent (with StorCtl_Mod refused, the zero rates alone still stop a SunSpec battery)."""
+    first = OK
     for w in writes:
         if w.fc == 6:
             st = bus.write_register(unit, w.addr, w.buf[0])
         else:
             st = bus.write_registers(unit, w.addr, w.buf)
         if st != OK:
-            return st
-    return OK
+            if not every:
+                return st
+            if first == OK:
+                first = st
+    return first
 
 
 class Runtime:
@@ -233,7 +240,7 @@ class Runtime:
             self.sp_unsent = 1
             self.sp_sent = None
             return 0
-        if send_writes(self.bus, b.unit, writes) != OK:
+        if send_writes(self.bus, b.unit, writes, sp == 0) != OK:
             self.write_errors += 1
             self.sp_unsent = 1          # the battery's own revert timer is what is left
             self.sp_sent = None         # retry next cycle

@@ -362,3 +362,15 @@ def test_an_interrupted_deploy_stays_held_and_a_broken_install_says_so(tmp_path)
         assert 'Traceback' not in vb.console_text()
     finally:
         vb.stop()
+
+
+def test_boot_refuses_an_unknown_key_and_stale_ms_under_two_periods():
+    """The same checks at boot as at deploy (a hand-edited site.json): a mistyped key would
+    silently fall back to a default; stale_ms under two periods fails safe on one late poll."""
+    import sitecfg
+    site, _ = site_config.make('unix', {'IMPORT_LIMIT_W': 60000})
+    assert sitecfg.check(site) == []
+    bad = dict(site, perod_ms=500)
+    assert any(e.startswith('perod_ms: unknown key') for e in sitecfg.check(bad)), sitecfg.check(bad)
+    bad = dict(site, period_ms=1000, control=dict(site['control'], stale_ms=1500))
+    assert any('STALE_MS=1500 is below 2 x PERIOD_MS=1000' in e for e in sitecfg.check(bad))

@@ -57,10 +57,11 @@ def _meter(prof, start_wh=0):
 
 
 @pytest.mark.parametrize('power_w', [0, 300, 1000, 5000, 80000, -30000, 10000000])
-@pytest.mark.parametrize('start_mwh', [0, 100, 250])
+@pytest.mark.parametrize('start_mwh', [0, 100, 250, 600, 1100, 2200])
 def test_counters_on_a_steady_site_never_trip(power_w, start_mwh):
-    """SDM630 (float32 kWh: 31 Wh steps at 250 MWh) and SunSpec 203: a constant power, counters
-    read every 2 s (SDM630) or every cycle, 10 minutes: never judged frozen."""
+    """SDM630 (float32 kWh: the step doubles with the value, 125 Wh above 1 048 MWh) and SunSpec
+    203: a constant power, counters read every 2 s (SDM630) or every cycle, 10 minutes: never
+    judged frozen."""
     for name in ('eastron_sdm630', 'sunspec_meter_203'):
         prof = _load(name)
         m = _meter(prof, start_mwh * 1000000 if name == 'eastron_sdm630' else 0)
@@ -70,6 +71,26 @@ def test_counters_on_a_steady_site_never_trip(power_w, start_mwh):
             m.update(power_w // 3, power_w // 3, power_w - 2 * (power_w // 3), power_w, t - last[0])
             last[0] = t
         assert _drive(prof, m, update, 600) == [], (name, power_w, start_mwh)
+
+
+@pytest.mark.parametrize('start_mwh', [530, 1100, 2200])
+def test_counters_with_the_sign_flipping_never_trip(start_mwh):
+    """Import and export both large (float32 steps of 31-125 Wh), the power flipping between
+    +-20 and +-40 kW every 3-10 s: the energy is shared, so twice the sum of the steps must show."""
+    import random
+    prof = _load('eastron_sdm630')
+    m = _meter(prof, start_mwh * 1000000)
+    rng = random.Random(start_mwh)
+    st = {'t': 0, 'p': 30000, 'next': 0}
+
+    def update(t):
+        if t >= st['next']:
+            st['p'] = rng.choice((1, -1)) * rng.randint(20000, 40000)
+            st['next'] = t + rng.randint(3, 10) * 1000
+        p = st['p']
+        m.update(p // 3, p // 3, p - 2 * (p // 3), p, t - st['t'])
+        st['t'] = t
+    assert _drive(prof, m, update, 900) == []
 
 
 @pytest.mark.parametrize('power_w, bound_s', [(80000, 6), (-80000, 6), (40000, 10), (20000, 17)])

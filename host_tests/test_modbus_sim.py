@@ -216,6 +216,44 @@ def test_fault_scoped_to_unit_and_line(sim_client):
     assert ok(attempt(c, 1)[1])
 
 
+def test_a_fault_restricted_to_reads_or_writes(sim_client, tmp_path):
+    """only='read': the battery's reads fail while its writes work (0 W must still get through);
+    only='write': the reverse. count counts only the requests the fault applies to. The same
+    option through the control file and the CLI."""
+    sim, c = sim_client
+    bat = devprofile.load(modbus_sim.profile_path('sunspec_battery_802_124'))
+    read_profile(c, 2, bat)
+    f = sim.set_fault('bad_crc', unit=2, only='read', count=2)
+    send_writes(c, 2, bat.control.plan(8000))                   # FC 16 answered
+    assert sim.bat.setpoint_w == 8000 and f.hits == 0
+    assert isinstance(attempt(c, 2, addr=40081, fc=3, count=1)[1], ModbusIOException)
+    send_writes(c, 2, bat.control.plan(0))                      # 0 W needs no readings
+    assert sim.bat.setpoint_w == 0
+    assert isinstance(attempt(c, 2, addr=40081, fc=3, count=1)[1], ModbusIOException)
+    assert ok(attempt(c, 2, addr=40081, fc=3, count=1)[1])       # the 2 reads used the count up
+    assert ok(attempt(c, 1)[1])                                  # the meter never was affected
+
+    sim.set_fault('exception', unit=2, only='write', code=4)
+    assert ok(attempt(c, 2, addr=40081, fc=3, count=1)[1])
+    r = c.write_register(40149, 60, device_id=2)
+    assert r.isError() and r.exception_code == 4
+    sim.clear_faults()
+
+    with pytest.raises(ValueError):
+        sim.set_fault('silent', only='reads')
+    ctl = tmp_path / 'ctl.json'
+    tool = os.path.join(modbus_sim.HERE, 'modbus_sim.py')
+    assert subprocess.call([sys.executable, tool, 'fault', str(ctl), 'silent', '--unit', '2',
+                            '--only', 'read']) == 0
+    assert json.loads(ctl.read_text()) == {'faults': [{'kind': 'silent', 'unit': 2, 'only': 'read'}]}
+    sim.apply_control(json.loads(ctl.read_text()))
+    assert isinstance(attempt(c, 2, addr=40081, fc=3, count=1)[1], ModbusIOException)
+    send_writes(c, 2, bat.control.plan(5000))
+    assert sim.bat.setpoint_w == 5000
+    assert subprocess.call([sys.executable, tool, 'fault', str(ctl), 'silent', '--only', 'both'],
+                           stderr=subprocess.DEVNULL) != 0
+
+
 def test_device_disappears_and_comes_back(sim_client):
     sim, c = sim_client
     bat = devprofile.load(modbus_sim.profile_path('sunspec_battery_802_124'))

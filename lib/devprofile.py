@@ -507,7 +507,15 @@ def freshness(f, p):
             b, off = block_for(p.blocks, e['fc'], e['addr'], e.get('count', 1))
             watch.append((b, off, e.get('count', 1)))
     pw = p.points[f['power']] if 'power' in f else None
-    return Freshness(tuple(watch), f['within_ms'], pw, f.get('min_w', 0), f.get('max_wh', 0))
+    f32 = []
+    wh = 1000
+    if f['rule'] == 'counter':
+        for e in f['watch']:
+            q = p.points.get(e) if isinstance(e, str) else None
+            if q is not None and q.typ == rd.F32:
+                f32.append((q.block, q.off + (1 if q.lsw else 0)))
+                wh = rd.scale_int(1, q.exp10) if q.exp10 >= 0 else 1
+    return Freshness(tuple(watch), f['within_ms'], pw, f.get('min_w', 0), f.get('max_wh', 0), tuple(f32), wh)
 
 
 def compiled(p, source_sha=''):
@@ -525,7 +533,8 @@ def compiled(p, source_sha=''):
     f = p.freshness
     if f is not None:
         fr = [[[bi[id(w[0])], w[1], w[2]] for w in f.watch], f.within_ms,
-              None if f.power is None else f.power.name, f.min_w, f.max_ws // 3600]
+              None if f.power is None else f.power.name, f.min_w, f.max_ws // 3600,
+              [[bi[id(b)], k] for b, k in f.f32], f.f32_wh]
     ctl = None
     c = p.control
     if c is not None:

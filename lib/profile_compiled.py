@@ -59,9 +59,10 @@ def from_compiled(c):
     p.identify = c[8]
     f = c[9]
     if f is not None:
-        watch, within_ms, pw, min_w, max_wh = f
+        watch, within_ms, pw, min_w, max_wh, f32, f32_wh = f
         p.freshness = Freshness(tuple((p.blocks[b], off, n) for b, off, n in watch), within_ms,
-                                None if pw is None else p.points[pw], min_w, max_wh)
+                                None if pw is None else p.points[pw], min_w, max_wh,
+                                tuple((p.blocks[b], k) for b, k in f32), f32_wh)
     return p
 
 

@@ -195,7 +195,7 @@ class Freshness:
     (< 2**30 for 10 MW over the 10 s cap on one step). Once frozen it stays so until the
     registers change."""
 
-    def __init__(self, watch, within_ms, power=None, min_w=0, max_wh=0):
+    def __init__(self, watch, within_ms, power=None, min_w=0, max_wh=0, f32=(), f32_wh=1000):
         self.watch = watch
         n = 0
         for w in watch:
@@ -205,6 +205,11 @@ class Freshness:
         self.power = power
         self.min_w = min_w
         self.max_ws = max_wh * 3600
+        # float32 counters: (block, offset of the high word); their step grows with the value
+        # (2**(E - 150) in the counter's unit, f32_wh Wh per unit), so the energy that must show
+        # is at least twice the sum of their steps (an import/export pair shares it)
+        self.f32 = f32
+        self.f32_wh = f32_wh
         self.age_ms = -1            # since the watched registers last changed (or were last
                                     # not expected to: power below min_w); -1: never judged
         self.ws = 0                 # energy the power says flowed since then, W*s
@@ -254,9 +259,21 @@ class Freshness:
         a = self.age_ms
         a = dt_ms if a < 0 else a + dt_ms
         self.age_ms = a if a < 0x20000000 else 0x20000000
-        if read and a > self.within_ms and self.ws >= self.max_ws:
+        if read and a > self.within_ms and self.ws >= self.max_ws and self.ws >= self._steps_ws():
             self.frozen = 1
         return 1 - self.frozen
+
+
+    def _steps_ws(self):
+        n = 0
+        for b, k in self.f32:
+            e = (b.buf[k] >> 7) & 0xFF          # biased exponent of the float32 value
+            if e >= 150:
+                n += self.f32_wh << (e - 150 if e < 160 else 10)
+            else:
+                n += self.f32_wh >> (150 - e)
+        n *= 2
+        return (n if n < 131072 else 131072) * 3600     # < 2**30
 
 
 class Profile:

@@ -77,6 +77,9 @@ def check(site):
     if not isinstance(site, dict):
         return ['site config: must be a JSON object']
     errs = []
+    for k in site:
+        if k not in KNOWN:
+            errs.append('%s: unknown key (known: %s)' % (k, ', '.join(KNOWN)))
     if not name_ok(site.get('board')):
         errs.append('board: required: a board name (a file in boards/ without .json), got %r'
                     % (site.get('board'),))
@@ -104,7 +107,22 @@ def check(site):
             lines = str(e).split('\n')
             for line in (lines[1:] if len(lines) > 1 else lines):
                 errs.append('control.' + line.strip())
+        errs += stale_errors(site)
     return errs
+
+
+def stale_errors(site):
+    """Data older than stale_ms is missing data: below two periods a single late poll fails safe."""
+    ctl = site.get('control')
+    period = site.get('period_ms', 1000)
+    stale = ctl.get('stale_ms', 2000) if isinstance(ctl, dict) else None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (period, stale)):
+        return []                           # type errors are reported above
+    if stale < 2 * period:
+        return ['control.stale_ms: STALE_MS=%d is below 2 x PERIOD_MS=%d: one late poll would make the data '
+                'stale and the battery fail safe to 0 W; set STALE_MS >= %d (or a shorter PERIOD_MS)'
+                % (stale, period, 2 * period)]
+    return []
 
 
 def check_mqtt(site, errs):

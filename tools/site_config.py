@@ -187,7 +187,6 @@ def validate(site, board):
     elif sitecfg.name_ok(b) and not errs:
         with open(bpath) as f:
             errs += sitecfg.timing_errors(site, json.load(f))
-    errs += stale_errors(site)
     for key, kind in (('meter', 'meter'), ('battery', 'battery')):
         d = site.get(key)
         if not isinstance(d, dict) or not sitecfg.name_ok(d.get('profile')):
@@ -220,20 +219,6 @@ def freshness_errors(key, prof, period):
     if f.within_ms <= slow:
         return ['%s.profile: %s judges its data frozen after %d ms without a change, but it is read only every '
                 '%d ms (PERIOD_MS / the block cadence): shorten PERIOD_MS' % (key, prof.name, f.within_ms, slow)]
-    return []
-
-
-def stale_errors(site):
-    """Data older than stale_ms is missing data: below two periods a single late poll fails safe."""
-    ctl = site.get('control')
-    period = site.get('period_ms', 1000)
-    stale = ctl.get('stale_ms', 2000) if isinstance(ctl, dict) else None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (period, stale)):
-        return []                           # type errors are sitecfg.check's
-    if stale < 2 * period:
-        return ['control.stale_ms: STALE_MS=%d is below 2 x PERIOD_MS=%d: one late poll would make the data '
-                'stale and the battery fail safe to 0 W; set STALE_MS >= %d (or a shorter PERIOD_MS)'
-                % (stale, period, 2 * period)]
     return []
 
 
