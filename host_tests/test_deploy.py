@@ -326,7 +326,7 @@ def test_bad_config_is_safe_battery_held_at_0_w_with_the_validation_error(board,
 
 
 @pytest.mark.parametrize('values, msg', [
-    ({'PERIOD_MS': 12000}, "3/4 of the board's watchdog"),
+    ({'PERIOD_MS': 12000, 'STALE_MS': 24000}, "3/4 of the board's watchdog"),
     ({'BUS_TIMEOUT_MS': 4000, 'BUS_RETRIES': 2}, "3/4 of the board's watchdog"),
     ({'MQTT_SERVER': '127.0.0.1'}, 'mqtt.client_id: required'),
     ({'MQTT_SERVER': '127.0.0.1', 'DEVICE_ID': 'a/+/#'}, 'mqtt.client_id'),
