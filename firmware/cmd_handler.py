@@ -31,12 +31,14 @@ def _req_id(payload):
 
 def handle(h, name, topic, payload, retained):
     """Handle one command for h (reporting.CommandHandler: the state that outlives this module);
-    return the ack dict for <prefix>/<id>/cmd/ack. payload: bytes, or its length (an int) when
-    it was too long for the link to read."""
+    return the ack dict for <prefix>/<id>/cmd/ack. topic, payload: bytes, or the length (an int)
+    of one too long for the link to read (then name is '?')."""
     auth = commands.Auth(h.key, h.last_ctr)
     try:
         if retained:
             raise commands.Rejected('rejected: retained commands are not accepted')
+        if isinstance(topic, int):
+            raise commands.Rejected('oversized: topic %d bytes (not read)' % topic)
         if isinstance(payload, int):
             raise commands.Rejected('oversized: payload %d bytes > %d (not read)' % (payload, commands.MAX_PAYLOAD))
         cmd = commands.check(name, payload, h.ctl.cfg, auth, topic)

@@ -539,22 +539,30 @@ class MqttLink:
         qos = (r[0] >> 1) & 3
         tl = (r[o] << 8 | r[o + 1]) if end - o >= 2 else 0xFFFF
         p = o + 2 + tl + (2 if qos else 0)
-        if p > end:                     # topic / packet id beyond the buffer: cannot be parsed
-            raise ValueError('inbound packet too large')
         if qos == 2:                    # never granted: the subscription is QoS 1
             raise ValueError('QoS 2 PUBLISH')
         n = 0
-        t_cmd = self.t_cmd
-        k = len(t_cmd)
-        if tl > k and mv[o + 2:o + 2 + k] == t_cmd:
-            name = bytes(mv[o + 2 + k:o + 2 + tl])
-            if name != b'ack':          # our own acks come back on cmd/+
-                n = 1
-                if sk.prem > sk.plen:   # longer than the buffer: never read; rejected as such
-                    payload = sk.prem - (p - o)
-                else:
-                    payload = bytes(mv[p:end])
-                self._command(name, bytes(mv[o + 2:o + 2 + tl]), payload, r[0] & 1)
+        if p > end:
+            if sk.prem == sk.plen:      # all of it held: the topic overruns the packet
+                raise ValueError('bad PUBLISH')
+            # a topic longer than the buffer (mqtt_sock): only its length and the packet id are
+            # held. Delivered on cmd/+ (the only subscription): a command, rejected unread, and
+            # acked -- dropping the link would bring it back (retained, QoS 1) at every connect
+            p = o + 2 + (2 if qos else 0)
+            n = 1
+            self._command(b'?', tl, sk.prem - (p - o) - tl, r[0] & 1)
+        else:
+            t_cmd = self.t_cmd
+            k = len(t_cmd)
+            if tl > k and mv[o + 2:o + 2 + k] == t_cmd:
+                name = bytes(mv[o + 2 + k:o + 2 + tl])
+                if name != b'ack':      # our own acks come back on cmd/+
+                    n = 1
+                    if sk.prem > sk.plen:   # longer than the buffer: never read; rejected as such
+                        payload = sk.prem - (p - o)
+                    else:
+                        payload = bytes(mv[p:end])
+                    self._command(name, bytes(mv[o + 2:o + 2 + tl]), payload, r[0] & 1)
         if qos:                         # after handling: unacknowledged, the broker sends it again
             a = self.puback
             a[2] = r[p - 2]
@@ -563,7 +571,8 @@ class MqttLink:
         return n
 
     def _command(self, name, topic, payload, retained):
-        """payload: bytes, or its length (an int) when it was too long to be read."""
+        """topic, payload: bytes, or the length (an int) of one too long to be read (a topic
+        not read: name b'?', payload its length)."""
         self.cmds += 1
         try:
             name = name.decode()

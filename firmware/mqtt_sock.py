@@ -42,6 +42,8 @@ class Sock:
         self.rlen = 0           # bytes of the current inbound packet held in rbuf
         self.hl = 0             # its fixed header's length once complete (0: not yet)
         self.skip = 0           # bytes still to discard of a packet longer than rbuf
+        self.tskip = 0          # bytes still to discard of a PUBLISH's topic longer than rbuf
+        self.tlong = 0          # and that topic's length (0: the topic is held)
         self.plen = 0           # the packet packet() returned: body bytes held (from rbuf[poff])
         self.poff = 0
         self.prem = 0           # and its whole body's length (> plen: it did not fit)
@@ -143,9 +145,11 @@ class Sock:
     def packet(self):
         """Read, without waiting, towards the next inbound packet. True when one is ready: type
         byte rbuf[0], plen body bytes from rbuf[poff], prem the body's announced length (prem >
-        plen: longer than the buffer; its rest is discarded as it arrives). It stays in rbuf
-        until the next call. False when the socket has nothing more now: a partial packet is
-        kept for the next call, so a peer that trickles bytes makes nobody wait."""
+        plen: longer than the buffer; its rest is discarded as it arrives). A PUBLISH whose topic
+        and packet id do not fit in rbuf is held as its topic length and packet id only (plen 2
+        or 4): its topic is discarded as it arrives. It stays in rbuf until the next call. False
+        when the socket has nothing more now: a partial packet is kept for the next call, so a
+        peer that trickles bytes makes nobody wait."""
         b = self.rbuf
         cap = len(b)
         while True:
@@ -156,6 +160,13 @@ class Sock:
                 self.skip -= r
                 continue
             n = self.rlen
+            if self.tskip:
+                # a topic longer than rbuf: discarded behind its length, which stays in rbuf
+                r = self._fill(n, n + self.tskip if self.tskip < cap - n else cap)
+                if not r:
+                    return False
+                self.tskip -= r
+                continue
             if not self.hl and n >= 2 and not b[n - 1] & 0x80:
                 # fixed header complete: the type byte and 1..4 bytes of length, 7 bits each
                 rem = 0
@@ -166,13 +177,31 @@ class Sock:
                 self.hl = n
                 self.prem = rem
             if self.hl:
-                need = self.hl + self.prem
+                hl = self.hl
+                need = hl + self.prem
                 if need > cap:
                     need = cap
+                    if b[0] & 0xF0 == 0x30:
+                        # a PUBLISH longer than rbuf: do its topic and packet id fit? If not,
+                        # only the topic's length and the packet id are kept (the PUBACK needs it)
+                        idl = 2 if b[0] & 6 else 0
+                        if self.tlong:
+                            need = hl + 2 + idl
+                        elif n < hl + 2:
+                            need = hl + 2
+                        else:
+                            tl = b[hl] << 8 | b[hl + 1]
+                            if hl + 2 + tl + idl > cap:
+                                if 2 + tl + idl > self.prem:
+                                    raise ValueError('bad PUBLISH')
+                                self.tlong = tl
+                                self.tskip = tl
+                                continue
                 if n >= need:
-                    self.poff = self.hl
-                    self.plen = n - self.hl
-                    self.skip = self.prem - self.plen
+                    self.poff = hl
+                    self.plen = n - hl
+                    self.skip = self.prem - self.plen - self.tlong
+                    self.tlong = 0
                     self.hl = 0
                     self.rlen = 0
                     return True

@@ -553,3 +553,47 @@ def test_a_burst_of_commands_is_acked_in_full(tmp_path, broker, procs):
     assert sorted(a['id'] for a in acks) == sorted('b%d' % k for k in range(30))
     assert [a['ok'] for a in acks].count(False) == 10 and not any('skipped' in a for a in acks)
     assert dev.last()['lost'] == 0
+
+
+def test_a_topic_longer_than_the_inbound_buffer_is_rejected_not_fatal(tmp_path, broker, procs):
+    """A PUBLISH whose topic (+ packet id) does not fit the inbound buffer (~551 bytes for devP) is
+    not parsed into memory: mqtt_sock keeps its topic length and packet id, discards the rest as
+    it arrives, and the link rejects it as an oversized command and PUBACKs it. Raising instead
+    dropped the link, and the message came back at every connect (retained, or QoS 1 unacked):
+    the link stayed down for ever. Retained one waiting at subscribe time, then live QoS 1 ones
+    around the buffer's edge (tl 544: topic + id fit; 545: the id's 2nd byte does not; 546...);
+    then a restart with the same persistent session gets the retained one again, nothing else."""
+    col = Collector(broker.port, ('bess/devP/#',))
+    procs.append(col)
+    t = 'bess/devP/cmd/'
+    col.publish(t + 'a' * 600, b'{"value":9000}', retain=True)
+    dev = Device(tmp_path, 'devP', broker.port, mqtt_extra={'ha_discovery': False})
+    procs.append(dev.start())
+    assert wait_for(lambda: col.get('bess/devP/cmd/ack'), 5)
+    a = json.loads(col.get('bess/devP/cmd/ack')[0][1])
+    assert a['ok'] is False and 'retained' in a['reason'], a
+    n_tele = len(col.telemetry('devP'))
+    for k in (530, 531, 532, 600, 20000):           # topic length: 14 + k
+        a = cmd(col, 'devP', 'a' * k, b'{"value":9000}')
+        assert a['ok'] is False and a['reason'].startswith('oversized'), (k, a)
+        if k > 530:
+            assert a['reason'] == 'oversized: topic %d bytes (not read)' % (14 + k) and a['cmd'] == '?', a
+    a = cmd(col, 'devP', 'import_limit', {'value': 9000, 'id': 'after'})
+    assert a['ok'] and a['id'] == 'after', a
+    assert wait_for(lambda: retained_config(col, 'devP')['import_limit_w'] == 9000, 3)
+    assert wait_for(lambda: col.telemetry('devP')[-1]['err']['cmd_rejected'] == 6, 3), col.telemetry('devP')[-1]
+    assert len(col.telemetry('devP')) > n_tele + 5                     # telemetry kept flowing
+    assert wait_for(lambda: dev.last().get('accepted') == 1, 3), dev.last()
+    s = dev.last()
+    assert s['rejected'] == 6 and s['connects'] == 1 and s['lost'] == 0, s     # never dropped
+    # every one was PUBACKed: a restart (same session) gets only the retained one again
+    dev.kill(signal.SIGKILL)
+    n = len(col.get('bess/devP/cmd/ack'))
+    dev2 = Device(tmp_path, 'devP', broker.port, mqtt_extra={'ha_discovery': False})
+    procs.append(dev2.start())
+    assert wait_for(lambda: len(col.get('bess/devP/cmd/ack')) > n, 5)
+    time.sleep(1.0)
+    acks = [json.loads(m[1]) for m in col.get('bess/devP/cmd/ack')[n:]]
+    assert len(acks) == 1 and 'retained' in acks[0]['reason'], acks
+    assert wait_for(lambda: dev2.last().get('rejected') == 1, 3), dev2.last()
+    assert dev2.last()['connects'] == 1 and dev2.last()['lost'] == 0, dev2.last()
