@@ -217,7 +217,7 @@ def test_a_broken_mqtt_section_never_costs_battery_control():
 
 
 def test_timing_the_watchdog_cannot_survive_boots_into_the_safe_state_not_a_reset_loop():
-    r = Rig(dict(LIMITS), scenario=Scenario([(0, 80000, 0, 0, 0, 0)]), battery_kw=BAT, period_ms=12000)
+    r = Rig(dict(LIMITS, stale_ms=24000), scenario=Scenario([(0, 80000, 0, 0, 0, 0)]), battery_kw=BAT, period_ms=12000)
     with r:
         ok = False
         for _ in range(40):
