@@ -1,0 +1,46 @@
+# Capacity reserve from a commitment (issue 11 groundwork; docs/schedule.md, "Reserve").
+#
+# Pure integer arithmetic, run at configuration time on the device and by the host tools (the
+# planner), never per cycle: the products below exceed 2**30 for MW-scale commitments, which is
+# fine outside the control path. Units: W, s, Wh, SoC and shares in basis points (bp, 0.01 %).
+
+SOC_FULL_BP = 10000
+
+
+def energy_wh(committed_w, event_duration_s):
+    """Energy an event at the committed power for its full duration takes, Wh (rounded up)."""
+    return -(-committed_w * event_duration_s // 3600)
+
+
+def reserve_soc_bp(committed_w, event_duration_s, capacity_wh, derate_bp=0, availability_bp=SOC_FULL_BP,
+                   min_soc_bp=0):
+    """SoC (bp of the rated capacity) to hold so that an event can be delivered in full.
+
+    capacity_wh: rated (nameplate) capacity; derate_bp: capacity lost to ageing (2000 = the
+    battery holds 80 % of its rating); availability_bp: share of the fleet's capacity that can be
+    counted on (a single site: 10000); min_soc_bp: the floor the event may discharge down to.
+    The seed's example: 2 MW for 1 h over 5 MWh = 40 %; with 20 % ageing 50 %, and 95 %
+    availability 52.63 % -> 5264 bp (the "50-55 %" working reserve). Rounded up: never short.
+    Raises ValueError when the commitment cannot be held at all (reserve above 100 %)."""
+    for name, v in (('committed_w', committed_w), ('event_duration_s', event_duration_s),
+                    ('capacity_wh', capacity_wh), ('derate_bp', derate_bp),
+                    ('availability_bp', availability_bp), ('min_soc_bp', min_soc_bp)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError('%s must be an integer, got %r' % (name, v))
+    if committed_w < 0 or event_duration_s < 0:
+        raise ValueError('committed_w and event_duration_s must be >= 0')
+    if capacity_wh <= 0:
+        raise ValueError('capacity_wh must be > 0')
+    if not 0 <= derate_bp < SOC_FULL_BP or not 0 < availability_bp <= SOC_FULL_BP:
+        raise ValueError('derate_bp must be 0..9999 and availability_bp 1..10000')
+    if not 0 <= min_soc_bp < SOC_FULL_BP:
+        raise ValueError('min_soc_bp must be 0..9999')
+    e = energy_wh(committed_w, event_duration_s)
+    # share of the rated capacity the event needs, counting only what ageing and availability
+    # leave: e / (capacity * (1 - derate) * availability), in bp, rounded up
+    den = capacity_wh * (SOC_FULL_BP - derate_bp) * availability_bp
+    r = min_soc_bp + -(-e * SOC_FULL_BP ** 3 // den)
+    if r > SOC_FULL_BP:
+        raise ValueError('the commitment needs %d Wh, more than the usable capacity holds above min SoC '
+                         '(reserve %d.%02d %% > 100 %%)' % (e, r // 100, r % 100))
+    return r
