@@ -4,6 +4,8 @@
 # planner), never per cycle: the products below exceed 2**30 for MW-scale commitments, which is
 # fine outside the control path. Units: W, s, Wh, SoC and shares in basis points (bp, 0.01 %).
 
+from bess_core import is_int
+
 SOC_FULL_BP = 10000
 
 
@@ -25,7 +27,7 @@ def reserve_soc_bp(committed_w, event_duration_s, capacity_wh, derate_bp=0, avai
     for name, v in (('committed_w', committed_w), ('event_duration_s', event_duration_s),
                     ('capacity_wh', capacity_wh), ('derate_bp', derate_bp),
                     ('availability_bp', availability_bp), ('min_soc_bp', min_soc_bp)):
-        if not isinstance(v, int) or isinstance(v, bool):
+        if not is_int(v):
             raise ValueError('%s must be an integer, got %r' % (name, v))
     if committed_w < 0 or event_duration_s < 0:
         raise ValueError('committed_w and event_duration_s must be >= 0')

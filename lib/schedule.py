@@ -8,11 +8,12 @@
 
 from array import array
 
+from bess_core import OBJECTIVES, is_int     # index = the objective code the core uses
+
 FORMAT = 1
 MAX_INTERVALS = 96
 MAX_HORIZON_S = 7 * 86400       # valid_until - created
 ID_MAX = 64
-OBJECTIVES = ('gce', 'ss', 'zfi')
 NOT_SET = -0x3FFFFFFF           # a field the schedule leaves unset (below every value, a small int)
 # interval (and default block) fields: name -> (lo, hi) for ints, None for booleans
 FIELDS = {
@@ -33,10 +34,6 @@ class ScheduleError(ValueError):
     """Raised with every problem found, one per line."""
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _fields(errs, where, d, commissioned, allow=('start', 'duration_s')):
     for k in d:
         if k not in FIELDS and k not in allow:
@@ -51,23 +48,23 @@ def _fields(errs, where, d, commissioned, allow=('start', 'duration_s')):
         elif k == 'objective':
             if v not in OBJECTIVES:
                 errs.append('%s.objective: %r is not one of %s' % (where, v, ', '.join(OBJECTIVES)))
-        elif not _is_int(v) or not rng[0] <= v <= rng[1]:
+        elif not is_int(v) or not rng[0] <= v <= rng[1]:
             errs.append('%s.%s: must be an integer %d..%d, got %r' % (where, k, rng[0], rng[1], v))
     # never outside what was commissioned: the schedule may narrow, not widen
     c = commissioned or {}
-    if _is_int(d.get('soc_min_bp')) and d['soc_min_bp'] < c.get('min_soc_bp', 0):
+    if is_int(d.get('soc_min_bp')) and d['soc_min_bp'] < c.get('min_soc_bp', 0):
         errs.append('%s.soc_min_bp: %d is below the commissioned min_soc_bp %d' % (where, d['soc_min_bp'], c['min_soc_bp']))
-    if _is_int(d.get('soc_max_bp')) and d['soc_max_bp'] > c.get('max_soc_bp', 10000):
+    if is_int(d.get('soc_max_bp')) and d['soc_max_bp'] > c.get('max_soc_bp', 10000):
         errs.append('%s.soc_max_bp: %d is above the commissioned max_soc_bp %d' % (where, d['soc_max_bp'], c['max_soc_bp']))
-    if _is_int(d.get('import_limit_w')) and 'import_limit_w' in c and d['import_limit_w'] > c['import_limit_w']:
+    if is_int(d.get('import_limit_w')) and 'import_limit_w' in c and d['import_limit_w'] > c['import_limit_w']:
         errs.append('%s.import_limit_w: %d is above the commissioned import_limit_w %d'
                     % (where, d['import_limit_w'], c['import_limit_w']))
     lo, hi = d.get('soc_min_bp'), d.get('soc_max_bp')
-    if _is_int(lo) and _is_int(hi) and lo >= hi:
+    if is_int(lo) and is_int(hi) and lo >= hi:
         errs.append('%s: soc_min_bp %d must be below soc_max_bp %d' % (where, lo, hi))
     for k in ('reserve_soc_bp', 'target_soc_bp'):
         v = d.get(k)
-        if _is_int(v) and _is_int(hi) and v > hi:
+        if is_int(v) and is_int(hi) and v > hi:
             errs.append('%s.%s: %d is above soc_max_bp %d' % (where, k, v, hi))
     if 'power_w' in d and 'target_soc_bp' in d:
         errs.append('%s: power_w and target_soc_bp exclude each other (one sets the power, the other derives it)' % where)
@@ -89,18 +86,18 @@ def validate(d, commissioned=None, last_version=0):
     if not isinstance(i, str) or not 0 < len(i) <= ID_MAX:
         errs.append('schedule: id must be a string of 1..%d characters' % ID_MAX)
     ver = d.get('version')
-    if not _is_int(ver) or ver < 1:
+    if not is_int(ver) or ver < 1:
         errs.append('schedule: version must be an integer >= 1, got %r' % (ver,))
     elif ver <= last_version:
         errs.append('schedule: version %d is not newer than the accepted %d' % (ver, last_version))
     cr, vu = d.get('created'), d.get('valid_until')
-    times = _is_int(cr) and _is_int(vu) and cr > 0
+    times = is_int(cr) and is_int(vu) and cr > 0
     if not times:
         errs.append('schedule: created and valid_until must be unix seconds (integers)')
     elif not 0 < vu - cr <= MAX_HORIZON_S:
         errs.append('schedule: valid_until must be after created, at most %d s later' % MAX_HORIZON_S)
     rs = d.get('randomize_s', 0)
-    if not _is_int(rs) or not 0 <= rs <= 3600:
+    if not is_int(rs) or not 0 <= rs <= 3600:
         errs.append('schedule: randomize_s must be an integer 0..3600')
     df = d.get('default')
     if not isinstance(df, dict):
@@ -119,7 +116,7 @@ def validate(d, commissioned=None, last_version=0):
             errs.append(where + ': must be an object')
             continue
         s, du = e.get('start'), e.get('duration_s')
-        if not _is_int(s) or not _is_int(du) or du <= 0:
+        if not is_int(s) or not is_int(du) or du <= 0:
             errs.append(where + ': start (unix s) and duration_s (> 0) are required integers')
         else:
             if times and (s < cr or s + du > vu):

@@ -116,7 +116,7 @@ def stale_errors(site):
     ctl = site.get('control')
     period = site.get('period_ms', 1000)
     stale = ctl.get('stale_ms', 2000) if isinstance(ctl, dict) else None
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (period, stale)):
+    if not (is_int(period) and is_int(stale)):
         return []                           # type errors are reported above
     if stale < 2 * period:
         return ['control.stale_ms: STALE_MS=%d is below 2 x PERIOD_MS=%d: one late poll would make the data '

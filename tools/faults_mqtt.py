@@ -107,6 +107,15 @@ class TricklingBroker:
         self.ls.close()
 
 
+def _close_all(items):
+    """Stop what a run started, newest first; one that fails to stop does not keep the rest."""
+    for it in reversed(items):
+        try:
+            it.kill() if isinstance(it, Device) else it.close() if isinstance(it, Collector) else it.stop()
+        except Exception:
+            pass
+
+
 def row(fault, tries, t0w_s=None, recovery_s=None, note='', lost=None, dup=None, **extra):
     """One row of the fault table (the format of tools/faults_modbus.py)."""
     r = {'fault': fault, 'tries': tries, 't0w_s': t0w_s, 'recovery_s': recovery_s,
@@ -260,11 +269,7 @@ def flood_run(workdir, n=2000, qos=0, dev_id='devF', timeout=45, procs=None,
                 'acks': acks, 'records_during': len(during), 'dev': s}
     finally:
         if procs is None:
-            for it in reversed(items):
-                try:
-                    it.kill() if isinstance(it, Device) else it.close() if isinstance(it, Collector) else it.stop()
-                except Exception:
-                    pass
+            _close_all(items)
 
 
 def case_command_flood(tries=1, n=2000, qos=0):
@@ -340,11 +345,7 @@ def forged_run(workdir, dev_id='devX'):
                 'limit_after': recs[-1]['import_limit_w'] if recs else None,
                 'rejected': (recs[-1] if recs else {}).get('err', {}).get('cmd_rejected')}
     finally:
-        for it in reversed(items):
-            try:
-                it.kill() if isinstance(it, Device) else it.close() if isinstance(it, Collector) else it.stop()
-            except Exception:
-                pass
+        _close_all(items)
 
 
 def case_forged_commands(tries=1):
@@ -406,13 +407,13 @@ def outage_run(workdir, mode, down_s, dev_id='devO', telemetry_ms=500):
                 'records': len(seqs), 'ring_dropped': s.get('dropped'), 'links_lost': s.get('lost'),
                 'work_max_down_us': s.get('work_max_down_us'), 'late_max_down_ms': s.get('late_max_down_ms')}
     finally:
-        for it in reversed(items):
-            try:
-                if isinstance(it, Broker) and it.proc and it.proc.poll() is None:
+        for it in items:                    # a frozen broker must run again to stop
+            if isinstance(it, Broker) and it.proc and it.proc.poll() is None:
+                try:
                     os.kill(it.proc.pid, signal.SIGCONT)
-                it.kill() if isinstance(it, Device) else it.close() if isinstance(it, Collector) else it.stop()
-            except Exception:
-                pass
+                except OSError:
+                    pass
+        _close_all(items)
 
 
 def _outage_case(mode, tries, down_s):
