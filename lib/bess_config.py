@@ -10,6 +10,7 @@ POWER_MAX_W = 10000000      # supported power range is +-10 MW (see docs/units.m
 SOC_FULL_BP = 10000         # 100.00 % in basis points
 RAMP_MAX_W_PER_S = 10000000
 STALE_MAX_MS = 600000
+USABLE_MAX_WH = 1000000000  # 1 GWh: keeps the core's charge-to-target arithmetic below 2**30
 
 OBJECTIVE_TITLES = ('grid capacity expansion', 'self-sufficiency', 'self-sufficiency, zero feed-in')
 
@@ -29,6 +30,16 @@ SCHEMA = {
     'ramp_w_per_s': (100000, 1, RAMP_MAX_W_PER_S),
     'deadband_w': (0, 0, POWER_MAX_W),
     'stale_ms': (2000, 1, STALE_MAX_MS),
+    # import-limit protection may discharge below the reserve (a breaker trips otherwise); 0: it
+    # stops at the reserve like every other discharge (docs/control.md)
+    'protect_below_reserve': (1, 0, 1),
+    # capacity commitment -> reserve SoC (lib/reserve.py, docs/schedule.md): the battery keeps
+    # what an event at committed_w for event_duration_s takes; 0 W = no commitment
+    'committed_w': (0, 0, POWER_MAX_W),
+    'event_duration_s': (3600, 1, 86400),
+    'usable_wh': (0, 0, USABLE_MAX_WH),            # rated usable energy; 0 = not given
+    'derate_bp': (0, 0, SOC_FULL_BP - 1),          # capacity lost to ageing
+    'availability_bp': (SOC_FULL_BP, 1, SOC_FULL_BP),
 }
 OPTIONAL_DEFAULT_FROM = {'reserve_soc_bp': 'min_soc_bp'}
 
@@ -81,8 +92,27 @@ def validate(cfg):
     return out
 
 
+def commitment_reserve_bp(c):
+    """Reserve SoC a validated config's capacity commitment needs (min_soc_bp without one).
+    Raises ValueError when it cannot be held."""
+    if not c['committed_w']:
+        return c['min_soc_bp']
+    if not c['usable_wh']:
+        raise ValueError('committed_w needs usable_wh (the battery\'s usable energy, Wh)')
+    from reserve import reserve_soc_bp
+    return reserve_soc_bp(c['committed_w'], c['event_duration_s'], c['usable_wh'], c['derate_bp'],
+                          c['availability_bp'], c['min_soc_bp'])
+
+
 def _check_consistency(c, errs):
     mn, rs, mx, hy = c['min_soc_bp'], c['reserve_soc_bp'], c['max_soc_bp'], c['hysteresis_bp']
+    try:
+        cr = commitment_reserve_bp(c)
+        if cr + hy >= mx:
+            errs.append('committed_w: the commitment needs a reserve of %d bp; with hysteresis_bp %d it must '
+                        'stay below max_soc_bp %d' % (cr, hy, mx))
+    except ValueError as e:
+        errs.append('committed_w: %s' % e)
     if not mn <= rs < mx:
         errs.append('reserve_soc_bp: must satisfy min_soc_bp <= reserve_soc_bp < max_soc_bp, got %d <= %d < %d'
                     % (mn, rs, mx))

@@ -21,6 +21,8 @@ _PMAX = const(10000000)     # = bess_config.POWER_MAX_W; inputs beyond it are in
 _SOC_FULL = const(10000)    # = bess_config.SOC_FULL_BP
 _DT_MAX_MS = const(60000)   # longest supported cycle; larger elapsed times are clamped
 COMMAND_MAX_MS = const(86400000)   # longest dispatch event or operator override: 24 h (commands.py too)
+NOT_SET = const(-0x3FFFFFFF)    # a plan field the schedule leaves unset: a small int below every value
+_LEFT_MAX_S = const(298000)     # charge-to-target horizon cap: keeps need_wh % left * 3600 < 2**30
 
 OBJECTIVES = ('gce', 'ss', 'zfi')   # index = objective code (bess_config validates names)
 OBJ_GCE = const(0)
@@ -59,10 +61,12 @@ B_DEADBAND = const(14)      # change smaller than the deadband: kept the previou
 B_FAILSAFE = const(15)      # missing, stale or out-of-range data
 B_DISPATCH = const(16)      # dispatch event sets the target
 B_OVERRIDE = const(17)      # operator override sets the target
+B_SCHEDULE = const(18)      # the schedule's storage power target (firm obligation or economic)
+B_TARGET = const(19)        # charging at the pace that reaches the interval's target SoC by its end
 BINDING_NAMES = ('none', 'import_limit', 'phase_limit', 'ev_headroom', 'max_discharge_cfg',
                  'max_charge_cfg', 'max_discharge_bms', 'max_charge_bms', 'taper', 'min_soc',
                  'max_soc', 'reserve_soc', 'feed_in', 'ramp', 'deadband', 'failsafe', 'dispatch',
-                 'override')
+                 'override', 'schedule', 'target_soc')
 
 # Outputs.flags bits
 F_MIN_LOCK = const(1)
@@ -118,6 +122,9 @@ class Outputs:
         self.target_w = 0           # objective target before deadband, ramp and limits
         self.dispatch_left_ms = 0
         self.override_left_ms = 0
+        self.reserve_bp = 0         # reserve SoC in force (config, commitment, schedule)
+        self.ev_limit_w = 0         # DLM: import the site may draw now = limit in force + what the
+        #                             battery may give (0 under the reserve floor or in fail-safe)
 
 
 def _count_down(left_ms, dt_ms):
@@ -159,7 +166,22 @@ class Controller:
         self.override_w = 0
         self.override_left_ms = 0
         self.cfg = None
+        self.clear_plan()
         self.configure(cfg)
+
+    def clear_plan(self):
+        """No schedule in force: the commissioned config alone. lib/plan.py writes these fields
+        when the interval in force changes (plan_left_s every cycle); all are small ints."""
+        self.plan_obj = -1              # -1: the configured objective, else its code
+        self.plan_reserve_bp = NOT_SET  # raises the reserve (never lowers it)
+        self.plan_soc_min_bp = NOT_SET  # narrows the SoC window (never widens it)
+        self.plan_soc_max_bp = NOT_SET
+        self.plan_import_w = NOT_SET    # lowers the import limit (never raises it)
+        self.plan_target_bp = NOT_SET   # reach by the interval's end; also a discharge floor
+        self.plan_power_w = NOT_SET     # storage power target, + discharge
+        self.plan_firm = 0              # 1: power_w is an obligation, 0: economic (arbitrage)
+        self.plan_export = -1           # 0: the battery may not export, 1 / -1: it may
+        self.plan_left_s = 0            # seconds to the end of the interval in force
 
     def configure(self, cfg):
         """Validate and apply a config dict (raises ConfigError, changing nothing, if invalid)."""
@@ -181,6 +203,12 @@ class Controller:
         self.ramp_w_per_s = c['ramp_w_per_s']
         self.deadband_w = c['deadband_w']
         self.stale_ms = c['stale_ms']
+        self.protect_below_reserve = c['protect_below_reserve']
+        self.usable_wh = c['usable_wh']
+        from bess_config import commitment_reserve_bp
+        self.commit_reserve_bp = commitment_reserve_bp(c)
+        if self.commit_reserve_bp > self.reserve_soc_bp:
+            self.reserve_soc_bp = self.commit_reserve_bp
         self.cfg = c
         return c
 
@@ -217,6 +245,21 @@ class Controller:
         oleft = _count_down(self.override_left_ms, dt)
         self.override_left_ms = oleft
         o.override_left_ms = oleft
+
+        # --- 0. the limits in force: the schedule may narrow the commissioned ones, never widen
+        lim = self.import_limit_w
+        v = self.plan_import_w
+        if v != NOT_SET and v < lim:
+            lim = v
+        rsv = self.reserve_soc_bp
+        v = self.plan_reserve_bp
+        if v > rsv:                         # NOT_SET is below every value
+            rsv = v
+        o.reserve_bp = rsv
+        floor_bp = rsv                      # discharge floor: the reserve, or the interval's target
+        v = self.plan_target_bp
+        if v > floor_bp:
+            floor_bp = v
 
         # --- 1. data validity: anything missing, stale or out of range -> 0 W ----------------
         flags = 0
@@ -255,22 +298,30 @@ class Controller:
             o.phase_excess_w = 0
             o.phase_cost_w = 0
             o.target_w = 0
+            o.ev_limit_w = lim
             return
 
         # --- 2. SoC locks with hysteresis ----------------------------------------------------
         mn = self.min_soc_bp
+        v = self.plan_soc_min_bp
+        if v > mn:
+            mn = v
+        mx = self.max_soc_bp
+        v = self.plan_soc_max_bp
+        if v != NOT_SET and v < mx:
+            mx = v
         hy = self.hysteresis_bp
         if soc <= mn:
             self.min_lock = 1
         elif soc >= mn + hy:
             self.min_lock = 0
-        if soc >= self.max_soc_bp:
+        if soc >= mx:
             self.max_lock = 1
-        elif soc <= self.max_soc_bp - hy:
+        elif soc <= mx - hy:
             self.max_lock = 0
-        if soc <= self.reserve_soc_bp:
+        if soc <= floor_bp:
             self.reserve_lock = 1
-        elif soc >= self.reserve_soc_bp + hy:
+        elif soc >= floor_bp + hy:
             self.reserve_lock = 0
         flags = self.min_lock * F_MIN_LOCK + self.max_lock * F_MAX_LOCK + self.reserve_lock * F_RESERVE_LOCK
 
@@ -311,7 +362,7 @@ class Controller:
 
         # --- 4. what the import limits require ------------------------------------------------
         net = gcp + bat                     # GCP power if the battery were at 0 W
-        req = net - self.import_limit_w     # > 0: discharge needed; < 0: spare import capacity
+        req = net - lim                     # > 0: discharge needed; < 0: spare import capacity
         req_bind = B_IMPORT
         o.phase_excess_w = 0
         o.phase_cost_w = 0
@@ -335,20 +386,39 @@ class Controller:
         o.net_w = net
         o.req_w = req
 
-        # --- 5. the objective's target ---------------------------------------------------------
+        # --- 5. the target: command > schedule power > objective; then charge-to-target -------
         # an external command (override > dispatch) replaces the objective and import protection
         command = oleft > 0 or left > 0
         obj = self.objective
+        if self.plan_obj >= 0:
+            obj = self.plan_obj
+        rlock = self.reserve_lock
+        # the lowest setpoint grid charging may reach: import stays under limit - EV headroom
+        chg_floor = req + self.ev_headroom_w
         if oleft > 0:
             tgt = self.override_w
             bind = B_OVERRIDE
         elif left > 0:
             tgt = self.dispatch_w
             bind = B_DISPATCH
+        elif self.plan_power_w != NOT_SET:
+            tgt = self.plan_power_w
+            bind = B_SCHEDULE
+            if not self.plan_firm:
+                # arbitrage: discharges only above the reserve, charges only within the headroom
+                if tgt > 0 and rlock:
+                    tgt = 0
+                    bind = B_RESERVE
+                elif tgt < 0 and tgt < chg_floor:
+                    tgt = chg_floor if chg_floor < 0 else 0
+                    bind = B_HEADROOM
         elif obj == OBJ_GCE:
             if req > 0:
                 tgt = req
                 bind = req_bind
+                if rlock and not self.protect_below_reserve:
+                    tgt = 0
+                    bind = B_RESERVE
             else:
                 # spare capacity (total or 3x worst phase) less the headroom kept for EVs
                 spare = -req - self.ev_headroom_w
@@ -363,9 +433,38 @@ class Controller:
             if obj == OBJ_ZFI:
                 tgt = net - self.min_import_w
             bind = B_NONE
-            if tgt > 0 and self.reserve_lock:
+            if tgt > 0 and rlock:
                 tgt = 0
                 bind = B_RESERVE
+        tb = self.plan_target_bp
+        if not command and soc < tb:
+            # charge at the pace that reaches the target by the interval's end (aiming 5 min early
+            # on long intervals, at half the time left on short ones); more if the objective wants
+            wh = self.usable_wh
+            t_left = self.plan_left_s
+            if t_left > 600:
+                t_left -= 300
+            else:
+                t_left = t_left // 2
+            if t_left < 1:
+                t_left = 1
+            elif t_left > _LEFT_MAX_S:
+                t_left = _LEFT_MAX_S
+            if wh > 0:
+                need_wh = muldiv(wh, tb - soc, _SOC_FULL)
+                need_wh += need_wh >> 4      # ~6 % for charging losses (feedback corrects the rest)
+                q = need_wh // t_left
+                pace = _PMAX if q > _PMAX // 3600 else q * 3600 + ((need_wh % t_left) * 3600) // t_left
+            else:
+                pace = _PMAX        # energy unknown: as fast as the limits allow
+            c = -pace
+            cb = B_TARGET
+            if c < chg_floor:
+                c = chg_floor
+                cb = B_HEADROOM
+            if c < 0 and c < tgt:
+                tgt = c
+                bind = cb
         o.target_w = tgt
 
         # --- 6. deadband and ramp: moves toward 0 W are immediate, away from it rate-limited ----
@@ -396,17 +495,30 @@ class Controller:
         # An override or dispatch event may leave an import excess the battery did not cause, but
         # the battery itself never charges the site over its limit: floor min(req, 0).
         floor = req if (not command or req < 0) else 0
+        if floor > 0 and rlock and not self.protect_below_reserve:
+            floor = 0
         if sp < floor:
             sp = floor
             bind = req_bind
+        # what the battery may give a load manager now: 0 under the reserve floor, less what a
+        # firm schedule power already owes the grid (before the feed-in caps: EVs are site demand)
+        give = 0 if rlock else dis_cap
+        if self.plan_firm and self.plan_power_w > 0:
+            give -= self.plan_power_w
+            if give < 0:
+                give = 0
+        o.ev_limit_w = lim + give
+        fcap = dis_cap
         if obj == OBJ_ZFI:
             # zero feed-in: the battery never discharges below the site's own demand + min import
             fcap = net - self.min_import_w
+        elif self.plan_export == 0:
+            fcap = net              # the schedule forbids export: never more than site demand
+        if fcap < dis_cap:
             if fcap < 0:
                 fcap = 0
-            if fcap < dis_cap:
-                dis_cap = fcap
-                dis_bind = B_FEED_IN
+            dis_cap = fcap
+            dis_bind = B_FEED_IN
         if sp > dis_cap:
             sp = dis_cap
             bind = dis_bind

@@ -19,7 +19,11 @@ from bess_config import validate, ConfigError, POWER_MAX_W
 
 VEC_FIELDS = ('gcp_w', 'gcp_l1_w', 'gcp_l2_w', 'gcp_l3_w', 'phases_valid', 'meter_valid',
               'meter_age_ms', 'bat_w', 'soc_bp', 'bat_valid', 'bat_age_ms', 'bms_max_chg_w',
-              'bms_max_dis_w', 'dt_ms', 'dispatch_cmd', 'dispatch_w', 'dispatch_ms')
+              'bms_max_dis_w', 'dt_ms', 'dispatch_cmd', 'dispatch_w', 'dispatch_ms',
+              # the schedule's interval in force (lib/plan.py writes these; NOT_SET = unset)
+              'plan_obj', 'plan_reserve_bp', 'plan_soc_min_bp', 'plan_soc_max_bp', 'plan_import_w',
+              'plan_target_bp', 'plan_power_w', 'plan_firm', 'plan_export', 'plan_left_s')
+NOT_SET = -0x3FFFFFFF
 SMALL_MAX = 2 ** 30 - 1     # largest small int on 32-bit MicroPython
 SMALL_MIN = -(2 ** 30)
 
@@ -98,6 +102,11 @@ def _step(rng, cfg, state, calm):
         cmd, dw, dms = 3, rng.randint(-POWER_MAX_W, POWER_MAX_W), rng.choice([1, 1000, 20000, 86400000])
     elif r < 0.026:
         cmd = 4
+    plan = state['plan']
+    if plan is not None and rng.random() < 0.04:
+        state['plan'] = plan = _pick_plan(rng, cfg)
+    if plan is not None:
+        plan[-1] = max(0, plan[-1] - 1) if rng.random() < 0.95 else rng.choice([0, 1, 600, 601, 86400, 604800])
     return [gcp, l1, l2, l3,
             1 if rng.random() < 0.97 else 0,
             1 if rng.random() < 0.98 else 0, age(),
@@ -105,7 +114,27 @@ def _step(rng, cfg, state, calm):
             1 if rng.random() < 0.98 else 0, age(),
             bms(), bms(),
             rng.choice([1000, 1000, 1000, 1, 250, 60000, 0, -5, 60001, SMALL_MAX]),
-            cmd, dw, dms]
+            cmd, dw, dms] + (plan if plan is not None else [-1] + [NOT_SET] * 6 + [0, -1, 0])
+
+
+def _pick_plan(rng, cfg):
+    """An interval's fields as lib/plan.py hands them to the core: within what the schedule
+    validator allows (never wider than commissioned), each field often unset."""
+    mn, mx, lim = cfg['min_soc_bp'], cfg['max_soc_bp'], cfg['import_limit_w']
+    def opt(v):
+        return v if rng.random() < 0.5 else NOT_SET
+    lo = opt(rng.randint(mn, max(mn, mx - 1)))
+    hi = opt(rng.randint(max(mn, lo if lo != NOT_SET else mn) + 1, max(mn + 1, mx)))
+    top = hi if hi != NOT_SET else mx
+    power = target = NOT_SET
+    r = rng.random()
+    if r < 0.35:
+        power = rng.choice([rng.randint(-lim, lim), rng.randint(-POWER_MAX_W, POWER_MAX_W), 0, -1, 1])
+    elif r < 0.7:
+        target = rng.randint(0, top)
+    return [rng.choice([-1, -1, 0, 1, 2]), opt(rng.randint(0, top)), lo, hi,
+            opt(rng.choice([0, 1, lim // 2, rng.randint(0, lim)])), target, power,
+            rng.randint(0, 1), rng.choice([-1, 0, 1]), rng.choice([0, 1, 300, 900, 3600, 86400, 604800, 604800])]
 
 
 def generate(seed=20261123, episodes=40, steps=256):
@@ -113,12 +142,25 @@ def generate(seed=20261123, episodes=40, steps=256):
     rng = random.Random(seed)
     for e in range(episodes):
         cfg = _pick_config(rng)
+        if e % 3 == 1:
+            # a commitment raises the reserve (when the battery can hold it) and sets usable_wh,
+            # which the charge-to-target pace needs
+            wh = rng.choice([1000, 50000, 200000, rng.randint(1, 10 ** 9)])
+            for cw in (rng.randint(0, 2 * cfg['import_limit_w']), 0):
+                try:
+                    cfg = validate(dict(cfg, committed_w=cw, usable_wh=wh, derate_bp=rng.choice([0, 2000]),
+                                        event_duration_s=rng.choice([900, 3600]),
+                                        protect_below_reserve=rng.randint(0, 1)))
+                    break
+                except ConfigError:
+                    continue
         if e % 4 == 3:
             # calm episode: a slowly moving site and no deadband/ramp in the way, so steady-state
             # targets (EV headroom charging, exact import-limit holding) get exercised too
-            cfg = validate(dict(cfg, deadband_w=0, ramp_w_per_s=POWER_MAX_W, stale_ms=600000))
+            cfg = validate(dict(cfg, deadband_w=0, ramp_w_per_s=POWER_MAX_W, stale_ms=600000,
+                                usable_wh=cfg['usable_wh'] or rng.choice([2000, 20000])))
         state = {'soc': rng.randint(0, 10000), 'net': rng.randint(-cfg['import_limit_w'], 2 * cfg['import_limit_w']),
-                 'sp': 0}
+                 'sp': 0, 'plan': _pick_plan(rng, cfg) if e % 2 else None}
         vecs = []
         for _ in range(steps):
             v = _step(rng, cfg, state, e % 4 == 3)

@@ -22,8 +22,8 @@ try:
 except ImportError:         # CPython: nothing to lock, same outputs
     heap_lock = heap_unlock = None
 
-NV = 17     # fields per input vector, in tools/corpus.py VEC_FIELDS order
-NO = 13     # outputs recorded per step
+NV = 27     # fields per input vector, in tools/corpus.py VEC_FIELDS order
+NO = 15     # outputs recorded per step
 
 
 def run_episode(cfg, vec, n, out, pos):
@@ -66,6 +66,16 @@ def run_episode(cfg, vec, n, out, pos):
                 ostart(vec[j + 15], vec[j + 16])
             elif cmd == 4:
                 ostop()
+            ctl.plan_obj = vec[j + 17]
+            ctl.plan_reserve_bp = vec[j + 18]
+            ctl.plan_soc_min_bp = vec[j + 19]
+            ctl.plan_soc_max_bp = vec[j + 20]
+            ctl.plan_import_w = vec[j + 21]
+            ctl.plan_target_bp = vec[j + 22]
+            ctl.plan_power_w = vec[j + 23]
+            ctl.plan_firm = vec[j + 24]
+            ctl.plan_export = vec[j + 25]
+            ctl.plan_left_s = vec[j + 26]
             step()
             out[q] = o.setpoint_w
             out[q + 1] = o.state
@@ -80,6 +90,8 @@ def run_episode(cfg, vec, n, out, pos):
             out[q + 10] = o.target_w
             out[q + 11] = o.dispatch_left_ms
             out[q + 12] = o.override_left_ms
+            out[q + 13] = o.reserve_bp
+            out[q + 14] = o.ev_limit_w
             k += 1
             j += NV
             q += NO
