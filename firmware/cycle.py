@@ -202,6 +202,8 @@ class Runtime:
         self.cycle_errors = 0           # cycles that raised (a bug, or an allocation under check_alloc)
         self.hook_errors = 0            # after_cycle (MQTT side) raised
         self.capture = None             # f(now_ms): telemetry capture, inside the cycle (no allocation)
+        self.plan = None                # lib/plan.Plan (a "schedule" section): ticked before step()
+        self.clock = None               # firmware/wallclock.Clock, or None: never a valid clock
         self.stale_run = 0              # an extra cycle ran for stale data since the last tick
         self.tick_ref = self.tick       # bound method created once, not in the IRQ
         self.wire_bytes = meter.bytes_per_poll + battery.bytes_per_poll
@@ -256,6 +258,13 @@ class Runtime:
         i.dt_ms = self.period_ms if self.t_last is None else time.ticks_diff(now, self.t_last)
         self.t_last = now
         self.read_inputs()
+        p = self.plan
+        if p is not None:               # the schedule's interval in force (allocation-free)
+            c = self.clock
+            if c is None:
+                p.tick(0, 0)
+            else:
+                p.tick(c.valid, c.elapsed_s())
         self.ctl.step()
         o = self.ctl.out
         o.flags |= self.meter.frozen * 512 | self.battery.frozen * 1024    # bess_core.FLAG_NAMES
@@ -353,9 +362,10 @@ class Runtime:
 class Job:
     """What boot hands to the loop: the runtime, its MQTT side and the board's timer/watchdog."""
 
-    def __init__(self, rt, rep, board):
+    def __init__(self, rt, rep, board, ps=None):
         self.rt = rt
         self.rep = rep
+        self.ps = ps                    # firmware/plan_side.PlanSide, or None
         self.wdt_ms = board.get('wdt_timeout_ms', 10000)
         t = board.get('timer', {})
         self.hard = t.get('hard', False)
@@ -377,10 +387,28 @@ def run_job(job, cycles=0):
                   'without telemetry and commands (docs/resources.md)' % (e, heap_text()))
             rep = None
     wdt = machine.WDT(timeout=job.wdt_ms)
-    rt.run(wdt, cycles, hard=job.hard, timer_id=job.timer_id,
-           after_cycle=rep.after_cycle if rep is not None else None)
+    after = rep.after_cycle if rep is not None else None
+    ps = job.ps
+    if ps is not None:
+        if rep is None:
+            ps.link = None
+        after = _chain(ps.after_cycle, after)
+    rt.run(wdt, cycles, hard=job.hard, timer_id=job.timer_id, after_cycle=after)
     try:                                # a fixed-length run (tests, tools) ends with a summary
         import cycle_log
         cycle_log.summary(rt)
     except MemoryError:
         print('done: %d cycles (no room for the summary: OUT OF MEMORY)' % rt.cycles)
+
+
+def _chain(first, then):
+    """after_cycle: the schedule side (clock, schedule, status, dlm) first, then MQTT."""
+    if then is None:
+        return first
+
+    def both(now):
+        try:
+            first(now)
+        finally:                        # a failing schedule side never stops telemetry
+            then(now)
+    return both

@@ -79,6 +79,7 @@ config = {
     'ha_prefix': 'homeassistant',
     'device_name': None,        # shown in Home Assistant; default "BESS <id>"
     'on_command': None,         # f(name, topic, payload, retained) -> ack dict or None
+    'on_schedule': None,        # f(memoryview, n, total, last): a schedule's bytes as they arrive
 }
 
 DOWN = 0
@@ -114,6 +115,11 @@ class MqttLink:
         self.t_tele = (base + 'telemetry').encode()
         self.t_cmd = (base + 'cmd/').encode()
         self.t_ack = (base + 'cmd/ack').encode()
+        self.t_sched = (base + 'schedule').encode()
+        self.t_sched_st = (base + 'schedule/status').encode()
+        self.t_dlm = (base + 'dlm').encode()
+        self.on_schedule = c['on_schedule']
+        self.extra = []             # retained (topic, payload) to publish: schedule status, dlm
         self.port = c['port'] or (8883 if c['ssl'] else 1883)
         self.ssl_params = self._ssl_params() if c['ssl'] else None
         self.ring = None            # alloc_ring(): once boot-only code has left the heap
@@ -123,6 +129,8 @@ class MqttLink:
         self.puback = bytearray(b'\x40\x02\0\0')
         self.tele_ms = c['telemetry_ms']
         self.epoch_s = 0            # wall clock at uptime 0 (records hold uptime; see telemetry.py)
+        self.sch_id = None          # the schedule in force (id, version): telemetry's sch.id
+        self.sch_version = 0
         self.disc_next = -1         # next HA discovery message to send; -1: none
         self.disc_done = False
         self.oom = 0                # publishes deferred or skipped for want of memory
@@ -413,6 +421,14 @@ class MqttLink:
         sk.write(b'\x00\x01')                    # packet id 1
         sk.lstr(t + b'+')
         sk.write(b'\x01')                         # QoS 1
+        if self.on_schedule is not None:
+            # the retained per-device schedule at QoS 0: the broker delivers the one it holds at
+            # every subscribe, so a schedule cut off with the link comes again on the next connect
+            t = self.t_sched
+            sk.fixed(0x82, 2 + 2 + len(t) + 1)
+            sk.write(b'\x00\x02')
+            sk.lstr(t)
+            sk.write(b'\x00')
         self.state = UP
         self.connects += 1
         self.next_try = None
@@ -458,6 +474,10 @@ class MqttLink:
             sk.publish(self.t_config, self.config_msg, True)
             self.config_dirty = False
             n -= 1
+        while self.extra and n > 0:
+            t, p = self.extra.pop(0)
+            sk.publish(t, p, True)
+            n -= 1
         ring = self.ring
         while self.disc_next >= 0 and n > 0 and time.ticks_diff(end, time.ticks_ms()) > 0:
             try:
@@ -477,7 +497,7 @@ class MqttLink:
             if k < 0:
                 break
             try:                        # encode before anything goes on the wire
-                payload = json.dumps(ring.record_dict(k, self.epoch_s)).encode()
+                payload = json.dumps(ring.record_dict(k, self.epoch_s, self.sch_id, self.sch_version)).encode()
             except MemoryError:         # the record stays unsent: tried again next poll
                 self._oom('telemetry deferred')
                 break
@@ -551,6 +571,14 @@ class MqttLink:
             p = o + 2 + (2 if qos else 0)
             n = 1
             self._command(b'?', tl, sk.prem - (p - o) - tl, r[0] & 1)
+        elif self.on_schedule is not None and tl == len(self.t_sched) and mv[o + 2:o + 2 + tl] == self.t_sched:
+            # a schedule: handed over as it arrives (first what the buffer holds, then the rest
+            # through the socket's sink), never held whole (docs/schedule.md, "Transport")
+            total = sk.prem - (p - o)
+            last = sk.prem == sk.plen
+            self.on_schedule(mv[p:end], end - p, total, last)
+            if not last:
+                sk.sink = self._sched_rest
         else:
             t_cmd = self.t_cmd
             k = len(t_cmd)
@@ -569,6 +597,18 @@ class MqttLink:
             a[3] = r[p - 1]
             sk.write(a)
         return n
+
+    def _sched_rest(self, mv, n, last):
+        self.on_schedule(mv, n, -1, last)
+
+    def publish_retained(self, topic, payload):
+        """Queue a retained message (schedule status, dlm); one per topic waits, the newest."""
+        x = self.extra
+        for k in range(len(x)):
+            if x[k][0] == topic:
+                x[k] = (topic, payload)
+                return
+        x.append((topic, payload))
 
     def _command(self, name, topic, payload, retained):
         """topic, payload: bytes, or the length (an int) of one too long to be read (a topic

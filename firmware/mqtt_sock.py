@@ -42,6 +42,7 @@ class Sock:
         self.rlen = 0           # bytes of the current inbound packet held in rbuf
         self.hl = 0             # its fixed header's length once complete (0: not yet)
         self.skip = 0           # bytes still to discard of a packet longer than rbuf
+        self.sink = None        # f(memoryview, n, last): takes those bytes instead (a schedule)
         self.tskip = 0          # bytes still to discard of a PUBLISH's topic longer than rbuf
         self.tlong = 0          # and that topic's length (0: the topic is held)
         self.plen = 0           # the packet packet() returned: body bytes held (from rbuf[poff])
@@ -158,6 +159,11 @@ class Sock:
                 if not r:
                     return False
                 self.skip -= r
+                f = self.sink
+                if f is not None:
+                    if not self.skip:
+                        self.sink = None
+                    f(self.rmv, r, not self.skip)
                 continue
             n = self.rlen
             if self.tskip:

@@ -23,9 +23,9 @@ KEY = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff'
 
 
 def check_schema(r):
-    assert set(r) == set(telemetry.SCHEMA_V1), set(r) ^ set(telemetry.SCHEMA_V1)
-    assert r['v'] == telemetry.SCHEMA_VERSION == 1
-    for k, t in telemetry.SCHEMA_V1.items():
+    assert set(r) == set(telemetry.SCHEMA_V2), set(r) ^ set(telemetry.SCHEMA_V2)
+    assert r['v'] == telemetry.SCHEMA_VERSION == 2
+    for k, t in telemetry.SCHEMA_V2.items():
         v = r[k]
         if t == 'int':
             assert isinstance(v, int) and not isinstance(v, bool), (k, v)
@@ -33,6 +33,9 @@ def check_schema(r):
             assert v is None or (isinstance(v, int) and not isinstance(v, bool)), (k, v)
         elif t == 'str':
             assert isinstance(v, str), (k, v)
+        elif k == 'sch':
+            assert set(v) == set(telemetry.SCH_KEYS) and v['source'] in telemetry.SOURCE_NAMES, (k, v)
+            assert v['id'] is None or isinstance(v['id'], str)
         else:
             assert isinstance(v, dict) and set(v) == set(telemetry.ERR_KEYS), (k, v)
             assert all(isinstance(x, int) for x in v.values())

@@ -121,7 +121,7 @@ def test_ring_overflow_drops_oldest_and_counts(cap):
     assert [len(c) for c in r.chunks] == sizes and len(r) == cap and r.dropped == 3
     assert seqs(r) == list(range(3, cap + 3))
     rec = r.record_dict(cap - 1)
-    assert set(rec) == set(telemetry.SCHEMA_V1) and rec['err']['ring_dropped'] == 3
+    assert set(rec) == set(telemetry.SCHEMA_V2) and rec['err']['ring_dropped'] == 3
     assert rec['ts_ms'] == (1700000000 + cap + 2) * 1000 and rec['state'] == 'discharging'
     assert r.record_dict(cap - 1, epoch_s=1000)['ts_ms'] == rec['ts_ms'] + 1000000
 

@@ -81,7 +81,7 @@ def test_tls_telemetry_commands_reconnect_and_handshake_cost(tmp_path, pki, proc
         (dev.last(), ctxdev.last())
     for d in ('devS', 'devK'):
         seqs = [r['seq'] for r in col.telemetry(d)]
-        assert seqs == sorted(seqs) and seqs[0] == 0 and all(r['v'] == 1 for r in col.telemetry(d))
+        assert seqs == sorted(seqs) and seqs[0] == 0 and all(r['v'] == 2 for r in col.telemetry(d))
         assert col.get('bess/%s/status' % d)[0][1] == b'online'
     # a command round-trips over TLS, and takes effect
     a = _cmd(col, 'devS', 'import_limit', {'value': 9000, 'id': 'tls1'})

@@ -94,3 +94,22 @@ def test_the_same_module_runs_on_micropython(runtime):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.split('\n')[:2] == ['0 -1 1 1 1', 'rejected 1'], r.stdout
+
+
+def test_the_compiled_form_is_sparse_and_32_bit():
+    """Only the fields some interval or the default sets get a column (n + 1 entries, the default
+    block last); the others read NOT_SET without one."""
+    s = sc.compile_(copy.deepcopy(GOOD), COMM, last_version=2)
+    assert sorted(s.fields) == ['export', 'firm', 'import_limit_w', 'objective', 'power_w', 'reserve_soc_bp',
+                                'target_soc_bp']
+    assert s.get('soc_min_bp', 0) == s.get('soc_max_bp', 2) == sc.NOT_SET
+    assert all(len(a) == s.n + 1 and a.typecode == 'i' for a in s.fields.values())
+    assert s.start.typecode == s.end.typecode == 'i'
+
+
+def test_bounds_out_of_range_without_a_commissioned_config_are_reported():
+    d = _bad(lambda d: d['intervals'][0].update(soc_min_bp=-5, soc_max_bp=10001))
+    errs = sc.validate(d, None)
+    assert 'intervals[0].soc_min_bp: -5 is below the commissioned min_soc_bp 0' in errs
+    assert 'intervals[0].soc_max_bp: 10001 is above the commissioned max_soc_bp 10000' in errs
+

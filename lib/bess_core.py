@@ -123,6 +123,8 @@ class Outputs:
         self.dispatch_left_ms = 0
         self.override_left_ms = 0
         self.reserve_bp = 0         # reserve SoC in force (config, commitment, schedule)
+        self.import_limit_w = 0     # import limit in force (config, narrowed by the schedule)
+        self.objective = 0          # objective code in force (config, or the schedule's)
         self.ev_limit_w = 0         # DLM: import the site may draw now = limit in force + what the
         #                             battery may give (0 under the reserve floor or in fail-safe)
 
@@ -182,6 +184,10 @@ class Controller:
         self.plan_firm = 0              # 1: power_w is an obligation, 0: economic (arbitrage)
         self.plan_export = -1           # 0: the battery may not export, 1 / -1: it may
         self.plan_left_s = 0            # seconds to the end of the interval in force
+        # what is in force, for telemetry (lib/plan.py): source, interval index, schedule version
+        self.plan_src = 0
+        self.plan_k = -1
+        self.plan_version = 0
 
     def configure(self, cfg):
         """Validate and apply a config dict (raises ConfigError, changing nothing, if invalid)."""
@@ -256,6 +262,11 @@ class Controller:
         if v > rsv:                         # NOT_SET is below every value
             rsv = v
         o.reserve_bp = rsv
+        o.import_limit_w = lim
+        obj = self.objective
+        if self.plan_obj >= 0:
+            obj = self.plan_obj
+        o.objective = obj
         floor_bp = rsv                      # discharge floor: the reserve, or the interval's target
         v = self.plan_target_bp
         if v > floor_bp:
@@ -389,9 +400,6 @@ class Controller:
         # --- 5. the target: command > schedule power > objective; then charge-to-target -------
         # an external command (override > dispatch) replaces the objective and import protection
         command = oleft > 0 or left > 0
-        obj = self.objective
-        if self.plan_obj >= 0:
-            obj = self.plan_obj
         rlock = self.reserve_lock
         # the lowest setpoint grid charging may reach: import stays under limit - EV headroom
         chg_floor = req + self.ev_headroom_w

@@ -61,6 +61,7 @@ class Plan:
         self.based = 0
         self.k = -2                 # forces the fields to be written on the next tick
         self.pos = 0
+        self.ctl.plan_version = 0 if s is None else s.version
         if s is None:
             self.ctl.clear_plan()
             self.k = -1
@@ -126,6 +127,8 @@ class Plan:
         self.next_s = nxt
         c = self.ctl
         c.plan_left_s = nxt if nxt > 0 else 0
+        c.plan_src = src
+        c.plan_k = k if k < n else -1
         if k != self.k:
             self.k = k
             self._apply(s, k)

@@ -20,7 +20,11 @@ from bess_config import validate, ConfigError, is_int
 BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PARITIES = ('N', 'E', 'O')
 KNOWN = ('board', 'bus', 'meter', 'battery', 'control', 'period_ms', 'log_cycles', 'check_alloc', 'network',
-         'mqtt', 'doc')
+         'mqtt', 'schedule', 'doc')
+# "schedule" section (docs/schedule.md): key -> (lo, hi) for ints, str for text
+_SCHED_KEYS = {'path': str, 'ntp_host': str, 'max_bytes': (256, 65536), 'dlm_every_s': (1, 3600),
+               'dlm_deadband_w': (0, 10000000), 'ntp_port': (1, 65535), 'ntp_period_s': (10, 86400),
+               'ntp_retry_s': (1, 3600), 'clock_max_age_s': (20, 5 * 86400)}
 _BUS_KEYS = ('baud', 'parity', 'timeout_ms', 'retries', 'device')
 _DEV_KEYS = ('profile', 'unit_id')
 
@@ -93,6 +97,7 @@ def check(site):
     _int(errs, '', site, 'period_ms', 100, 60000)
     _int(errs, '', site, 'log_cycles', 0, 1)
     _int(errs, '', site, 'check_alloc', 0, 1)
+    check_schedule(site, errs)
     for k in ('network', 'mqtt'):
         if k in site and site[k] is not None and not isinstance(site[k], dict):
             errs.append('%s: must be an object' % k)
@@ -109,6 +114,27 @@ def check(site):
                 errs.append('control.' + line.strip())
         errs += stale_errors(site)
     return errs
+
+
+def check_schedule(site, errs):
+    sc = site.get('schedule')
+    if sc is None:
+        return
+    if not isinstance(sc, dict):
+        errs.append('schedule: must be an object')
+        return
+    for k in sc:
+        t = _SCHED_KEYS.get(k)
+        if t is None:
+            errs.append('schedule.%s: unknown setting (known: %s)' % (k, ', '.join(sorted(_SCHED_KEYS))))
+        elif t is str:
+            if not isinstance(sc[k], str) or not sc[k]:
+                errs.append('schedule.%s: must be a non-empty string' % k)
+        else:
+            _int(errs, 'schedule', sc, k, t[0], t[1])
+    per, retry, age = sc.get('ntp_period_s', 3600), sc.get('ntp_retry_s', 60), sc.get('clock_max_age_s', 172800)
+    if is_int(per) and is_int(retry) and is_int(age) and not retry <= per < age:
+        errs.append('schedule: need ntp_retry_s <= ntp_period_s < clock_max_age_s, got %r, %r, %r' % (retry, per, age))
 
 
 def stale_errors(site):

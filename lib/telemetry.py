@@ -17,7 +17,7 @@
 
 from array import array
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2         # 2: the schedule in force, reserve, DLM limit (docs/telemetry.md)
 
 # field order inside one ring slot
 F_SEQ = 0
@@ -48,7 +48,12 @@ F_HEAP = 23         # free heap, bytes
 F_CYC_MAX = 24      # longest cycle since the previous record, us
 F_DISP_LEFT = 25
 F_OVR_LEFT = 26
-NFIELDS = 27
+F_RESERVE = 27      # reserve SoC in force, bp
+F_EV_LIM = 28       # DLM: import the site may draw now (bess_core Outputs.ev_limit_w)
+F_SCH_VER = 29      # schedule version in force (0: none)
+F_SCH_K = 30        # its interval index (-1: default block / none)
+F_SCH_SRC = 31      # plan source (lib/plan.py SOURCE_NAMES)
+NFIELDS = 32
 RECORD_BYTES = NFIELDS * 4     # one ring slot ('l' = 32 bit on ESP32 / RP2040)
 
 
@@ -143,11 +148,11 @@ class Ring:
         b[o + F_L2] = i.gcp_l2_w
         b[o + F_L3] = i.gcp_l3_w
         b[o + F_PHASES] = 1 if i.phases_valid else 0
-        b[o + F_LIMIT] = ctl.import_limit_w
+        b[o + F_LIMIT] = out.import_limit_w
         b[o + F_SP] = out.setpoint_w
         b[o + F_BAT] = i.bat_w
         b[o + F_SOC] = i.soc_bp
-        b[o + F_OBJ] = ctl.objective
+        b[o + F_OBJ] = out.objective
         b[o + F_STATE] = out.state
         b[o + F_BIND] = out.binding
         b[o + F_FLAGS] = out.flags
@@ -163,6 +168,11 @@ class Ring:
         st.cycle_max_us = 0         # the next record reports the longest cycle after this one
         b[o + F_DISP_LEFT] = out.dispatch_left_ms
         b[o + F_OVR_LEFT] = out.override_left_ms
+        b[o + F_RESERVE] = out.reserve_bp
+        b[o + F_EV_LIM] = out.ev_limit_w
+        b[o + F_SCH_VER] = ctl.plan_version
+        b[o + F_SCH_K] = ctl.plan_k
+        b[o + F_SCH_SRC] = ctl.plan_src
         self.count += 1
         self.seq += 1
         return self.seq - 1
@@ -179,9 +189,9 @@ class Ring:
         b, o = self.slot(k)
         return b[o + field]
 
-    def record_dict(self, k, epoch_s=0):
+    def record_dict(self, k, epoch_s=0, sch_id=None, sch_version=0):
         b, o = self.slot(k)
-        return record_dict(b, o, epoch_s)
+        return record_dict(b, o, epoch_s, sch_id, sch_version)
 
     def next_unsent(self):
         """Index (from the oldest held) of the oldest unpublished record, or -1."""
@@ -227,9 +237,15 @@ def _name(names, i):
     return names[i] if 0 <= i < len(names) else str(i)
 
 
-def record_dict(buf, o, epoch_s=0):
-    """The schema-v1 record (a dict) at offset o of a ring buffer; epoch_s: wall clock (unix
-    seconds) at uptime 0, so ts_ms = (epoch_s + uptime s) * 1000 + ms."""
+SOURCE_NAMES = ('config', 'schedule', 'default', 'fallback')     # = plan.SOURCE_NAMES
+
+
+def record_dict(buf, o, epoch_s=0, sch_id=None, sch_version=0):
+    """The schema-v2 record (a dict) at offset o of a ring buffer; epoch_s: wall clock (unix
+    seconds) at uptime 0, so ts_ms = (epoch_s + uptime s) * 1000 + ms. sch_id: the id of the
+    schedule with version sch_version (the one in force now): a record of another version gets
+    a null id (an older record still queued)."""
+    ver = buf[o + F_SCH_VER]
     sn, bn, on = _names()
     ph = buf[o + F_PHASES]
     ts = (epoch_s + buf[o + F_TS_S]) * 1000 + buf[o + F_TS_MS]
@@ -262,6 +278,14 @@ def record_dict(buf, o, epoch_s=0):
         },
         'heap_free': buf[o + F_HEAP],
         'cycle_max_us': buf[o + F_CYC_MAX],
+        'reserve_bp': buf[o + F_RESERVE],
+        'ev_limit_w': buf[o + F_EV_LIM],
+        'sch': {
+            'id': sch_id if ver and ver == sch_version else None,
+            'version': ver,
+            'interval': buf[o + F_SCH_K],
+            'source': _name(SOURCE_NAMES, buf[o + F_SCH_SRC]),
+        },
     }
 
 
@@ -269,7 +293,7 @@ def state_dict(ctl, ts_ms):
     """The retained <prefix>/<id>/state message: published when state or objective changes."""
     sn, bn, on = _names()
     return {'v': SCHEMA_VERSION, 'ts_ms': ts_ms, 'state': _name(sn, ctl.out.state),
-            'objective': _name(on, ctl.objective)}
+            'objective': _name(on, ctl.out.objective)}
 
 
 # Field list of schema v1 (for consumers and tests): name -> type ('int', 'int|null', 'str', 'obj').
@@ -280,4 +304,8 @@ SCHEMA_V1 = {
     'flags': 'int', 'avail_chg_w': 'int', 'avail_dis_w': 'int', 'dispatch_left_ms': 'int',
     'override_left_ms': 'int', 'err': 'obj', 'heap_free': 'int', 'cycle_max_us': 'int',
 }
+# v2 adds the schedule in force (sch: id str|null, version, interval -1 = none / default block,
+# source), the reserve in force and the DLM limit
+SCHEMA_V2 = dict(SCHEMA_V1, reserve_bp='int', ev_limit_w='int', sch='obj')
+SCH_KEYS = ('id', 'version', 'interval', 'source')
 ERR_KEYS = ('meter', 'battery', 'cmd_rejected', 'mqtt_lost', 'ring_dropped')

@@ -65,12 +65,26 @@ class Rig:
             json.dump(self.site, f)
         if not os.path.exists(MICROPYTHON):
             raise RuntimeError('MicroPython unix port missing: run `make deps`')
+        return self._spawn()
+
+    def _spawn(self):
         env = dict(os.environ, MICROPYPATH=MICROPYPATH)
-        self.proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, 'firmware', 'main.py'), cfg, ROOT,
-                                      str(self.n_cycles)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, bufsize=1)
+        self.proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, 'firmware', 'main.py'),
+                                      os.path.join(self.dir, 'site.json'), ROOT, str(self.n_cycles)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
         threading.Thread(target=self._read, daemon=True).start()
         return self
+
+    def restart_firmware(self):
+        """A reboot: the firmware process ends (SIGTERM, then SIGKILL) and starts again on the same
+        site config and files, against the same running simulator."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        return self._spawn()
 
     def _read(self):
         for line in self.proc.stdout:

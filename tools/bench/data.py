@@ -4,8 +4,9 @@
   transposed to the array plane (isotropic sky) and converted with PVWatts (DC temperature
   coefficient, flat losses, PVWatts inverter). Hourly means are placed at mid-hour and linearly
   interpolated to 1 s, so intra-hour cloud transients are NOT in the data (see docs/benchmarks.md).
-- Building load: BDEW 2025 standard load profile G25 (commerce) as shipped by demandlib, 15-min
-  values held constant within each quarter hour (the SLP definition), scaled to an annual energy.
+- Building load: BDEW 2025 standard load profiles as shipped by demandlib (G25 commerce, H25
+  households), 15-min values held constant within each quarter hour (the SLP definition), scaled
+  to an annual energy; optionally a cooling load from the TMY air temperature (heat days).
 - EV sessions: a seeded generator (random.Random(seed)); distributions are parameters of
   `ev_sessions` and are documented per scenario in scenarios.py.
 """
@@ -69,15 +70,31 @@ def pv_series(date, kwp, tilt=15, azimuth=180, loss=0.14, gamma=-0.0037):
     return [int(v) for v in np.interp(t, xs, ys)]
 
 
-def load_series(date, annual_mwh):
-    """Building load (W) from the BDEW G25 profile (demandlib), constant within each quarter hour."""
+def load_series(date, annual_mwh, profile='G25'):
+    """Building load (W) from a BDEW 2025 profile (demandlib: 'G25' commerce, 'H25' households),
+    constant within each quarter hour."""
     import pandas as pd
     from demandlib import bdew
     idx = pd.date_range(date, periods=96, freq='15min')
-    prof = bdew.G25(idx)                     # kW for 1 GWh/a
+    prof = getattr(bdew, profile)(idx)       # kW for 1 GWh/a
     scale = annual_mwh / 1000.0 * 1000.0     # -> W
     q = [int(round(v * scale)) for v in prof.values]
     return [q[t // 900] for t in range(DAY_S)]
+
+
+def cooling_series(date, w_per_k, base_c=24.0):
+    """Air-conditioning load (W) of a day: w_per_k per kelvin of TMY air temperature above base_c,
+    hourly values at mid-hour linearly interpolated to 1 s (like pv_series)."""
+    import numpy as np
+    import pandas as pd
+    data, _ = tmy()
+    day = data[(data.index - pd.Timedelta('30min')).strftime('%Y-%m-%d') == date]
+    if len(day) != 24:
+        raise ValueError('no full TMY day for %s' % date)
+    hours = np.arange(24) * 3600.0 + 1800.0
+    w = np.clip(day['temp_air'].values - base_c, 0, None) * w_per_k
+    t = np.arange(DAY_S, dtype=float)
+    return [int(v) for v in np.interp(t, hours, w)]
 
 
 class Session:

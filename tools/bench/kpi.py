@@ -123,3 +123,106 @@ KPIS = (
     ('soc_viol_s', 'time below min SoC', 's', 'low', False),
     ('rev_per_h', 'direction reversals per hour', '1/h', 'low', False),
 )
+
+
+# --- the planner benchmark (issue 11; tools/bench/main.py PLAN_NAMES) ------------------------------
+def limits_wh(series, sc, dt_s):
+    """(energy above the limits = above the import limit + each phase above its limit, the total
+    part, the phases' part) in Wh: what the LP minimises first (tools/planner.py tier 1)."""
+    tot, _ = above(series['gcp'], sc.import_limit_w, dt_s)
+    ph = sum(above(series[k], sc.phase_limit_w, dt_s)[0] for k in ('l1', 'l2', 'l3'))
+    return tot + ph, tot, ph
+
+
+_DEPOT_FROM_COMPUTE = ('over_kwh', 'phase_over_kwh', 'over_min', 'phase_over_min', 'peak_kw', 'import_adj_kwh',
+                       'efc', 'end_soc_pct')
+
+
+def depot(series, sc, dt_s):
+    """The undersized depot's KPIs: the limits first, then compute()'s rows about them."""
+    both, tot, ph = limits_wh(series, sc, dt_s)
+    k = compute(series, sc, dt_s)
+    out = {key: k[key] for key in _DEPOT_FROM_COMPUTE}
+    out.update(limits_kwh=both / 1000.0, phases_kwh=ph / 1000.0)
+    return out
+
+
+DEPOT_KPIS = ((('limits_kwh', 'energy above the limits (import + each phase)', 'kWh', 'low', True),
+               ('phases_kwh', 'energy above the phase limit, all phases', 'kWh', 'low', True))
+              + tuple(row for row in KPIS if row[0] in _DEPOT_FROM_COMPUTE))
+
+
+class Obligation:
+    """What the VPP day's KPIs judge against, in seconds of the day: the reserve in force in the
+    delivery window (risk-raised), the window, the events [(start, duration)], the committed power,
+    the day-ahead price per MWh for every hour."""
+
+    def __init__(self, reserve_bp, window, events, committed_w, prices_h):
+        self.reserve_bp = reserve_bp
+        self.window = window
+        self.events = events
+        self.committed_w = committed_w
+        self.prices_h = prices_h
+
+    def masks(self, n, dt_s):
+        t = np.arange(n) * dt_s
+        ev = np.zeros(n, dtype=bool)
+        for s, d in self.events:
+            ev |= (t >= s) & (t < s + d)
+        win = (t >= self.window[0]) & (t < self.window[1])
+        first = min(s for s, _ in self.events) if self.events else self.window[1]
+        last = max(s + d for s, d in self.events) if self.events else self.window[1]
+        return t, ev, win & ~ev & (t < first), win & ~ev & (t >= last)
+
+    def cost(self, gcp_w, dt_s):
+        """Grid energy at the day-ahead prices (import pays, export earns), currency."""
+        t = np.arange(len(gcp_w)) * dt_s
+        price = np.asarray(self.prices_h, dtype=float)[(t // 3600).astype(int)]
+        return float(np.sum(np.asarray(gcp_w, dtype=float) * price)) * dt_s / WH / 1e6
+
+
+def vpp(series, sc, dt_s, ob, protect=None):
+    """The VPP day's KPIs. protect: per sample True where the core's import-limit protection set
+    the setpoint (its binding); those seconds below the reserve are not the plan's (None: LP)."""
+    gcp, bat, soc = (np.asarray(series[k], dtype=float) for k in ('gcp', 'bat', 'soc'))
+    t, ev, before, after = ob.masks(len(gcp), dt_s)
+    tol = max(100, ob.committed_w // 1000)
+    delivered = float(np.sum(np.clip(bat[ev], 0, ob.committed_w))) * dt_s / WH
+    below = soc < ob.reserve_bp - 10               # 0.1 % below: SoC is reported in whole bp
+    if protect is not None:
+        below &= ~np.asarray(protect, dtype=bool)
+    net = np.asarray(sc.base, dtype=float) - np.asarray(sc.pv) + sum(np.asarray(e, dtype=float) for e in sc.ev)
+    if dt_s != 1:
+        net = net.reshape(-1, dt_s).mean(axis=1)
+    d_wh = (float(soc[-1]) - sc.battery['soc_bp']) / 10000.0 * sc.battery['capacity_wh']
+    mean_price = float(np.mean(ob.prices_h))
+    stored = d_wh * (sc.battery.get('eta_dis_bp', 9600) / 10000.0 if d_wh > 0 else 10000.0 / sc.battery.get(
+        'eta_dis_bp', 9600)) * mean_price / 1e6
+    k = compute(series, sc, dt_s)
+    return {
+        'delivered_kwh': delivered / 1000.0,
+        'below_commit_s': float(np.count_nonzero(bat[ev] < ob.committed_w - tol)) * dt_s,
+        'below_reserve_before_s': float(np.count_nonzero(below & before)) * dt_s,
+        'below_reserve_after_s': float(np.count_nonzero(below & after)) * dt_s,
+        'soc_at_event_pct': float(soc[max(0, np.argmax(ev) - 1)]) / 100.0 if ev.any() else float('nan'),
+        'ssr': k['ssr'],
+        'import_adj_kwh': k['import_adj_kwh'],
+        'over_kwh': k['over_kwh'],
+        'value': ob.cost(net, dt_s) - ob.cost(gcp, dt_s) + stored,
+        'end_soc_pct': k['end_soc_pct'],
+    }
+
+
+VPP_KPIS = (
+    ('delivered_kwh', 'obligation delivered', 'kWh', 'high', True),
+    ('below_commit_s', 'seconds below the committed power in the event', 's', 'low', False),
+    ('below_reserve_before_s', 'seconds below the reserve, window before the event (not import protection)', 's',
+     'low', False),
+    ('below_reserve_after_s', 'seconds below the reserve, window after the event (recharging)', 's', 'low', False),
+    ('soc_at_event_pct', 'SoC when the event starts', '%', None, False),
+    ('ssr', 'self-sufficiency', '', 'high', True),
+    ('import_adj_kwh', 'import energy, end-SoC corrected', 'kWh', 'low', True),
+    ('over_kwh', 'energy above the import limit', 'kWh', 'low', False),
+    ('value', 'arbitrage value: grid cost saved at day-ahead prices, end-SoC corrected', 'EUR', 'high', True),
+    ('end_soc_pct', 'SoC at the end of the day', '%', None, False),
+)

@@ -2,10 +2,12 @@
 
 Runs the core controller and three comparators in closed loop (site_model, 1 s steps, 24 h) on
 every scenario, solves the perfect-foresight LP, computes the KPIs, writes one PNG per scenario
-and out/bench/results.md, and prints the tables. --update-docs also replaces the results section
-of docs/benchmarks.md.
+and out/bench/results.md, and prints the tables. Then the planner scenarios (issue 11): the core
+with tools/planner.py's schedule against the planner's LP (and the bound). --update-docs also
+replaces the two results sections of docs/benchmarks.md.
 """
 import argparse
+import json
 import multiprocessing
 import os
 import sys
@@ -24,6 +26,18 @@ SHORT = {'no_battery': 'no battery', 'peak_shaving': 'peak shaving', 'bang_bang'
 # absolute slack per unit before a comparator counts as better than ours
 SLACK = {'kW': 0.5, 'kWh': 0.1, 'min': 0.5, '': 0.005, '%': 0.1, 's': 1.0, '1/h': 0.05}
 BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
+PLAN_BEGIN, PLAN_END = '<!-- plan-results:begin -->', '<!-- plan-results:end -->'
+# planner scenarios: their columns (runner kinds) and headers
+PLAN_COLUMNS = {
+    'vpp_day': ('no_battery', 'ours', 'planned', 'planned_fc', 'plan_lp'),
+    'depot_undersized': ('no_battery', 'ours', 'planned', 'planned_fc', 'planned_rule', 'planned_rule_fc',
+                         'plan_lp', 'optimum'),
+}
+PLAN_HEADERS = {'no_battery': 'no battery', 'ours': 'ours, no planner', 'planned': '**ours + planner**',
+                'planned_fc': '**ours + planner, forecast**', 'planned_rule': 'ours + planner + rule*',
+                'planned_rule_fc': 'ours + planner + rule*, forecast', 'plan_lp': "planner's LP (1 min)",
+                'optimum': 'optimum (LP, 1 min)'}
+PLAN_REF = {'vpp_day': 'plan_lp', 'depot_undersized': 'optimum'}     # the ratio's denominator
 
 
 def _job(args):
@@ -33,6 +47,13 @@ def _job(args):
     if kind == 'optimum':
         from bench import optimum
         series, info = optimum.solve(sc)
+        return name, kind, series, info, time.time() - t0
+    if kind == 'plan_lp':
+        series, info = runner.plan_lp(sc)
+        d = runner.plan_for(sc, 'perfect')[0]
+        d2 = runner.plan_for(sc, 'yesterday')[0]
+        info = dict(info, intervals=len(d['intervals']), intervals_fc=len(d2['intervals']),
+                    bytes=len(json.dumps(d, separators=(',', ':'))))
         return name, kind, series, info, time.time() - t0
     return name, kind, runner.simulate(sc, kind), {}, time.time() - t0
 
@@ -119,27 +140,84 @@ def _ghi(date):
     return data.daily_ghi_kwh_m2(date)
 
 
-def update_docs(path, text):
+def update_docs(path, text, begin=BEGIN, end=END):
     with open(path) as f:
         doc = f.read()
-    a, b = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+    a, b = doc.index(begin) + len(begin), doc.index(end)
     with open(path, 'w') as f:
         f.write(doc[:a] + '\n' + text + '\n' + doc[b:])
+
+
+def obligation(sc):
+    """kpi.Obligation of a planner scenario (its commitment as the planner reads it)."""
+    import planner
+    site = planner.Site(sc.planning.site, sc.name)
+    c = site.commitment
+    return kpi.Obligation(site.reserve_bp(sc.planning.risk), c['window'], c['events'], c['committed_w'],
+                          sc.planning.prices_h)
+
+
+def plan_kpis(name, series):
+    """{column: KPI dict} of one planner scenario."""
+    from bench import optimum
+    from bess_core import B_IMPORT, B_PHASE
+    sc = runner.scenario(name)
+    out = {}
+    for c, s in series.items():
+        dt = optimum.STEP_S if c in ('plan_lp', 'optimum') else 1
+        if name == 'vpp_day':
+            prot = None if dt != 1 else (s['binding'] == B_IMPORT) | (s['binding'] == B_PHASE)
+            out[c] = kpi.vpp(s, sc, dt, obligation(sc), prot)
+        else:
+            out[c] = kpi.depot(s, sc, dt)
+    return out
+
+
+def plan_table(name, k):
+    cols = PLAN_COLUMNS[name]
+    kpis = kpi.VPP_KPIS if name == 'vpp_day' else kpi.DEPOT_KPIS
+    ref = k[PLAN_REF[name]]
+    lines = ['| KPI | unit | ' + ' | '.join(PLAN_HEADERS[c] for c in cols) + ' |',
+             '|---|---|' + '---:|' * len(cols)]
+    for key, label, unit, direction, has_ratio in kpis:
+        cells = []
+        for c in cols:
+            v = k[c][key]
+            cell = _fmt(v, unit)
+            if has_ratio and c != PLAN_REF[name] and abs(ref[key]) > 1e-3:
+                cell += ' (%.3f×)' % (v / ref[key])
+            cells.append('**%s**' % cell if c.startswith('planned') and c in ('planned', 'planned_fc') else cell)
+        lines.append('| %s | %s | %s |' % (label, unit, ' | '.join(cells)))
+    return '\n'.join(lines)
+
+
+def plan_report(results, infos, plot_paths):
+    parts = []
+    for name in results:
+        sc = runner.scenario(name)
+        li = infos[name]
+        parts.append('### %s — %s\n\n%s. Date %s.\n' % (name, sc.title, sc.notes, sc.date))
+        parts.append(plan_table(name, results[name]))
+        parts.append('\nRatios: to the %s. Schedule (perfect forecast): %d intervals, %d bytes of JSON; from the '
+                     'forecast: %d intervals. Planner LP: %d variables, %d constraints. Plot: `%s`.\n' % (
+                         "planner's LP" if PLAN_REF[name] == 'plan_lp' else 'optimum', li['intervals'], li['bytes'],
+                         li['intervals_fc'], li['vars'], li['rows'], plot_paths[name]))
+    return '\n'.join(parts)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--out', default=os.path.join(ROOT, 'out', 'bench'))
     ap.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument('--scenarios', default=','.join(scenarios.NAMES))
-    ap.add_argument('--update-docs', action='store_true', help='rewrite the results section of docs/benchmarks.md')
+    ap.add_argument('--scenarios', default=','.join(scenarios.NAMES + scenarios.PLAN_NAMES))
+    ap.add_argument('--update-docs', action='store_true', help='rewrite the results sections of docs/benchmarks.md')
     a = ap.parse_args(argv)
     t0 = time.time()
     names = [n for n in a.scenarios.split(',') if n]
     for n in names:
-        if n not in scenarios.NAMES:
-            ap.error('unknown scenario %s (have %s)' % (n, ', '.join(scenarios.NAMES)))
-    jobs = [(n, c) for n in names for c in COLUMNS]
+        if n not in scenarios.NAMES + scenarios.PLAN_NAMES:
+            ap.error('unknown scenario %s (have %s)' % (n, ', '.join(scenarios.NAMES + scenarios.PLAN_NAMES)))
+    jobs = [(n, c) for n in names for c in (PLAN_COLUMNS[n] if n in PLAN_COLUMNS else COLUMNS)]
     series = {n: {} for n in names}
     infos = {}
     if a.jobs > 1:
@@ -148,32 +226,42 @@ def main(argv=None):
             done = pool.imap_unordered(_job, jobs)
             for name, kind, s, info, dt in done:
                 series[name][kind] = s
-                if info:
+                if info and (kind == 'plan_lp' or name not in PLAN_COLUMNS):
                     infos[name] = info
     else:
         for j in jobs:
             name, kind, s, info, dt = _job(j)
             series[name][kind] = s
-            if info:
+            if info and (kind == 'plan_lp' or name not in PLAN_COLUMNS):
                 infos[name] = info
     from bench import optimum, plots
-    results, paths = {}, {}
+    results, paths, plan_results, plan_paths = {}, {}, {}, {}
     for n in names:
         sc = runner.scenario(n)
-        results[n] = {c: kpi.compute(series[n][c], sc, optimum.STEP_S if c == 'optimum' else 1) for c in COLUMNS}
         p = os.path.join(a.out, '%s.png' % n)
-        plots.plot(sc, {c: series[n][c] for c in COLUMNS}, p)
+        plots.plot(sc, series[n], p)
+        if n in PLAN_COLUMNS:
+            plan_results[n] = plan_kpis(n, series[n])
+            plan_paths[n] = os.path.relpath(p, ROOT)
+            continue
+        results[n] = {c: kpi.compute(series[n][c], sc, optimum.STEP_S if c == 'optimum' else 1) for c in COLUMNS}
         paths[n] = os.path.relpath(p, ROOT)
     text = report(results, infos, paths)
+    ptext = plan_report(plan_results, infos, plan_paths)
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, 'results.md'), 'w') as f:
-        f.write(text)
+        f.write(text + '\n' + ptext)
     print(text)
+    print(ptext)
     if a.update_docs:
-        update_docs(os.path.join(ROOT, 'docs', 'benchmarks.md'), text)
+        doc = os.path.join(ROOT, 'docs', 'benchmarks.md')
+        if results:
+            update_docs(doc, text)
+        if plan_results:
+            update_docs(doc, ptext, PLAN_BEGIN, PLAN_END)
         print('updated docs/benchmarks.md')
-    print('bench: %d scenarios, %d runs + %d LPs in %.1f s (%d processes); results in %s' % (
-        len(names), 4 * len(names), len(names), time.time() - t0, a.jobs, os.path.relpath(a.out, ROOT)))
+    print('bench: %d scenarios, %d runs and LPs in %.1f s (%d processes); results in %s' % (
+        len(names), len(jobs), time.time() - t0, a.jobs, os.path.relpath(a.out, ROOT)))
 
 
 if __name__ == '__main__':

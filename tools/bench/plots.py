@@ -4,10 +4,14 @@ import os
 import numpy as np
 
 COLORS = {'no_battery': '0.6', 'peak_shaving': 'tab:orange', 'bang_bang': 'tab:green', 'ours': 'tab:blue',
-          'optimum': 'tab:red'}
+          'optimum': 'tab:red', 'planned': 'tab:purple', 'planned_fc': 'tab:pink', 'planned_rule': 'tab:olive',
+          'planned_rule_fc': 'tab:cyan', 'plan_lp': 'tab:brown'}
 LABELS = {'no_battery': 'no battery', 'peak_shaving': 'OpenEMS-style peak shaving',
           'bang_bang': 'bang-bang self-consumption', 'ours': 'core controller (ours)',
-          'optimum': 'LP optimum (1 min)'}
+          'optimum': 'LP optimum (1 min)', 'planned': 'core + planner', 'planned_fc': 'core + planner, forecast',
+          'planned_rule': 'core + planner + proposed rule (emulated)',
+          'planned_rule_fc': 'core + planner + proposed rule, forecast', 'plan_lp': "planner's LP (1 min)"}
+LP_KINDS = ('optimum', 'plan_lp')      # 60 s series
 EVERY = 5       # plot every 5th second: 17280 points per line
 
 
@@ -19,7 +23,7 @@ def plot(sc, runs, path):
                            gridspec_kw={'height_ratios': [3, 2, 2, 1, 1.3]})
     t1 = np.arange(0, len(sc.base), EVERY) / 3600.0
     for kind, s in runs.items():
-        if kind == 'optimum':
+        if kind in LP_KINDS:
             t = (np.arange(len(s['gcp'])) + 0.5) / 60.0
             sl = slice(None)
             kw = {'drawstyle': 'steps-mid', 'lw': 1.0}

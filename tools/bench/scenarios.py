@@ -11,7 +11,13 @@ integer W at 1 s. EV distributions, per scenario:
 - retail (zero feed-in): customers arrive ~ N(14:00, 3 h) clipped 08:00..20:00, energy
   ~ U(5, 15) kWh, dwell ~ U(0.5, 1.5) h; 50 % 11 kW, 20 % 22 kW three-phase, 30 % single-phase
   7.4 kW rotated evenly.
+
+The planner scenarios (PLAN_NAMES, issue 11) add a `Planning`: the site as tools/planner.py reads
+it (site.json), the day-ahead prices, the risk flag, the dispatch command a VPP operator sends when
+the site has no planner, and yesterday's series (the imperfect forecast's base).
 """
+import calendar
+
 from bench import data
 
 ROTATED = [(1, 'L1'), (1, 'L2'), (1, 'L3')]
@@ -33,18 +39,107 @@ class Scenario:
         self.import_limit_w = cfg['import_limit_w']
         # per-phase limit used for the phase KPIs: the configured one, else a third of the total
         self.phase_limit_w = cfg.get('phase_limit_w', 0) or cfg['import_limit_w'] // 3
+        self.planning = None            # Planning for the planner scenarios
 
 
-def _depot(name, title, cap_wh, p_w, seed, notes, soc_bp=5000):
-    date = '2025-11-19'
+class Planning:
+    """The planner's view of a scenario. site: a site.json dict (tools/planner.py Site); prices_h:
+    24 hourly day-ahead prices per MWh; dispatch: [(t_s, power_w, duration_ms)] commands the VPP
+    sends the core when there is no planner; yesterday(): (base, pv, ev) of the day before, 1 s."""
+
+    def __init__(self, site, prices_h, risk, yesterday, dispatch=()):
+        self.site = site
+        self.prices_h = prices_h
+        self.risk = risk
+        self.yesterday = yesterday
+        self.dispatch = list(dispatch)
+
+    def epoch(self, date):
+        """Unix seconds of the scenario day's 00:00 (site clock = UTC + utc_offset_s)."""
+        y, m, d = (int(x) for x in date.split('-'))
+        return calendar.timegm((y, m, d, 0, 0, 0)) - self.site.get('utc_offset_s', 0)
+
+
+def _day_before(date):
+    y, m, d = (int(x) for x in date.split('-'))
+    import datetime
+    return (datetime.date(y, m, d) - datetime.timedelta(days=1)).isoformat()
+
+
+def _depot_series(date, seed):
+    """Depot inputs of one day: building (250 MWh/a G25), 30 kWp PV, 14 vans (seeded)."""
     sess = data.ev_sessions(seed, n=14, arrive_mean_h=17.5, arrive_sd_h=1.0, arrive_lo_h=15.0, arrive_hi_h=21.0,
                             energy_kwh=(15, 35), dwell_h=(10, 14),
                             types=[(0.6, 7400, DEPOT_WIRING), (0.4, 22000, 'L123')])
+    return data.load_series(date, 250.0), data.pv_series(date, 30.0), data.ev_phase_series(sess)
+
+
+def _depot(name, title, cap_wh, p_w, seed, notes, soc_bp=5000, date='2025-11-19'):
     cfg = {'objective': 'gce', 'import_limit_w': 120000, 'phase_limit_w': 45000, 'ev_headroom_w': 15000,
            'max_charge_w': p_w, 'max_discharge_w': p_w, 'min_soc_bp': 1000, 'max_soc_bp': 9500}
     bat = {'capacity_wh': cap_wh, 'soc_bp': soc_bp, 'max_chg_w': p_w, 'max_dis_w': p_w}
-    return Scenario(name, title, date, 'gce', cfg, bat, data.load_series(date, 250.0), data.pv_series(date, 30.0),
-                    data.ev_phase_series(sess), notes)
+    base, pv, ev = _depot_series(date, seed)
+    return Scenario(name, title, date, 'gce', cfg, bat, base, pv, ev, notes)
+
+
+def _site(name, cfg, bat, commitment=None, end_soc_bp=None):
+    """site.json for tools/planner.py from a scenario's config and battery."""
+    d = {'id': name, 'utc_offset_s': 0, 'control': dict(cfg),
+         'battery': {'capacity_wh': bat['capacity_wh'], 'soc_bp': bat['soc_bp'],
+                     'eta_chg_bp': bat.get('eta_chg_bp', 9600), 'eta_dis_bp': bat.get('eta_dis_bp', 9600)}}
+    if commitment:
+        d['commitment'] = commitment
+    if end_soc_bp is not None:
+        d['planner'] = {'end_soc_bp': end_soc_bp}
+    return d
+
+
+# Day-ahead prices of the VPP day, per MWh, hour 0..23: a hot summer weekday's duck curve
+# (cheap at midday under PV, a steep evening peak with the air conditioning). Synthetic, shaped
+# after such days; only the spreads matter for the plan.
+VPP_PRICES_H = (95, 88, 84, 82, 84, 92, 110, 135, 128, 105, 80, 62,
+                48, 42, 45, 60, 95, 160, 240, 210, 165, 130, 112, 100)
+VPP_COMMITMENT = {'committed_w': 40000, 'event_duration_s': 3600, 'usable_wh': 100000, 'derate_bp': 2000,
+                  'availability_bp': 9500, 'window': ['14:00', '19:00'],
+                  'events': [{'start': '17:00', 'duration_s': 3600}], 'risk_margin_bp': 1000}
+
+
+def _vpp_series(date):
+    """Residential subscribers' building: 120 MWh/a H25 + 2 kW/K air conditioning above 24 C; 60 kWp."""
+    load = data.load_series(date, 120.0, 'H25')
+    cool = data.cooling_series(date, 2000)
+    return [a + b for a, b in zip(load, cool)], data.pv_series(date, 60.0), [[0] * data.DAY_S] * 3
+
+
+def _vpp_day(name):
+    date = '2025-07-10'
+    cfg = {'objective': 'ss', 'import_limit_w': 60000, 'ev_headroom_w': 5000, 'max_charge_w': 50000,
+           'max_discharge_w': 50000, 'min_soc_bp': 1000, 'max_soc_bp': 9500, 'usable_wh': 100000}
+    bat = {'capacity_wh': 100000, 'soc_bp': 3000, 'max_chg_w': 50000, 'max_dis_w': 50000}
+    # without a planner the commitment's reserve is commissioned: held all day
+    ours = dict(cfg, **{k: VPP_COMMITMENT[k] for k in ('committed_w', 'event_duration_s', 'derate_bp',
+                                                       'availability_bp')})
+    base, pv, ev = _vpp_series(date)
+    sc = Scenario(name, 'VPP day: heat advisory, capacity event at 17:00', date, 'ss', ours, bat, base, pv, ev,
+                  'residential subscribers (120 MWh/a H25 + 2 kW/K air conditioning above 24 C), 60 kWp PV, '
+                  '100 kWh / 50 kW battery at 30 %, 60 kW import limit, objective ss; commitment 40 kW x 1 h '
+                  '(reserve 62.64 %, +10 % on the high-risk day = 72.64 %), window 14:00-19:00, event '
+                  '17:00-18:00; day-ahead prices 42..240 /MWh')
+    sc.planning = Planning(_site(name, cfg, bat, VPP_COMMITMENT, end_soc_bp=bat['soc_bp']), VPP_PRICES_H, True,
+                           lambda: _vpp_series(_day_before(date)),
+                           dispatch=[(17 * 3600, VPP_COMMITMENT['committed_w'], 3600 * 1000)])
+    return sc
+
+
+def _depot_undersized(name):
+    sc = _depot(name, 'Undersized depot battery, single-phase EVs, 39 kW phase limit', 50000, 60000, 11,
+                'small_battery (50 kWh / 60 kW at 50 %, 120 kW import limit, 14 vans) with a 39 kW per-phase '
+                'limit: the evening needs more than the battery holds')
+    sc.cfg['phase_limit_w'] = sc.phase_limit_w = 39000
+    sc.cfg['usable_wh'] = sc.battery['capacity_wh']
+    sc.planning = Planning(_site(name, sc.cfg, sc.battery), (0,) * 24, False,
+                           lambda: _depot_series(_day_before(sc.date), 10))
+    return sc
 
 
 def _workplace(name, title, date, seed, notes):
@@ -95,7 +190,12 @@ def build(name):
                         data.pv_series(date, 150.0), data.ev_phase_series(sess),
                         '100 kW import limit; base 250 MWh/a G25; 150 kWp PV; 40 customer EVs; '
                         '100 kWh / 50 kW battery at 30 %; objective zfi (200 W minimum import)')
+    if name == 'vpp_day':
+        return _vpp_day(name)
+    if name == 'depot_undersized':
+        return _depot_undersized(name)
     raise KeyError(name)
 
 
+PLAN_NAMES = ('vpp_day', 'depot_undersized')
 NAMES = ('depot_evening', 'workplace_pv', 'zero_feed_in', 'cloudy_day', 'cloudy_reserve', 'small_battery')

@@ -1,0 +1,212 @@
+# The schedule's runtime side (resident): wall clock, schedule reception, status and DLM topics.
+#
+# Built at boot by firmware/startup.py when the site config has a "schedule" section; its
+# after_cycle() runs between control cycles, before the MQTT side's (never inside step()):
+#   - the wall clock (firmware/wallclock.py) polls its NTP server; a new base rebases the plan;
+#   - a schedule arriving on <prefix>/<id>/schedule is streamed to <path>.new as the link reads
+#     it (rx(); never held whole in the heap), then checked by firmware/sched_rx.py (loaded on
+#     demand: MAC, validation, compilation, atomic rename to <path>) and put in force;
+#   - <prefix>/<id>/schedule/status (retained) says what is in force and why, on every change;
+#   - <prefix>/<id>/dlm (retained): what a load manager may give EVs now, on a change beyond
+#     dlm_deadband_w and at least every dlm_every_s.
+# Per cycle the Runtime calls plan.tick(clock.valid, clock.elapsed_s()) before step() (cycle.py).
+import json
+import os
+import time
+
+from ondemand import unload
+from plan import SOURCE_NAMES, REASON_NAMES, SRC_FALLBACK, R_EXPIRED
+
+RX_IDLE = 0
+RX_WRITING = 1          # bytes go to <path>.new
+RX_DISCARD = 2          # too long (or the file could not be opened): read and dropped
+RX_DONE = 3             # complete, to be checked by after_cycle()
+
+
+class PlanSide:
+    def __init__(self, rt, plan, clock, path, key=None, commissioned=None, max_bytes=16384,
+                 dlm_every_s=60, dlm_deadband_w=1000):
+        self.rt = rt
+        self.plan = plan
+        self.clock = clock
+        self.path = path
+        self.key = key
+        self.commissioned = commissioned
+        self.max_bytes = max_bytes
+        self.dlm_every_ms = dlm_every_s * 1000
+        self.dlm_deadband_w = dlm_deadband_w
+        self.link = None                # the MqttLink, when MQTT is on
+        self.last_version = 0           # the replay guard: highest version accepted (persisted)
+        self.rx_state = RX_IDLE
+        self.rx_f = None
+        self.rx_total = 0
+        self.rx_got = 0
+        self.rx_why = None
+        self.received = 0
+        self.rejected = 0
+        self.rej = None                 # the last rejection: {'reason', 'id', 'version'}
+        self.rej_key = None             # what was in force then: 'rejected' is the status until it changes
+        self.superseded = None          # (id, version) the last accepted schedule replaced
+        self._sent = None               # what the last status message said (src, k, status, reason)
+        self.dlm_w = None
+        self.dlm_t = 0
+
+    # --- reception: called by the link while it reads (inside its poll, not the cycle) ---
+    def rx(self, mv, n, total, last):
+        """A schedule's bytes: first call with total (its whole length), then the rest."""
+        if total >= 0:
+            self._rx_abort()
+            self.received += 1
+            self.rx_total = total
+            self.rx_got = 0
+            if total == 0:
+                self.rx_state = RX_IDLE     # an empty retained message: the topic was cleared
+                return
+            if total > self.max_bytes:
+                self.rx_state = RX_DISCARD
+                self.rx_why = 'too large: %d bytes > max_bytes %d' % (total, self.max_bytes)
+            else:
+                try:
+                    self.rx_f = open(self.path + '.new', 'wb')
+                    self.rx_state = RX_WRITING
+                except OSError as e:
+                    self.rx_state = RX_DISCARD
+                    self.rx_why = 'cannot store it: %s' % e
+        if self.rx_state == RX_WRITING:
+            try:
+                self.rx_f.write(mv[:n])
+            except OSError as e:
+                self._rx_abort()
+                self.rx_state = RX_DISCARD
+                self.rx_why = 'cannot store it: %s' % e
+        self.rx_got += n
+        if last:
+            if self.rx_f is not None:
+                self.rx_f.close()
+                self.rx_f = None
+            self.rx_state = RX_DONE if self.rx_state == RX_WRITING else -RX_DISCARD
+
+    def _rx_abort(self):
+        if self.rx_f is not None:
+            try:
+                self.rx_f.close()
+            except OSError:
+                pass
+            self.rx_f = None
+        self.rx_state = RX_IDLE
+
+    # --- between cycles -------------------------------------------------------------------
+    def after_cycle(self, now):
+        c = self.clock
+        if c is not None and c.poll(now):
+            self.plan.rebase(c.base_epoch_s)
+        st = self.rx_state
+        if st == RX_DONE:
+            self.rx_state = RX_IDLE
+            self._check_received()
+        elif st == -RX_DISCARD:
+            self.rx_state = RX_IDLE
+            self._rejected(self.rx_why, None, 0)
+        self._report(now)
+
+    def _check_received(self):
+        import sched_rx
+        try:
+            r = sched_rx.accept(self.path, self.link.t_sched if self.link else b'', self.key,
+                                self.commissioned or self.rt.ctl.cfg, self.last_version, self.plan.s)
+        except MemoryError as e:
+            r = ('rejected', 'out of memory checking it (%s)' % e, None, 0, None)
+        finally:
+            unload(sched_rx.MODULES)
+        status, why, sid, ver, sched = r
+        if status == 'same':
+            return                      # the retained copy of the one in force (a reconnect)
+        if status == 'rejected':
+            self._rejected(why, sid, ver)
+            return
+        old = self.plan.s
+        self.superseded = (old.id, old.version) if old is not None else None
+        self.last_version = sched.version
+        self.load(sched)
+        self.rej_key = None
+
+    def load(self, sched):
+        """Put a compiled schedule in force (boot: the persisted one; later: a received one)."""
+        import random
+        rs = sched.randomize_s
+        rand = random.getrandbits(12) % (rs + 1) if rs else 0
+        c = self.clock
+        self.plan.load(sched, rand, c.base_epoch_s if c is not None and c.synced else None)
+        if sched.version > self.last_version:
+            self.last_version = sched.version
+        lk = self.link
+        if lk is not None:
+            lk.sch_id = sched.id
+            lk.sch_version = sched.version
+
+    def _rejected(self, why, sid, ver):
+        self.rejected += 1
+        self.rej = {'reason': why or 'rejected', 'id': sid, 'version': ver}
+        self.rej_key = (self.plan.src, self.plan.k)
+        print('schedule rejected: %s' % self.rej['reason'])
+        self._sent = None               # publish it even if nothing else changed
+
+    def _report(self, now):
+        """Status on every change of what is in force; DLM on change and at least every N s."""
+        lk = self.link
+        if lk is None:
+            return
+        p = self.plan
+        s = p.s
+        if self.rej_key is not None and self.rej_key == (p.src, p.k):
+            status = 'rejected'         # the schedule in force (if any) is unchanged
+            reason = self.rej['reason']
+        elif s is None:
+            status = 'none'
+            reason = ''
+        elif p.src == SRC_FALLBACK:
+            status = 'expired' if p.reason == R_EXPIRED else 'fallback'
+            reason = REASON_NAMES[p.reason]
+        else:
+            status = 'active'
+            reason = ''
+        if status != 'rejected':
+            self.rej_key = None
+        key = (p.src, p.k, status, reason)
+        if key != self._sent:
+            self._sent = key
+            d = {'status': status, 'source': SOURCE_NAMES[p.src], 'interval': p.k if s is not None and p.k < s.n else -1,
+                 'next_change_s': p.next_s}
+            if s is not None:
+                d['id'] = s.id
+                d['version'] = s.version
+                c = self.clock
+                if c is not None and c.valid:
+                    d['ts'] = c.now_s()
+            if reason:
+                d['reason'] = reason
+            if self.rej is not None:
+                d['last_rejected'] = self.rej
+            if self.superseded is not None:
+                d['superseded'] = {'id': self.superseded[0], 'version': self.superseded[1]}
+            d['received'] = self.received
+            d['rejected_count'] = self.rejected
+            lk.publish_retained(lk.t_sched_st, json.dumps(d).encode())
+        o = self.rt.ctl.out
+        w = o.ev_limit_w
+        last = self.dlm_w
+        if last is None or abs(w - last) >= self.dlm_deadband_w or time.ticks_diff(now, self.dlm_t) >= self.dlm_every_ms:
+            self.dlm_w = w
+            self.dlm_t = now
+            i = self.rt.ctl.inp
+            lk.publish_retained(lk.t_dlm, json.dumps({
+                'ev_limit_w': w, 'import_limit_w': o.import_limit_w, 'bat_plan_w': o.setpoint_w,
+                'avail_dis_w': o.avail_dis_w, 'reserve_bp': o.reserve_bp, 'soc_bp': i.soc_bp,
+                'failsafe': o.state == 6, 'source': SOURCE_NAMES[p.src]}).encode())
+
+
+def remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -1,0 +1,226 @@
+"""The site planner (tools/planner.py, issue 11 item 8): its schedule validates and stays inside the
+commissioned bounds, the risk flag raises the reserve, a known event is a firm interval at the
+committed power, --publish leaves a retained (signed) schedule on a loopback mosquitto, bad input
+is refused with a message; and the LP's 3x phase cost. Small inputs (15-min steps): the long
+benchmark is `make bench` (docs/benchmarks.md)."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip('scipy')
+
+import commands  # noqa: E402
+import planner  # noqa: E402
+import schedule  # noqa: E402
+from mqtt_fixtures import Broker, Collector, wait_for, ROOT, procs  # noqa: E402,F401
+
+T0 = 1783641600                 # 2026-07-10 00:00 UTC
+STEP = 900
+KEY = '00112233445566778899aabbccddeeff'
+SITE = {
+    'id': 'site-7', 'utc_offset_s': 0,
+    'control': {'objective': 'ss', 'import_limit_w': 60000, 'ev_headroom_w': 5000, 'max_charge_w': 50000,
+                'max_discharge_w': 50000, 'min_soc_bp': 1000, 'max_soc_bp': 9500, 'usable_wh': 100000},
+    'battery': {'capacity_wh': 100000, 'soc_bp': 3000},
+    'commitment': {'committed_w': 40000, 'event_duration_s': 3600, 'usable_wh': 100000, 'derate_bp': 2000,
+                   'availability_bp': 9500, 'window': ['14:00', '19:00'],
+                   'events': [{'start': '17:00', 'duration_s': 3600}], 'risk_margin_bp': 1000},
+    'planner': {'end_soc_bp': 3000},
+}
+RESERVE = 1000 + 5264           # lib/reserve.py: 40 kWh over 100 kWh x 0.8 x 0.95, above min SoC
+
+
+def day():
+    """A summer day per quarter hour: building load with an evening peak, a PV bell, prices."""
+    load, pv, price = [], [], []
+    for k in range(96):
+        h = (k + 0.5) / 4.0
+        load.append(18000 + 12000 * math.exp(-((h - 19.0) / 2.5) ** 2))
+        pv.append(max(0.0, 55000 * math.sin(math.pi * (h - 6.0) / 14.0)) if 6 < h < 20 else 0.0)
+        price.append(60.0 + 150.0 * math.exp(-((h - 18.5) / 1.5) ** 2) - 30.0 * math.exp(-((h - 13) / 2) ** 2))
+    return load, pv, price
+
+
+def write_inputs(d, site=SITE, rows=None, prices=None):
+    load, pv, price = day()
+    sp = d / 'site.json'
+    sp.write_text(json.dumps(site))
+    fp = d / 'forecast.csv'
+    lines = rows if rows is not None else ['%d,%d,%d,0,0,0' % (T0 + k * STEP, load[k], pv[k]) for k in range(96)]
+    fp.write_text('time,load_w,pv_w,ev_l1_w,ev_l2_w,ev_l3_w\n' + '\n'.join(lines) + '\n')
+    pp = d / 'prices.csv'
+    pl = prices if prices is not None else ['%d,%.1f' % (T0 + k * STEP, price[k]) for k in range(96)]
+    pp.write_text('time,price_per_mwh\n' + '\n'.join(pl) + '\n')
+    return [str(sp), str(fp), str(pp)]
+
+
+def run_cli(args):
+    return subprocess.run([sys.executable, 'tools/planner.py'] + args, cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def plan_day(risk=False):
+    load, pv, price = day()
+    site = planner.Site(json.loads(json.dumps(SITE)))
+    d, sol, p = planner.plan(site, T0, STEP, load, pv, [[0] * 96] * 3, [x / 1000.0 for x in price], risk=risk,
+                             created=T0, version=5)
+    return d, sol, site
+
+
+def in_window(e):
+    return T0 + 14 * 3600 <= e['start'] and e['start'] + e['duration_s'] <= T0 + 19 * 3600
+
+
+def test_schedule_validates_and_stays_inside_the_commissioned_bounds():
+    for risk in (False, True):
+        d, sol, site = plan_day(risk)
+        assert schedule.validate(d, commissioned=site.cfg) == []
+        s = schedule.compile_(d, commissioned=site.cfg)
+        assert s.n == len(d['intervals']) <= schedule.MAX_INTERVALS
+        assert d['created'] <= d['intervals'][0]['start'] and d['valid_until'] == T0 + 86400
+        for e in d['intervals'] + [d['default']]:
+            for k in ('reserve_soc_bp', 'target_soc_bp'):
+                assert site.cfg['min_soc_bp'] <= e.get(k, 5000) <= site.cfg['max_soc_bp']
+            assert e.get('import_limit_w', 0) <= site.cfg['import_limit_w']
+            assert abs(e.get('power_w', 0)) <= site.cfg['max_discharge_w']
+        # the LP itself: SoC inside the window, the commitment's reserve before the event
+        assert sol['soc_bp'].min() >= 1000 - 1 and sol['soc_bp'].max() <= 9500 + 1
+        k_event = 17 * 4
+        assert sol['soc_bp'][k_event - 1] >= RESERVE - 1
+
+
+def test_risk_flag_raises_the_reserve_and_suspends_arbitrage_discharge():
+    d0, _, _ = plan_day(False)
+    d1, _, _ = plan_day(True)
+    assert d0['default']['reserve_soc_bp'] == RESERVE
+    assert d1['default']['reserve_soc_bp'] == RESERVE + 1000
+    w0 = [e['reserve_soc_bp'] for e in d0['intervals'] if in_window(e) and 'reserve_soc_bp' in e]
+    w1 = [e['reserve_soc_bp'] for e in d1['intervals'] if in_window(e) and 'reserve_soc_bp' in e]
+    assert w0 and w1 and min(w0) >= RESERVE and min(w1) >= RESERVE + 1000
+    # a high-risk day: no battery export outside the event, no economic discharge
+    for e in d1['intervals']:
+        if not e.get('firm'):
+            assert e.get('export') is False and e.get('power_w', 0) <= 0
+    assert d1['id'].endswith('/risk') and not d0['id'].endswith('/risk')
+
+
+def test_event_interval_is_firm_at_the_committed_power():
+    for risk in (False, True):
+        d, _, _ = plan_day(risk)
+        ev = [e for e in d['intervals'] if e.get('firm')]
+        assert len(ev) == 1
+        e = ev[0]
+        assert e['start'] == T0 + 17 * 3600 and e['duration_s'] == 3600
+        assert e['power_w'] == 40000 and e['firm'] is True and 'target_soc_bp' not in e
+
+
+def test_without_pv_the_plan_charges_to_the_reserve_before_the_window():
+    load, pv, price = day()
+    site = planner.Site(json.loads(json.dumps(SITE)))
+    d, sol, p = planner.plan(site, T0, STEP, load, [0] * 96, [[0] * 96] * 3, [x / 1000.0 for x in price],
+                             created=T0, version=1)
+    before = [e for e in d['intervals'] if 'target_soc_bp' in e and e['start'] < T0 + 14 * 3600]
+    assert before, d['intervals']
+    last = max(before, key=lambda e: e['start'])
+    assert last['start'] + last['duration_s'] <= T0 + 14 * 3600 and last['target_soc_bp'] >= RESERVE
+
+
+def test_lp_pays_three_watts_of_battery_per_watt_of_phase_excess():
+    # two steps of one hour: first 1 kW over the phase limit on L1 (covering it costs 3 kW of a
+    # symmetric battery), then 3 kW over the total limit; 3 kWh in the battery: the LP keeps it for
+    # the total limit (3 kWh saved) instead of the phase (1 kWh saved)
+    p = planner.Problem(3600, [30000, 33000], [0, 0], [[1000, 0], [0, 0], [0, 0]], 30000, 10000, 100000, 1300,
+                        1000, 9500, 50000, 50000, 10000, 10000)
+    sol = planner.solve_lp(p)
+    assert sol['dis_w'][0] == pytest.approx(0, abs=1) and sol['dis_w'][1] == pytest.approx(3000, abs=1)
+    # with enough energy it covers both (and then some: self-consumption is the next tier)
+    p.soc0_bp = 5000
+    sol = planner.solve_lp(p)
+    assert sol['dis_w'][0] >= 3000 - 1 and sol['dis_w'][1] >= 3000 - 1
+    assert max(sol['gcp_w']) <= 30000 + 1 and max(sol['phase_w'][0]) <= 10000 + 1
+
+
+def test_cli_writes_a_valid_schedule(tmp_path):
+    site, fc, pr = write_inputs(tmp_path)
+    out = tmp_path / 's.json'
+    r = run_cli(['--site', site, '--forecast', fc, '--prices', pr, '--risk', '--out', str(out),
+                 '--version', '7', '--created', str(T0)])
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d['version'] == 7 and schedule.validate(d, commissioned=planner.Site(SITE).cfg) == []
+    assert 'intervals' in r.stderr and 'site-7/2026-07-10/risk' in r.stderr
+
+
+def test_publish_sends_a_retained_signed_schedule(tmp_path, procs):
+    br = Broker(tmp_path).start()
+    procs.append(br)
+    topic = 'bess/site-7/schedule'
+    site, fc, pr = write_inputs(tmp_path)
+    r = run_cli(['--site', site, '--forecast', fc, '--prices', pr, '--version', '3', '--created', str(T0),
+                 '--publish', 'mqtt://127.0.0.1:%d/%s' % (br.port, topic), '--key', KEY])
+    assert r.returncode == 0, r.stderr
+    body = r.stdout.strip().encode()
+    # a subscriber that comes later gets it: retained
+    col = Collector(br.port, topics=(topic,))
+    procs.append(col)
+    assert wait_for(lambda: col.get(topic), 5)
+    t, payload, retain, _ = col.get(topic)[0]
+    assert retain
+    checked, signed = commands.Auth(commands.parse_key(KEY)).verify(topic, payload)
+    assert signed and checked == body
+    d = json.loads(checked)
+    assert d['version'] == 3 and schedule.validate(d, commissioned=planner.Site(SITE).cfg) == []
+    # a forged copy does not verify
+    with pytest.raises(commands.Rejected):
+        commands.Auth(commands.parse_key(KEY)).verify(topic, payload.replace(b'40000', b'40001'))
+
+
+@pytest.mark.parametrize('case,needle', [
+    ('missing_column', 'missing column(s) pv_w'),
+    ('gap', 'is not 900 s after the previous row'),
+    ('bad_number', "load_w = 'x' is not a number"),
+    ('late_prices', 'starts after the forecast'),
+    ('unknown_site_key', "unknown key 'colour'"),
+    ('bad_control', 'import_limit_w: required'),
+    ('bad_window', 'is not a time "HH:MM"'),
+    ('too_long', 'at most 96 intervals'),
+    ('key_without_publish', '--key signs what --publish sends'),
+    ('bad_url', 'expected mqtt://host[:port]/<topic>'),
+])
+def test_bad_input_is_refused_with_a_message(tmp_path, case, needle):
+    load, pv, price = day()
+    rows = ['%d,%d,%d,0,0,0' % (T0 + k * STEP, load[k], pv[k]) for k in range(96)]
+    site = json.loads(json.dumps(SITE))
+    extra = []
+    kw = {}
+    if case == 'missing_column':
+        (tmp_path / 'x').mkdir()
+        args = write_inputs(tmp_path, rows=rows)
+        args[1] = str(tmp_path / 'x' / 'f.csv')
+        (tmp_path / 'x' / 'f.csv').write_text('time,load_w\n%d,1000\n%d,1000\n' % (T0, T0 + STEP))
+    else:
+        if case == 'gap':
+            del rows[10]
+        elif case == 'bad_number':
+            rows[3] = '%d,x,0,0,0,0' % (T0 + 3 * STEP)
+        elif case == 'late_prices':
+            kw['prices'] = ['%d,50' % (T0 + 3600)]
+        elif case == 'unknown_site_key':
+            site['colour'] = 'blue'
+        elif case == 'bad_control':
+            del site['control']['import_limit_w']
+        elif case == 'bad_window':
+            site['commitment']['window'] = ['14h', '19:00']
+        elif case == 'too_long':
+            rows += ['%d,1000,0,0,0,0' % (T0 + k * STEP) for k in range(96, 100)]
+        elif case == 'key_without_publish':
+            extra = ['--key', KEY]
+        elif case == 'bad_url':
+            extra = ['--publish', 'http://127.0.0.1/x']
+        args = write_inputs(tmp_path, site=site, rows=rows, **kw)
+    r = run_cli(['--site', args[0], '--forecast', args[1], '--prices', args[2]] + extra)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr, r.stderr

@@ -1,0 +1,410 @@
+"""lib/schedule_load.py: the streamed schedule loader (issue 11) and the streamed HMAC.
+
+The reference is compile_(json.loads(payload)): load_stream must reach the same decision, with the
+same compiled arrays when it accepts and the same problem list when the payload is JSON, for
+random and mutated payloads fed in chunks of every size (property test below)."""
+import json
+import os
+import random
+import subprocess
+
+import pytest
+
+import commands
+import schedule as sc
+import schedule_load as sl
+from paths import ROOT
+
+T0 = 1764300000
+COMM = {'min_soc_bp': 1000, 'max_soc_bp': 9500, 'import_limit_w': 60000}
+MP_SCRIPT = os.path.join(ROOT, 'host_tests', 'mp', 'schedule_mp.py')
+
+
+# --- payload generator: JSON text with duplicates, key orders, escapes and junk -------------------
+class Obj:
+    """A JSON object as a list of (key, value) pairs: duplicates and order are the generator's."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+
+def _ws(r):
+    return '' if r.random() < 0.85 else r.choice([' ', '\n', '\t', '\r\n  '])
+
+
+def _key(r, k):
+    if r.random() < 0.03:                           # the same key, spelled with escapes
+        return '"' + ''.join('\\u%04x' % ord(ch) for ch in k) + '"'
+    return json.dumps(k)
+
+
+def dump(r, v):
+    if isinstance(v, Obj):
+        return '{' + _ws(r) + (',' + _ws(r)).join(
+            _key(r, k) + _ws(r) + ':' + _ws(r) + dump(r, x) + _ws(r) for k, x in v.pairs) + '}'
+    if isinstance(v, list):
+        return '[' + _ws(r) + (',' + _ws(r)).join(dump(r, x) + _ws(r) for x in v) + ']'
+    return json.dumps(v)
+
+
+def _field_value(r, k):
+    lo, hi = {'reserve_soc_bp': (0, 10000), 'soc_min_bp': (0, 10000), 'soc_max_bp': (0, 10000),
+              'import_limit_w': (0, 10000000), 'target_soc_bp': (0, 10000),
+              'power_w': (-10000000, 10000000)}.get(k, (0, 1))
+    x = r.random()
+    if x < 0.03:
+        return r.choice([None, 1.5, 'x', [1], {'a': 1}, True, 2 ** 40, -1, hi + 1])
+    if k == 'objective':
+        return r.choice(['gce', 'ss', 'zfi', 'gce', 'ss', 'zfi', 'max'] if x < 0.1 else ['gce', 'ss', 'zfi'])
+    if k in ('firm', 'export'):
+        return r.choice([True, False]) if x > 0.05 else r.choice([0, 1])
+    if k == 'soc_min_bp':
+        return r.randint(900 if x < 0.1 else 1000, 5000)
+    if k == 'soc_max_bp':
+        return r.randint(5001, 9600 if x < 0.1 else 9500)
+    if k in ('reserve_soc_bp', 'target_soc_bp'):
+        return r.randint(lo, 9700 if x < 0.1 else 5000)
+    if k == 'import_limit_w':
+        return r.randint(0, 70000 if x < 0.1 else 60000)
+    return r.randint(lo, hi)
+
+
+def _block(r, p_field):
+    pairs = []
+    for k in sl.FIELDS:
+        if r.random() < p_field:
+            pairs.append((k, _field_value(r, k)))
+    if ('power_w' in dict(pairs)) and ('target_soc_bp' in dict(pairs)) and r.random() < 0.9:
+        pairs = [(k, v) for k, v in pairs if k != 'target_soc_bp']
+    return pairs
+
+
+def gen(r, n_max=8):
+    """A schedule payload (bytes): mostly valid, often wrong in one or a few ways."""
+    cr = T0 + r.randint(-10 ** 6, 10 ** 6)
+    horizon = r.choice([86400, 86400, 7 * 86400, 7 * 86400 + 1, 0, -5, 3600])
+    vu = cr + horizon
+    n = r.choice([0, 1, 2, 3, r.randint(0, n_max), r.randint(0, n_max)])
+    if r.random() < 0.02:
+        n = r.choice([96, 97])
+    p_field = r.choice([0.0, 0.2, 0.5, 1.0])
+    t = cr + r.choice([0, 0, 60, -60])
+    ivs = []
+    for _ in range(n):
+        du = r.choice([900, 3600, 1]) if r.random() > 0.03 else r.choice([0, -5, 1.5, None, '900'])
+        t += r.choice([0, 0, 0, 300, -100]) if r.random() < 0.2 else 0
+        s = t
+        if r.random() < 0.02:
+            s = r.choice([0, -3, 10 ** 12, -(10 ** 12), 2 ** 31, 'x', None, True, cr + 10 ** 10, cr - 2 ** 31])
+        pairs = [('start', s), ('duration_s', du)] + _block(r, p_field)
+        r.shuffle(pairs)
+        if r.random() < 0.02:
+            pairs.append((r.choice(['colour', 'start', 'firm']), r.choice([1, True, 'red'])))
+        if r.random() < 0.02:
+            pairs = [p for p in pairs if p[0] != r.choice(['start', 'duration_s'])]
+        e = Obj(pairs)
+        if r.random() < 0.01:
+            e = r.choice([None, 1, 'x', [], [1, 2]])
+        ivs.append(e)
+        if isinstance(du, int) and not isinstance(du, bool):
+            t += du
+    members = [('v', 1 if r.random() > 0.02 else r.choice([2, '1', None, True])),
+               ('id', 'site-%d' % r.randint(0, 999) if r.random() > 0.02 else r.choice(['', 'x' * 65, 5, 'é' * 64])),
+               ('version', r.randint(1, 9) if r.random() > 0.03 else r.choice([0, True, 1.0, '3'])),
+               ('created', cr if r.random() > 0.02 else r.choice([0, -1, str(cr), float(cr)])),
+               ('valid_until', vu if r.random() > 0.02 else r.choice([None, str(vu)])),
+               ('default', Obj(_block(r, p_field)) if r.random() > 0.02 else r.choice([None, [], 1])),
+               ('intervals', ivs if r.random() > 0.02 else r.choice([None, {}, 'x', 3]))]
+    if r.random() < 0.3:
+        members.append(('randomize_s', r.randint(0, 3600) if r.random() > 0.1 else r.choice([-1, 3601, 'x'])))
+    if r.random() < 0.1:
+        members.append(('ctr', r.randint(1, 100)))
+    if r.random() < 0.03:
+        members.append(('junk', r.choice([1, {'a': [1, {'b': 'c'}]}, 'x' * 1000, [[[]]]])))
+    if r.random() < 0.05:
+        members.pop(r.randrange(len(members)))
+    r.shuffle(members) if r.random() < 0.3 else None
+    if r.random() < 0.05:                            # a duplicate member: the last one counts
+        k, v = r.choice(members)
+        members.append((k, v if r.random() < 0.5 else r.choice([0, 'x', ivs[:1], T0])))
+    text = dump(r, Obj(members)).encode()
+    return _mutate(r, text) if r.random() < 0.15 else text
+
+
+def _mutate(r, b):
+    """Byte-level damage: truncation, a byte removed / replaced / inserted, trailing junk."""
+    b = bytearray(b)
+    kind = r.randrange(5)
+    if kind == 0:
+        return bytes(b[:r.randrange(len(b))])
+    i = r.randrange(len(b))
+    if kind == 1:
+        del b[i]
+    elif kind == 2:
+        b[i] = r.choice(b'{}[],:"\\ x0\x00\xff')
+    elif kind == 3:
+        b[i:i] = r.choice([b',', b'{', b']', b'"', b'\\', b' ', b'\xef\xbb\xbf', b'1'])
+    else:
+        b += r.choice([b'x', b' ', b'{}', b'\n'])
+    return bytes(b)
+
+
+# --- the reference and the comparison -----------------------------------------------------------
+def reference(payload, comm, last):
+    """('ok', Schedule) | ('json', None) | ('invalid', [problems])."""
+    try:
+        d = json.loads(payload.decode('utf-8'))
+    except (ValueError, RecursionError):
+        return 'json', None
+    errs = sc.validate(d, comm, last)
+    if errs:
+        return 'invalid', errs
+    return 'ok', sc.compile_(d, comm, last)
+
+
+def compiled(s):
+    return (s.id, s.version, s.base_s, s.valid_s, s.randomize_s, s.n, list(s.start), list(s.end),
+            {k: list(a) for k, a in s.fields.items()})
+
+
+def streamed(payload, comm, last, chunk):
+    try:
+        return 'ok', sl.loads(payload, comm, last, chunk=chunk, max_errors=10 ** 6)
+    except sc.ScheduleError as e:
+        return 'rejected', str(e).split('\n  ')[1:]
+
+
+def check_same(payload, comm, last, chunk):
+    want, ref = reference(payload, comm, last)
+    got, res = streamed(payload, comm, last, chunk)
+    if want == 'ok':
+        assert got == 'ok', (payload, res)
+        assert compiled(res) == compiled(ref)
+        for k in sl.FIELDS:                              # unused fields read NOT_SET
+            for j in range(ref.n + 1):
+                assert res.get(k, j) == ref.get(k, j)
+        return want
+    assert got == 'rejected', (want, ref, payload)
+    if want == 'invalid':
+        assert res == ref, payload                       # the same problems, in the same order
+    return want
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_streamed_same_decision_arrays_and_problems_as_compile(seed):
+    r = random.Random(seed)
+    seen = {'ok': 0, 'invalid': 0, 'json': 0}
+    for _ in range(400):
+        payload = gen(r)
+        comm = COMM if r.random() < 0.7 else r.choice([None, {}, {'min_soc_bp': 0, 'max_soc_bp': 10000}])
+        last = r.choice([0, 0, 2, 5])
+        seen[check_same(payload, comm, last, r.choice([1, 2, 7, 64, 256, 512, 4096]))] += 1
+    assert min(seen.values()) > 20, seen                 # the generator reaches every outcome
+
+
+def full(n=96, fields='all', key_order=None, created_first=True):
+    """A full schedule: n 15-minute intervals, every field set ('all') or start, duration_s and 3."""
+    ivs = []
+    for k in range(n):
+        e = {'start': T0 + 600 + k * 900, 'duration_s': 900}
+        if fields == 'all':
+            e.update(objective=sc.OBJECTIVES[k % 3], reserve_soc_bp=3000 + k, soc_min_bp=1000 + k,
+                     soc_max_bp=9000 + k, import_limit_w=50000 + k, firm=k % 2 == 0, export=k % 3 == 0)
+            if k % 2:
+                e['target_soc_bp'] = 6000 + k
+            else:
+                e['power_w'] = -20000 + 100 * k
+        else:
+            e.update(reserve_soc_bp=3000 + k, power_w=1000 * k - 40000, export=k % 2 == 1)
+        ivs.append(e)
+    d = {'v': 1, 'id': 'depot-7/2026-11-28', 'version': 3, 'created': T0, 'valid_until': T0 + 2 * 86400,
+         'randomize_s': 300, 'default': {'objective': 'ss', 'reserve_soc_bp': 2500}, 'intervals': ivs}
+    if not created_first:                                # Go's encoding/json sorts keys: intervals first here
+        d = dict(sorted(d.items(), key=lambda kv: kv[0] in ('created', 'valid_until')))
+    return d
+
+
+@pytest.mark.parametrize('fields', ['all', 'three'])
+@pytest.mark.parametrize('created_first', [True, False])
+def test_a_full_schedule_streams_to_the_compiled_form(fields, created_first):
+    d = full(fields=fields, created_first=created_first)
+    payload = json.dumps(d, separators=(',', ':')).encode()
+    for chunk in (1, 256, 512, len(payload)):
+        assert check_same(payload, COMM, 2, chunk) == 'ok'
+    s = sl.loads(payload, COMM, 2)
+    assert s.n == 96 and s.start[0] == 600 and s.end[95] == 600 + 96 * 900 and s.valid_s == 2 * 86400
+    if fields == 'three':                                # sparse: columns only for what is used
+        assert sorted(s.fields) == ['export', 'objective', 'power_w', 'reserve_soc_bp']
+        assert s.get('target_soc_bp', 5) == sc.NOT_SET and s.get('objective', 5) == sc.NOT_SET
+        assert s.get('objective', 96) == sc.OBJECTIVES.index('ss')
+    assert all(a.itemsize == 4 for a in s.fields.values()) and s.start.itemsize == 4
+
+
+# --- rejects ------------------------------------------------------------------------------------
+def _payload(d):
+    return json.dumps(d, separators=(',', ':')).encode()
+
+
+def _reason(payload, **kw):
+    with pytest.raises(sc.ScheduleError) as e:
+        sl.loads(payload, COMM, 2, **kw)
+    return str(e.value)
+
+
+GOOD = _payload(full(4))
+
+
+@pytest.mark.parametrize('payload, needle', [
+    (GOOD[:-1], 'ends early'),
+    (GOOD[:len(GOOD) // 2], 'ends early'),
+    (b'', 'ends early'),
+    (b'[1,2]', 'must be a JSON object'),
+    (GOOD + b'{}', 'nothing after the closing'),
+    (GOOD.replace(b'"v":1', b'"v":1,,'), 'expected a key'),
+    (GOOD.replace(b'"v":1', b'"v" 1'), 'expected ":"'),
+    (GOOD.replace(b'"v":1', b'"v":[[[[[[[[[1]]]]]]]]]'), 'levels of nesting'),
+    (GOOD.replace(b'"v":1', b'"v":1,"junk":{"a":[{"b":[1,{"c":"}]"}]}]}'), "unknown key 'junk'"),
+    (GOOD.replace(b'"v":1', b'"v":1,"junk":"' + b'x' * 5000 + b'"'), "unknown key 'junk'"),
+    (GOOD.replace(b'"id":"depot-7/2026-11-28"', b'"id":"' + b'x' * 600 + b'"'), 'id: longer than 512 bytes'),
+    (GOOD.replace(b'"export":true', b'"export":true,"pad":"' + b'x' * 600 + b'"', 1), 'intervals[0]: longer than 512'),
+    (GOOD.replace(b'"version":3', b'"version":tru'), 'version: not valid JSON'),
+    (GOOD.replace(b'}]}', b']]}'), 'intervals[3]: not valid JSON'),
+    (GOOD.replace(b'}]}', b'}}}'), 'expected "," or "]"'),
+    (_payload(dict(full(4), intervals=full(4)['intervals'] * 25)), 'at most 96'),
+    (_payload(full(4)).replace(b'"start":1764302400', b'"start":1764302000'), 'no overlap'),
+    (_payload(dict(full(4), intervals=None)), 'intervals must be a list'),
+    (_payload(dict(full(4), intervals=[1])), 'intervals[0]: must be an object'),
+    (_payload(dict(full(4), created=T0 + 700)), 'intervals[0]: outside created .. valid_until'),
+])
+def test_a_bad_payload_is_rejected_and_says_why(payload, needle):
+    assert needle in _reason(payload), _reason(payload)
+
+
+def test_the_stream_is_read_to_its_end_even_after_a_syntax_error():
+    """The link hands over a payload of known length: the loader leaves the stream in step."""
+    payload = b'{"v":1,,' + b' ' * 3000 + b'}'
+    seen = [0]
+
+    def read(buf):
+        k = min(len(buf), len(payload) - seen[0])
+        buf[:k] = payload[seen[0]:seen[0] + k]
+        seen[0] += k
+        return k
+    with pytest.raises(sc.ScheduleError) as e:
+        sc.load_stream(read, COMM, 2, buf=bytearray(100))
+    assert seen[0] == len(payload) and 'expected a key at byte 7' in str(e.value)
+
+
+def test_problems_are_bounded_on_the_device():
+    ivs = [{'start': 'x', 'colour': k} for k in range(96)]
+    text = _reason(_payload(dict(full(1), intervals=ivs)))
+    lines = text.split('\n  ')[1:]
+    assert len(lines) == sl.MAX_ERRORS + 1 and lines[-1] == '... and %d more' % (2 * 96 - sl.MAX_ERRORS)
+
+
+def test_unused_fields_read_not_set_without_a_column():
+    d = full(2, fields='three')
+    d['default'] = {}
+    s = sl.loads(_payload(d), COMM, 2)
+    assert 'objective' not in s.fields and s.get('objective', 2) == sc.NOT_SET
+    assert s.get('power_w', 2) == sc.NOT_SET and s.get('power_w', 1) == -39000
+
+
+# --- streamed HMAC ------------------------------------------------------------------------------
+KEY = bytes(range(32))
+TOPIC = b'bess/dev-1/schedule'
+
+
+def test_macstream_agrees_with_commands_for_every_split():
+    assert (sl._MAC_HEAD, sl._MAC_LEN, sl._MAC_TAIL_LEN) == (commands._MAC_HEAD, commands._MAC_LEN,
+                                                             commands._MAC_TAIL_LEN)
+    r = random.Random(1)
+    body = _payload(full(3))
+    for key in (KEY, b'k' * 16, b'long' * 20):
+        signed = sl.sign_schedule(key, TOPIC, body)
+        assert signed == commands.sign(key, TOPIC, body)
+        assert commands.Auth(key).verify(TOPIC, signed)[0] == body
+        for chunk in (1, 7, 73, 74, 75, 256, len(signed)):
+            m = sl.MacStream(key, TOPIC, len(signed))
+            for i in range(0, len(signed), chunk):
+                m.update(memoryview(signed)[i:i + chunk])
+            assert m.ok(), (chunk, m.why)
+        for _ in range(30):                              # any one byte changed: refused
+            bad = bytearray(signed)
+            i = r.randrange(len(bad))
+            bad[i] ^= 1 << r.randrange(8)
+            m = sl.MacStream(key, TOPIC, len(bad))
+            m.update(bytes(bad))
+            assert not m.ok()
+            with pytest.raises(commands.Rejected):
+                commands.Auth(key).verify(TOPIC, bytes(bad))
+
+
+def test_a_signed_schedule_loads_and_a_bad_mac_is_the_only_problem_reported():
+    body = _payload(full(4))
+    signed = sl.sign_schedule(KEY, TOPIC, body)
+    s = sl.loads(signed, COMM, 2, mac=sl.MacStream(KEY, TOPIC, len(signed)))
+    assert compiled(s) == compiled(sc.compile_(json.loads(body), COMM, 2))
+    other = sl.sign_schedule(KEY, b'bess/dev-2/schedule', body)
+    assert 'bad mac' in _reason(other, mac=sl.MacStream(KEY, TOPIC, len(other)))
+    assert 'mac required' in _reason(body, mac=sl.MacStream(KEY, TOPIC, len(body)))
+    assert 'mac required' in _reason(signed, mac=sl.MacStream(KEY, TOPIC, len(signed) + 1))   # short
+    garbled = signed[:-10] + b'zz' + signed[-8:]
+    assert 'not hex' in _reason(garbled, mac=sl.MacStream(KEY, TOPIC, len(garbled)))
+    junk = sl.sign_schedule(KEY, TOPIC, body.replace(b'"v":1', b'"v":[[[[[[[[[['))
+    assert _reason(junk + b'x', mac=sl.MacStream(KEY, TOPIC, len(junk) + 1)).endswith('mac required as the '
+                                                                                      'last member ,"mac":"<64 hex>"}')
+
+
+# --- MicroPython -----------------------------------------------------------------------------------
+@pytest.mark.parametrize('runtime', ['unix', '32bit'])
+def test_the_streamed_loader_runs_on_micropython(runtime, tmp_path):
+    """A full 96-interval schedule, every field set, signed, from a file in 256-byte chunks, on
+    the unix port and the 32-bit fixed-heap build: the same compiled arrays as CPython."""
+    from test_profiles import MPY
+    import mp32fixed
+    d = full(96)
+    body = _payload(d)
+    signed = sl.sign_schedule(KEY, TOPIC, body)
+    path = tmp_path / 'sched.json'
+    path.write_bytes(signed)
+    exe = [MPY] if runtime == 'unix' else [mp32fixed.exe(), '-X', 'heapsize=96000']
+    r = subprocess.run(exe + [MP_SCRIPT, os.path.join(ROOT, 'lib'), 'load', str(path), KEY.hex(), TOPIC.decode()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    want = compiled(sc.compile_(d, COMM, 2))
+    lines = r.stdout.split('\n')
+    got = json.loads(lines[2])
+    assert [got[0], got[1], got[2], got[3], got[4], got[5]] == list(want[:6])
+    assert got[6] == want[6] and got[7] == want[7] and got[8] == want[8]
+    assert lines[3] == 'bad mac rejected'
+
+
+def test_heap_of_a_streamed_full_schedule_on_32_bit(tmp_path):
+    """The budget on 32-bit MicroPython with a fixed heap, modules as the build deploys them
+    (.mpy, -O3): a full schedule (96 intervals, every field) streamed in 256-byte chunks needs
+    less than 6 KB beyond its compiled form when the loader's code is in place (frozen, or counted
+    apart: it is loaded on demand), and the module that stays while a schedule is in force is
+    small. The figures are printed (pytest -s) for docs/schedule.md."""
+    import mp32fixed
+    from paths import BIN
+    lib = tmp_path / 'lib'
+    lib.mkdir()
+    for m in ('bess_core', 'schedule', 'schedule_load'):
+        subprocess.run([os.path.join(BIN, 'mpy-cross'), '-O3', '-o', str(lib / (m + '.mpy')),
+                        os.path.join(ROOT, 'lib', m + '.py')], check=True)
+    path = tmp_path / 'sched.json'
+    figures = {}
+    for fields in ('all', 'three'):
+        path.write_bytes(sl.sign_schedule(KEY, TOPIC, _payload(full(96, fields=fields))))
+        for mode in ('preloaded', 'on_demand'):
+            r = subprocess.run([mp32fixed.exe(), '-X', 'heapsize=96000', MP_SCRIPT, str(lib), 'measure', str(path),
+                                KEY.hex(), TOPIC.decode(), mode], capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stdout + r.stderr
+            figures[fields, mode] = m = json.loads(r.stdout)
+            print(fields, mode, len(path.read_bytes()), 'bytes:', m)
+    full_, three = figures['all', 'preloaded'], figures['three', 'preloaded']
+    assert full_['n'] == three['n'] == 96 and full_['columns'] == 9 and three['columns'] == 4
+    assert full_['peak_beyond_compiled_bytes'] < 6144 and three['peak_beyond_compiled_bytes'] < 6144
+    assert full_['compiled_bytes'] < 6144 and three['compiled_bytes'] < full_['compiled_bytes']
+    assert full_['schedule_module_bytes'] < 2048
