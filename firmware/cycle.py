@@ -365,7 +365,7 @@ class Job:
     def __init__(self, rt, rep, board, ps=None):
         self.rt = rt
         self.rep = rep
-        self.ps = ps                    # firmware/plan_side.PlanSide, or None
+        self.ps = ps                    # startup.plan_cfg(): the schedule side to build, or None
         self.wdt_ms = board.get('wdt_timeout_ms', 10000)
         t = board.get('timer', {})
         self.hard = t.get('hard', False)
@@ -379,6 +379,17 @@ def run_job(job, cycles=0):
     """The loop for a Job from firmware/startup.py (which main.py has unloaded by now)."""
     rt = job.rt
     rep = job.rep
+    ps = None
+    if job.ps is not None:              # before the ring: its code packs below the ring's chunks
+        try:
+            import sched_rx
+            ps = sched_rx.build(job.ps, rt, rep)
+            unload(sched_rx.MODULES)
+        except MemoryError as e:
+            rt.plan = None
+            print('SCHEDULE DISABLED (OUT OF MEMORY building the schedule side: %r; %s): the controller '
+                  'runs its commissioned config (docs/resources.md)' % (e, heap_text()))
+    job.ps = None
     if rep is not None:
         try:
             rep.start()
@@ -388,10 +399,7 @@ def run_job(job, cycles=0):
             rep = None
     wdt = machine.WDT(timeout=job.wdt_ms)
     after = rep.after_cycle if rep is not None else None
-    ps = job.ps
     if ps is not None:
-        if rep is None:
-            ps.link = None
         after = _chain(ps.after_cycle, after)
     rt.run(wdt, cycles, hard=job.hard, timer_id=job.timer_id, after_cycle=after)
     try:                                # a fixed-length run (tests, tools) ends with a summary

@@ -9,9 +9,9 @@
 #   - <prefix>/<id>/schedule/status (retained) says what is in force and why, on every change;
 #   - <prefix>/<id>/dlm (retained): what a load manager may give EVs now, on a change beyond
 #     dlm_deadband_w and at least every dlm_every_s.
-# Per cycle the Runtime calls plan.tick(clock.valid, clock.elapsed_s()) before step() (cycle.py).
+# What runs once per schedule (checking one, putting it in force, building this side at start)
+# is in firmware/sched_rx.py, loaded on demand. Per cycle the Runtime calls plan.tick(clock.valid, clock.elapsed_s()) before step() (cycle.py).
 import json
-import os
 import time
 
 from ondemand import unload
@@ -24,7 +24,7 @@ RX_DONE = 3             # complete, to be checked by after_cycle()
 
 
 class PlanSide:
-    def __init__(self, rt, plan, clock, path, key=None, commissioned=None, max_bytes=16384,
+    def __init__(self, rt, plan, clock, path, key=None, commissioned=None, max_bytes=24576,
                  dlm_every_s=60, dlm_deadband_w=1000):
         self.rt = rt
         self.plan = plan
@@ -101,55 +101,17 @@ class PlanSide:
         if c is not None and c.poll(now):
             self.plan.rebase(c.base_epoch_s)
         st = self.rx_state
-        if st == RX_DONE:
+        if st == RX_DONE or st == -RX_DISCARD:
             self.rx_state = RX_IDLE
-            self._check_received()
-        elif st == -RX_DISCARD:
-            self.rx_state = RX_IDLE
-            self._rejected(self.rx_why, None, 0)
+            import sched_rx             # on demand: what is done once per schedule received
+            try:
+                if st == RX_DONE:
+                    sched_rx.received(self)
+                else:
+                    sched_rx.rejected(self, self.rx_why, None, 0)
+            finally:
+                unload(sched_rx.MODULES)
         self._report(now)
-
-    def _check_received(self):
-        import sched_rx
-        try:
-            r = sched_rx.accept(self.path, self.link.t_sched if self.link else b'', self.key,
-                                self.commissioned or self.rt.ctl.cfg, self.last_version, self.plan.s)
-        except MemoryError as e:
-            r = ('rejected', 'out of memory checking it (%s)' % e, None, 0, None)
-        finally:
-            unload(sched_rx.MODULES)
-        status, why, sid, ver, sched = r
-        if status == 'same':
-            return                      # the retained copy of the one in force (a reconnect)
-        if status == 'rejected':
-            self._rejected(why, sid, ver)
-            return
-        old = self.plan.s
-        self.superseded = (old.id, old.version) if old is not None else None
-        self.last_version = sched.version
-        self.load(sched)
-        self.rej_key = None
-
-    def load(self, sched):
-        """Put a compiled schedule in force (boot: the persisted one; later: a received one)."""
-        import random
-        rs = sched.randomize_s
-        rand = random.getrandbits(12) % (rs + 1) if rs else 0
-        c = self.clock
-        self.plan.load(sched, rand, c.base_epoch_s if c is not None and c.synced else None)
-        if sched.version > self.last_version:
-            self.last_version = sched.version
-        lk = self.link
-        if lk is not None:
-            lk.sch_id = sched.id
-            lk.sch_version = sched.version
-
-    def _rejected(self, why, sid, ver):
-        self.rejected += 1
-        self.rej = {'reason': why or 'rejected', 'id': sid, 'version': ver}
-        self.rej_key = (self.plan.src, self.plan.k)
-        print('schedule rejected: %s' % self.rej['reason'])
-        self._sent = None               # publish it even if nothing else changed
 
     def _report(self, now):
         """Status on every change of what is in force; DLM on change and at least every N s."""
@@ -204,9 +166,3 @@ class PlanSide:
                 'avail_dis_w': o.avail_dis_w, 'reserve_bp': o.reserve_bp, 'soc_bp': i.soc_bp,
                 'failsafe': o.state == 6, 'source': SOURCE_NAMES[p.src]}).encode())
 
-
-def remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass

@@ -10,6 +10,7 @@
 #   3. rename <path>.new over <path>: a reset at any point leaves the old schedule or the new one
 #      (on FAT, where rename does not replace, there is a window with neither: the broker's
 #      retained copy brings it back at the next connect).
+import gc
 import os
 
 import schedule
@@ -70,12 +71,13 @@ def _ident(path):
 
 
 def accept(path, topic, key, commissioned, last_version, current):
-    """(status, reason, id, version, compiled) for <path>.new. status: 'same' (the one in force
-    again), 'rejected' (reason says why; nothing changed) or 'accepted' (now in <path>)."""
+    """(status, reason, id, version, compiled) for <path>.new. current: (id, version) of the
+    schedule in force, or None. status: 'same' (the one in force again), 'rejected' (reason says
+    why; nothing changed) or 'accepted' (now in <path>)."""
     new = path + '.new'
     if current is not None and _same(new, path):
         _remove(new)
-        return ('same', None, current.id, current.version, None)
+        return ('same', None, current[0], current[1], None)
     try:
         s = load_file(new, commissioned, last_version, topic, key)
     except (schedule.ScheduleError, ValueError, OSError) as e:
@@ -88,6 +90,10 @@ def accept(path, topic, key, commissioned, last_version, current):
         _remove(path)                   # FAT: rename does not replace
         os.rename(new, path)
     return ('accepted', None, s.id, s.version, s)
+
+
+def discard(path):
+    _remove(path + '.new')
 
 
 def boot_load(path, commissioned):
@@ -109,3 +115,97 @@ def _remove(p):
         os.remove(p)
     except OSError:
         pass
+
+
+# --- the schedule side's one-off work (firmware/plan_side.py calls these, then unloads us) -------
+def received(ps):
+    """A schedule has arrived in <path>.new: check it, put it in force or say why not.
+
+    The schedule in force is dropped while the new one is checked (its arrays are the largest
+    thing a full schedule keeps in the heap) and read back from <path> if the new one is
+    refused. No cycle runs in between: the core keeps the fields it was given."""
+    p = ps.plan
+    old = p.s
+    old_idv = (old.id, old.version) if old is not None else None
+    p.s = None
+    old = None
+    gc.collect()
+    cfg = ps.commissioned or ps.rt.ctl.cfg
+    try:
+        status, why, sid, ver, sched = accept(ps.path, ps.link.t_sched if ps.link else b'', ps.key,
+                                              cfg, ps.last_version, old_idv)
+    except MemoryError as e:
+        discard(ps.path)
+        status, why, sid, ver, sched = 'rejected', 'out of memory checking it (%s)' % e, None, 0, None
+    if status != 'accepted' and old_idv is not None:
+        try:
+            p.s = load_file(ps.path, cfg, 0)
+        except Exception as e:          # MemoryError too: no schedule (the config) is safe
+            print('schedule: the one in force could not be read back (%r): none in force' % (e,))
+            p.load(None)
+    if status == 'same':
+        return                          # the retained copy of the one in force (a reconnect)
+    if status == 'rejected':
+        rejected(ps, why, sid, ver)
+        return
+    ps.superseded = old_idv
+    ps.last_version = sched.version
+    put(ps, sched)
+    ps.rej_key = None
+
+
+def put(ps, sched):
+    """Put a compiled schedule in force (boot: the persisted one; later: a received one)."""
+    import random
+    rs = sched.randomize_s
+    rand = random.getrandbits(12) % (rs + 1) if rs else 0
+    c = ps.clock
+    ps.plan.load(sched, rand, c.base_epoch_s if c is not None and c.synced else None)
+    if sched.version > ps.last_version:
+        ps.last_version = sched.version
+    lk = ps.link
+    if lk is not None:
+        lk.sch_id = sched.id
+        lk.sch_version = sched.version
+
+
+def rejected(ps, why, sid, ver):
+    ps.rejected += 1
+    ps.rej = {'reason': why or 'rejected', 'id': sid, 'version': ver}
+    ps.rej_key = (ps.plan.src, ps.plan.k)     # 'rejected' is the status until what is in force changes
+    print('schedule rejected: %s' % ps.rej['reason'])
+    ps._sent = None                     # publish it even if nothing else changed
+
+
+def build(cfg, rt, rep):
+    """The schedule side from startup.plan_cfg() (in the loop, after boot's code has left the
+    heap): the wall clock, the plan, the persisted schedule, the link's schedule topic. A broken
+    clock setting costs the clock (schedules run their default block), never battery control."""
+    from plan import Plan
+    from plan_side import PlanSide
+    sc = cfg['sc']
+    clock = None
+    if sc.get('ntp_host'):
+        try:
+            from wallclock import Clock
+            clock = Clock(sc['ntp_host'], sc.get('ntp_port', 123), sc.get('ntp_period_s', 3600),
+                          sc.get('ntp_retry_s', 60), sc.get('clock_max_age_s', 2 * 86400))
+        except (ValueError, OSError) as e:
+            print('schedule: NO WALL CLOCK (%s): schedules run their default block' % e)
+    else:
+        print('schedule: no ntp_host: no wall clock, schedules run their default block')
+    p = Plan(rt.ctl)
+    ps = PlanSide(rt, p, clock, cfg['path'], cfg['key'], None, sc.get('max_bytes', 24576),
+                  sc.get('dlm_every_s', 60), sc.get('dlm_deadband_w', 1000))
+    if rep is not None:
+        ps.link = rep.link
+        rep.link.on_schedule = ps.rx
+    sched, msg = boot_load(cfg['path'], rt.ctl.cfg)
+    if msg:
+        print('schedule: ' + msg)
+    if sched is not None:
+        put(ps, sched)
+        print('schedule: %s version %d loaded from %s' % (sched.id, sched.version, cfg['path']))
+    rt.plan = p
+    rt.clock = clock
+    return ps

@@ -188,42 +188,16 @@ def mqtt_side(site, s, rt, key):
         return None
 
 
-def plan_side(site, root, rt, key):
-    """The schedule side (wall clock, schedule topic, status, dlm) for the "schedule" section, or
-    None. The persisted schedule is loaded here (it applies only while valid with a valid clock).
-    A broken clock setting costs the clock (the plan falls back), never battery control."""
+def plan_cfg(site, root, key):
+    """What the schedule side needs (firmware/plan_side.build, run by the loop once boot's code
+    has left the heap: its modules are not in the boot peak), or None without a "schedule" section."""
     sc = site.get('schedule')
     if not sc:
         return None
-    from plan import Plan
-    from plan_side import PlanSide
-    clock = None
-    if sc.get('ntp_host'):
-        try:
-            from wallclock import Clock
-            clock = Clock(sc['ntp_host'], sc.get('ntp_port', 123), sc.get('ntp_period_s', 3600),
-                          sc.get('ntp_retry_s', 60), sc.get('clock_max_age_s', 2 * 86400))
-        except (ValueError, OSError) as e:
-            print('schedule: NO WALL CLOCK (%s): schedules run their default block' % e)
-    else:
-        print('schedule: no ntp_host: no wall clock, schedules run their default block')
     path = sc.get('path', 'schedule.json')
     if root and not path.startswith('/'):
         path = '%s/%s' % (root, path)
-    p = Plan(rt.ctl)
-    ps = PlanSide(rt, p, clock, path, None if isinstance(key, Exception) else key, None,
-                  sc.get('max_bytes', 16384), sc.get('dlm_every_s', 60), sc.get('dlm_deadband_w', 1000))
-    import sched_rx
-    sched, msg = sched_rx.boot_load(path, rt.ctl.cfg)
-    _unload(sched_rx.MODULES)
-    if msg:
-        print('schedule: ' + msg)
-    if sched is not None:
-        ps.load(sched)
-        print('schedule: %s version %d loaded from %s' % (sched.id, sched.version, path))
-    rt.plan = p
-    rt.clock = clock
-    return ps
+    return {'sc': sc, 'path': path, 'key': None if isinstance(key, Exception) else key}
 
 
 def problem_text(e):
@@ -272,14 +246,8 @@ def boot(config_path='/site.json', root='', cycles=0):
         bp = load_profile(root, site['battery']['profile'])
         _unload(('devprofile', 'profile_compiled', 'sitecfg'))
         rt = runtime(site, board, mp, bp, s['control'])
-        ps = plan_side(site, root, rt, key)
         rep = mqtt_side(site, s, rt, key)
-        if ps is not None and rep is not None:
-            ps.link = rep.link
-            rep.link.on_schedule = ps.rx
-            if ps.plan.s is not None:
-                rep.link.sch_id = ps.plan.s.id
-                rep.link.sch_version = ps.plan.s.version
+        ps = plan_cfg(site, root, key)
     except MemoryError:
         raise                           # main.py frees every module first, then the safe state
     except Exception as e:              # any failure to start: safe state, saying why

@@ -277,3 +277,30 @@ def test_plan_tick_and_step_are_allocation_free_with_a_full_schedule(tmp_path, r
     assert r.returncode == 0, r.stdout + r.stderr
     ok, n_sched, n_default, n_fallback = r.stdout.split()
     assert ok == 'OK' and int(n_sched) > 10000 and int(n_default) > 0 and int(n_fallback) > 0
+
+
+def test_protection_levels_apply_only_at_or_below_the_reserve():
+    """The plan may hold import protection at a level above the limit while the SoC is at or
+    below the reserve floor (energy kept for a larger excess later); never below the limit, never
+    for grid charging, and above the reserve the limits hold in full."""
+    for obj in (bc.OBJ_GCE, bc.OBJ_SS):
+        c = ctl_with(obj=obj, reserve_bp=5000, protect_import_w=70000)
+        o = feed(c, 75000, 4000)                    # 15 kW over the limit, 5 kW over the level
+        assert o.setpoint_w == 5000 and o.req_w == 15000, (obj, o.setpoint_w)
+        o = feed(c, 75000, 6000)                    # above the reserve floor (+ hysteresis)
+        assert o.setpoint_w == (15000 if obj == bc.OBJ_GCE else 50000)     # ss covers the site
+    c = ctl_with(obj=bc.OBJ_GCE, reserve_bp=5000, protect_import_w=40000)     # below the limit
+    assert feed(c, 75000, 4000).setpoint_w == 15000
+    c = ctl_with(obj=bc.OBJ_GCE, reserve_bp=5000, protect_import_w=90000)
+    o = feed(c, 50000, 4000)                        # spare capacity: charging by the real limit
+    assert o.setpoint_w == -5000 and o.binding == bc.B_HEADROOM
+    # per phase: a symmetric battery covers 3 W per W of the worst phase's excess over the level
+    c = bc.Controller(dict(CFG, objective='gce', phase_limit_w=20000))
+    c.plan_reserve_bp = 5000
+    c.plan_protect_phase_w = 22000
+    i = c.inp
+    i.gcp_l1_w, i.gcp_l2_w, i.gcp_l3_w, i.phases_valid = 25000, 10000, 10000, 1
+    o = feed(c, 45000, 4000)
+    assert o.phase_excess_w == 5000 and o.setpoint_w == 3 * 3000
+    o = feed(c, 45000, 6000)
+    assert o.setpoint_w == 3 * 5000                 # above the reserve: the phase limit in full

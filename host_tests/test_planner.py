@@ -186,8 +186,10 @@ def test_publish_sends_a_retained_signed_schedule(tmp_path, procs):
     ('unknown_site_key', "unknown key 'colour'"),
     ('bad_control', 'import_limit_w: required'),
     ('bad_window', 'is not a time "HH:MM"'),
+    ('commitment_too_big', 'more than the usable capacity holds'),
     ('too_long', 'at most 96 intervals'),
     ('key_without_publish', '--key signs what --publish sends'),
+    ('created_late', 'is after the forecast start'),
     ('bad_url', 'expected mqtt://host[:port]/<topic>'),
 ])
 def test_bad_input_is_refused_with_a_message(tmp_path, case, needle):
@@ -212,10 +214,14 @@ def test_bad_input_is_refused_with_a_message(tmp_path, case, needle):
             site['colour'] = 'blue'
         elif case == 'bad_control':
             del site['control']['import_limit_w']
+        elif case == 'commitment_too_big':
+            site['commitment']['committed_w'] = 90000
         elif case == 'bad_window':
             site['commitment']['window'] = ['14h', '19:00']
         elif case == 'too_long':
             rows += ['%d,1000,0,0,0,0' % (T0 + k * STEP) for k in range(96, 100)]
+        elif case == 'created_late':
+            extra = ['--created', str(T0 + 60)]
         elif case == 'key_without_publish':
             extra = ['--key', KEY]
         elif case == 'bad_url':
@@ -224,3 +230,21 @@ def test_bad_input_is_refused_with_a_message(tmp_path, case, needle):
     r = run_cli(['--site', args[0], '--forecast', args[1], '--prices', args[2]] + extra)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert needle in r.stderr, r.stderr
+
+
+def test_energy_the_day_does_not_need_is_sold_at_the_price_peak_above_the_reserve():
+    # a sunny day with a small load and no end SoC: what the battery holds beyond the evening's
+    # self-consumption is arbitrage: economic (not firm) discharge in the dearest hours only
+    load, pv, price = day()
+    site_d = json.loads(json.dumps(SITE))
+    del site_d['planner'], site_d['commitment']
+    site = planner.Site(site_d)
+    d, sol, p = planner.plan(site, T0, STEP, [4000] * 96, [2 * x for x in pv], [[0] * 96] * 3,
+                             [x / 1000.0 for x in price], created=T0, version=1)
+    eco = [e for e in d['intervals'] if e.get('power_w', 0) > 0 and not e.get('firm')]
+    assert eco, d['intervals']
+    k_peak = max(range(96), key=lambda k: price[k])
+    assert any(e['start'] <= T0 + k_peak * STEP < e['start'] + e['duration_s'] for e in eco)
+    for e in eco:
+        assert e['firm'] is False and e['power_w'] <= site.cfg['max_discharge_w']
+    assert schedule.validate(d, commissioned=site.cfg) == []

@@ -183,6 +183,10 @@ class Controller:
         self.plan_power_w = NOT_SET     # storage power target, + discharge
         self.plan_firm = 0              # 1: power_w is an obligation, 0: economic (arbitrage)
         self.plan_export = -1           # 0: the battery may not export, 1 / -1: it may
+        # import protection while the SoC is at or below the reserve floor holds these levels
+        # instead of the limits (the plan keeps energy for a later, larger excess); never below them
+        self.plan_protect_import_w = NOT_SET
+        self.plan_protect_phase_w = NOT_SET
         self.plan_left_s = 0            # seconds to the end of the interval in force
         # what is in force, for telemetry (lib/plan.py): source, interval index, schedule version
         self.plan_src = 0
@@ -394,6 +398,22 @@ class Controller:
             if pr > req:
                 req = pr
                 req_bind = B_PHASE
+        # what protection requires now: the limits, or the plan's levels while the SoC is at or
+        # below the reserve floor (the plan spends the battery where the excess costs most)
+        reqp = req
+        if self.reserve_lock:
+            v = self.plan_protect_import_w
+            pp = self.plan_protect_phase_w
+            if v != NOT_SET or pp != NOT_SET:
+                if v < lim:
+                    v = lim
+                reqp = net - v
+                if plim > 0:
+                    if pp < plim:
+                        pp = plim
+                    v = 3 * (m + b3 - pp)
+                    if v > reqp:
+                        reqp = v
         o.net_w = net
         o.req_w = req
 
@@ -422,7 +442,7 @@ class Controller:
                     bind = B_HEADROOM
         elif obj == OBJ_GCE:
             if req > 0:
-                tgt = req
+                tgt = reqp if reqp > 0 else 0
                 bind = req_bind
                 if rlock and not self.protect_below_reserve:
                     tgt = 0
@@ -502,7 +522,10 @@ class Controller:
         # --- 7. import-limit protection (immediate), then hard bounds (immediate) -------------
         # An override or dispatch event may leave an import excess the battery did not cause, but
         # the battery itself never charges the site over its limit: floor min(req, 0).
-        floor = req if (not command or req < 0) else 0
+        if req > 0:
+            floor = 0 if command or reqp < 0 else reqp
+        else:
+            floor = req                 # spare capacity: caps grid charging
         if floor > 0 and rlock and not self.protect_below_reserve:
             floor = 0
         if sp < floor:

@@ -147,3 +147,5 @@ class Plan:
         c.plan_firm = 1 if v == 1 else 0
         v = s.get('export', k)
         c.plan_export = -1 if v == NOT_SET else v
+        c.plan_protect_import_w = s.get('protect_import_w', k)
+        c.plan_protect_phase_w = s.get('protect_phase_w', k)

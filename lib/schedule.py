@@ -66,14 +66,14 @@ class Schedule:
 # --- entry points to lib/schedule_load.py (loaded on demand) -----------------------------------
 def validate(d, commissioned=None, last_version=0):
     """Every problem of a schedule (a dict parsed from JSON), [] if it is valid
-    (schedule_load.validate)."""
-    from schedule_load import validate
+    (schedule_host.validate)."""
+    from schedule_host import validate
     return validate(d, commissioned, last_version)
 
 
 def compile_(d, commissioned=None, last_version=0):
     """Schedule from a parsed JSON object, or ScheduleError listing every problem."""
-    from schedule_load import compile_
+    from schedule_host import compile_
     return compile_(d, commissioned, last_version)
 
 

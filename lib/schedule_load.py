@@ -2,7 +2,8 @@
 #
 # Loaded on demand (D) when a schedule arrives, dropped afterwards; the result, a
 # schedule.Schedule, needs only lib/schedule.py. Two ways in, one set of rules and messages:
-#   validate(d) / compile_(d)  a dict parsed from JSON (host: planner, fleet, tests)
+#   validate(d) / compile_(d)  a dict parsed from JSON (host: planner, fleet, tests): in
+#                              lib/schedule_host.py, on these rules (not loaded on the device)
 #   load_stream(read)          the payload as it streams in (device). json.load of a full schedule
 #                              builds a ~22 KB tree (36 KB while parsing) on 32-bit MicroPython;
 #                              the device has ~25 KB for transients. So a small tokenizer walks the
@@ -123,43 +124,6 @@ _BAD = object()         # a captured value that is not JSON
 _LIST_ERR = 'schedule: intervals must be a list of at most %d' % MAX_INTERVALS
 
 
-def validate(d, commissioned=None, last_version=0):
-    """Every problem of a schedule (a dict parsed from JSON), [] if it is valid. commissioned: the
-    site's control config (min_soc_bp, max_soc_bp, import_limit_w); last_version: the highest
-    version accepted so far (an older or equal one is rejected: the replay guard)."""
-    if not isinstance(d, dict):
-        return ['schedule: must be a JSON object']
-    errs = []
-    for k in d:
-        if k not in _TOP:
-            errs.append('schedule: unknown key %r' % k)
-    _head(errs, d, commissioned, last_version)
-    iv = d.get('intervals')
-    if not isinstance(iv, list) or len(iv) > MAX_INTERVALS:
-        errs.append(_LIST_ERR)
-        iv = []
-    cr, vu = d.get('created'), d.get('valid_until')
-    times = _times(cr, vu)
-    end = None
-    for n in range(len(iv)):
-        e = iv[n]
-        where = 'intervals[%d]' % n
-        if not isinstance(e, dict):
-            errs.append(where + ': must be an object')
-            continue
-        s, du = e.get('start'), e.get('duration_s')
-        if not is_int(s) or not is_int(du) or du <= 0:
-            errs.append(where + ': start (unix s) and duration_s (> 0) are required integers')
-        else:
-            if times and (s < cr or s + du > vu):
-                errs.append(where + ': outside created .. valid_until')
-            if end is not None and s < end:
-                errs.append(where + ': starts before the previous interval ends (sorted, no overlap)')
-            end = s + du
-        _fields(errs, where, e, commissioned)
-    return errs
-
-
 def _code(name, v):
     if name == 'objective':
         return OBJECTIVES.index(v)
@@ -173,29 +137,6 @@ def _column(size):
     for k in range(size):
         a[k] = NOT_SET
     return a
-
-
-def compile_(d, commissioned=None, last_version=0):
-    """Schedule from a parsed JSON object, or ScheduleError listing every problem."""
-    errs = validate(d, commissioned, last_version)
-    if errs:
-        raise ScheduleError('schedule rejected:\n  ' + '\n  '.join(errs))
-    cr = d['created']
-    iv = d['intervals']
-    df = d['default']
-    n = len(iv)
-    cols = {}
-    for k in FIELDS:
-        if k in df or any(k in e for e in iv):
-            a = cols[k] = _column(n + 1)
-            for j in range(n):
-                if k in iv[j]:
-                    a[j] = _code(k, iv[j][k])
-            if k in df:
-                a[n] = _code(k, df[k])
-    return Schedule(d['id'], d['version'], cr, d['valid_until'] - cr, d.get('randomize_s', 0),
-                    array('i', [e['start'] - cr for e in iv]),
-                    array('i', [e['start'] + e['duration_s'] - cr for e in iv]), cols)
 
 
 # --- the payload as it streams in -----------------------------------------------------------------

@@ -22,7 +22,8 @@ VEC_FIELDS = ('gcp_w', 'gcp_l1_w', 'gcp_l2_w', 'gcp_l3_w', 'phases_valid', 'mete
               'bms_max_dis_w', 'dt_ms', 'dispatch_cmd', 'dispatch_w', 'dispatch_ms',
               # the schedule's interval in force (lib/plan.py writes these; NOT_SET = unset)
               'plan_obj', 'plan_reserve_bp', 'plan_soc_min_bp', 'plan_soc_max_bp', 'plan_import_w',
-              'plan_target_bp', 'plan_power_w', 'plan_firm', 'plan_export', 'plan_left_s')
+              'plan_target_bp', 'plan_power_w', 'plan_firm', 'plan_export', 'plan_left_s',
+              'plan_protect_import_w', 'plan_protect_phase_w')
 NOT_SET = -0x3FFFFFFF
 SMALL_MAX = 2 ** 30 - 1     # largest small int on 32-bit MicroPython
 SMALL_MIN = -(2 ** 30)
@@ -104,9 +105,9 @@ def _step(rng, cfg, state, calm):
         cmd = 4
     plan = state['plan']
     if plan is not None and rng.random() < 0.04:
-        state['plan'] = plan = _pick_plan(rng, cfg)
+        state['plan'] = plan = _pick_plan(rng, cfg, calm)
     if plan is not None:
-        plan[-1] = max(0, plan[-1] - 1) if rng.random() < 0.95 else rng.choice([0, 1, 600, 601, 86400, 604800])
+        plan[9] = max(0, plan[9] - 1) if rng.random() < 0.95 else rng.choice([0, 1, 600, 601, 86400, 604800])
     return [gcp, l1, l2, l3,
             1 if rng.random() < 0.97 else 0,
             1 if rng.random() < 0.98 else 0, age(),
@@ -114,10 +115,10 @@ def _step(rng, cfg, state, calm):
             1 if rng.random() < 0.98 else 0, age(),
             bms(), bms(),
             rng.choice([1000, 1000, 1000, 1, 250, 60000, 0, -5, 60001, SMALL_MAX]),
-            cmd, dw, dms] + (plan if plan is not None else [-1] + [NOT_SET] * 6 + [0, -1, 0])
+            cmd, dw, dms] + (plan if plan is not None else [-1] + [NOT_SET] * 6 + [0, -1, 0, NOT_SET, NOT_SET])
 
 
-def _pick_plan(rng, cfg):
+def _pick_plan(rng, cfg, calm=False):
     """An interval's fields as lib/plan.py hands them to the core: within what the schedule
     validator allows (never wider than commissioned), each field often unset."""
     mn, mx, lim = cfg['min_soc_bp'], cfg['max_soc_bp'], cfg['import_limit_w']
@@ -128,13 +129,17 @@ def _pick_plan(rng, cfg):
     top = hi if hi != NOT_SET else mx
     power = target = NOT_SET
     r = rng.random()
+    if calm and r < 0.5:
+        r = 0.5                         # calm episodes: a charge-to-target interval half the time
     if r < 0.35:
         power = rng.choice([rng.randint(-lim, lim), rng.randint(-POWER_MAX_W, POWER_MAX_W), 0, -1, 1])
     elif r < 0.7:
         target = rng.randint(0, top)
     return [rng.choice([-1, -1, 0, 1, 2]), opt(rng.randint(0, top)), lo, hi,
             opt(rng.choice([0, 1, lim // 2, rng.randint(0, lim)])), target, power,
-            rng.randint(0, 1), rng.choice([-1, 0, 1]), rng.choice([0, 1, 300, 900, 3600, 86400, 604800, 604800])]
+            rng.randint(0, 1), rng.choice([-1, 0, 1]), rng.choice([0, 1, 300, 900, 3600, 86400, 604800, 604800]),
+            opt(rng.choice([lim, lim + rng.randint(0, lim), POWER_MAX_W])),
+            opt(rng.choice([0, cfg['phase_limit_w'], cfg['phase_limit_w'] * 2, rng.randint(0, POWER_MAX_W)]))]
 
 
 def generate(seed=20261123, episodes=40, steps=256):
@@ -157,10 +162,10 @@ def generate(seed=20261123, episodes=40, steps=256):
         if e % 4 == 3:
             # calm episode: a slowly moving site and no deadband/ramp in the way, so steady-state
             # targets (EV headroom charging, exact import-limit holding) get exercised too
-            cfg = validate(dict(cfg, deadband_w=0, ramp_w_per_s=POWER_MAX_W, stale_ms=600000,
+            cfg = validate(dict(cfg, deadband_w=0, ramp_w_per_s=POWER_MAX_W, stale_ms=600000, max_charge_w=POWER_MAX_W,
                                 usable_wh=cfg['usable_wh'] or rng.choice([2000, 20000])))
         state = {'soc': rng.randint(0, 10000), 'net': rng.randint(-cfg['import_limit_w'], 2 * cfg['import_limit_w']),
-                 'sp': 0, 'plan': _pick_plan(rng, cfg) if e % 2 else None}
+                 'sp': 0, 'plan': _pick_plan(rng, cfg, e % 4 == 3) if e % 2 else None}
         vecs = []
         for _ in range(steps):
             v = _step(rng, cfg, state, e % 4 == 3)

@@ -35,9 +35,10 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import mp32fixed  # noqa: E402
 from broker import Broker, wait_for  # noqa: E402
 from modbus_sim import SiteSimulator  # noqa: E402
+from ntp_server import NtpServer  # noqa: E402
 
 CONTROL = {'import_limit_w': 60000, 'phase_limit_w': 25000, 'max_charge_w': 30000,
-           'max_discharge_w': 30000, 'stale_ms': 2000}
+           'max_discharge_w': 30000, 'stale_ms': 2000, 'usable_wh': 100000}
 FAIL_MARKS = ('MemoryError', 'SAFE STATE', 'MQTT DISABLED', 'FIRMWARE INCOMPLETE', 'OUT OF MEMORY',
               'cycle failed', 'on_cycle failed', 'Traceback')
 
@@ -68,7 +69,7 @@ class Run:
     """One fixed-heap run. Figures in self.result after run()."""
 
     def __init__(self, heap, root, cycles=1000, period_ms=100, telemetry_ms=1000, frozen=False,
-                 echo=None, schedule=None):
+                 echo=None, schedule=True):
         self.heap = heap
         self.root = root
         self.cycles = cycles
@@ -76,7 +77,8 @@ class Run:
         self.telemetry_ms = telemetry_ms
         self.frozen = frozen
         self.echo = echo
-        self.schedule = schedule
+        self.schedule = schedule        # push a full 96-interval schedule and keep it in force
+        self.ntp = None
         self.lines = []
         self.msgs = []
         self.lock = threading.Lock()
@@ -90,6 +92,13 @@ class Run:
                 'mqtt': {'server': '127.0.0.1', 'port': port, 'client_id': 'fit1',
                          'telemetry_ms': self.telemetry_ms, 'keepalive': 10,
                          'backoff_min_ms': 300, 'backoff_max_ms': 1000}}
+
+    def _schedule_section(self):
+        return {'ntp_host': '127.0.0.1', 'ntp_port': self.ntp.port, 'ntp_period_s': 30, 'ntp_retry_s': 2}
+
+    def schedule_status(self):
+        with self.lock:
+            return [json.loads(p) for t, p, _ in self.msgs if t == 'bess/fit1/schedule/status']
 
     def _on_msg(self, c, u, m):
         with self.lock:
@@ -123,9 +132,12 @@ class Run:
                             battery_kw={'capacity_wh': 100000, 'soc_bp': 6000,
                                         'max_chg_w': 30000, 'max_dis_w': 30000}).start()
         site = self._site(br.port, sim.paths[0])
+        if self.schedule:
+            self.ntp = NtpServer().start()
+            site['schedule'] = self._schedule_section()
         with open(os.path.join(self.root, 'site.json'), 'w') as f:
             json.dump(site, f)
-        for stale in ('settings.json', 'settings.json.tmp'):
+        for stale in ('settings.json', 'settings.json.tmp', 'schedule.json', 'schedule.json.new'):
             if os.path.exists(os.path.join(self.root, stale)):
                 os.remove(os.path.join(self.root, stale))
         col = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -154,6 +166,15 @@ class Run:
                 br = Broker(work, port=br.port).start()
                 ok = wait_for(lambda: len(self.telemetry()) >= n0 + 6 or proc.poll() is not None or self.failed(), 30)
                 events.append(('broker outage 4 s', time.monotonic() - t0, bool(ok)))
+            if self.schedule and proc.poll() is None and not self.failed():
+                # a full schedule (96 intervals, every field used) through the retained topic: it
+                # is streamed to flash, checked, compiled and kept in force for the rest of the run
+                d = full_schedule(int(time.time()))
+                col.publish('bess/fit1/schedule', json.dumps(d, separators=(',', ':')), qos=1, retain=True)
+                ok = wait_for(lambda: [s for s in self.schedule_status() if s.get('status') == 'active'
+                                       and s.get('version') == d['version']] or proc.poll() is not None
+                              or self.failed(), 30)
+                events.append(('schedule 96 intervals', time.monotonic() - t0, bool(ok)))
             if proc.poll() is None and not self.failed():   # command burst: valid and invalid
                 n_ack = len(self.acks())
                 for k in range(20):
@@ -185,6 +206,8 @@ class Run:
             col.disconnect()
             br.stop()
             sim.stop()
+            if self.ntp is not None:
+                self.ntp.stop()
         return self._judge(proc.returncode, events, time.monotonic() - t0)
 
     def _judge(self, rc, events, wall_s):
@@ -216,6 +239,24 @@ class Run:
                 'tail': self.lines[-12:] if problems else []}
 
 
+def full_schedule(now_s, n=96, step_s=900, version=7):
+    """A schedule at the format's limit: n intervals of step_s from now, every field used."""
+    iv = []
+    for k in range(n):
+        e = {'start': now_s + k * step_s, 'duration_s': step_s, 'objective': ('gce', 'ss', 'zfi')[k % 3],
+             'reserve_soc_bp': 3000 + k, 'soc_min_bp': 1000 + k, 'soc_max_bp': 9000 + k,
+             'import_limit_w': 50000 - k, 'export': k % 2 == 0}
+        if k % 3 == 0:
+            e['target_soc_bp'] = 6000
+        else:
+            e['power_w'] = 1000 * k - 40000
+            e['firm'] = k % 3 == 1
+        iv.append(e)
+    return {'v': 1, 'id': 'fit1/full', 'version': version, 'created': now_s - 60,
+            'valid_until': now_s + n * step_s + 3600, 'randomize_s': 0,
+            'default': {'objective': 'ss', 'reserve_soc_bp': 2500}, 'intervals': iv}
+
+
 def search(lo, hi, step, **kw):
     """Smallest heap in [lo, hi] (to `step` bytes) that passes; every run's verdict."""
     runs = []
@@ -245,8 +286,10 @@ def main(argv=None):
     ap.add_argument('--cycles', type=int, default=1000)
     ap.add_argument('--period-ms', type=int, default=100)
     ap.add_argument('--echo', action='store_true', help='print the firmware output')
+    ap.add_argument('--no-schedule', action='store_true',
+                    help='without the schedule side (no clock, no 96-interval schedule pushed)')
     a = ap.parse_args(argv)
-    kw = dict(cycles=a.cycles, period_ms=a.period_ms, frozen=a.frozen,
+    kw = dict(cycles=a.cycles, period_ms=a.period_ms, frozen=a.frozen, schedule=not a.no_schedule,
               echo=(lambda s: print('  fw: ' + s, file=sys.stderr)) if a.echo else None)
     if a.search:
         best, runs = search(a.search[0], a.search[1], a.step, board=a.board, **kw)

@@ -18,12 +18,13 @@ grid charging only within the import limit less the EV headroom, no battery expo
 schedule forbids it. tools/bench/optimum.py runs the same LP (without the core's rules) as the
 perfect-foresight bound of the scenario benchmark.
 
-Input files (docs/benchmarks.md, "Planner"): site.json holds the commissioned control config
-(lib/bess_config keys, with the commitment keys committed_w, event_duration_s, usable_wh,
-derate_bp, availability_bp), the battery's state and efficiency, the delivery window, known
-events and the risk rules. The forecast CSV has `time` (unix s, step start) and `load_w`, `pv_w`,
-`ev_l1_w`, `ev_l2_w`, `ev_l3_w` (W, means over the step; missing EV columns = 0) at one step size
-(60 s or 900 s). The price CSV has `time` and `price_per_mwh`, each row in force until the next.
+Input files (docs/benchmarks.md, "Site planner"): site.json holds the site's id and clock offset,
+the commissioned control config (lib/bess_config keys), the battery's state and efficiency, the
+capacity commitment (committed_w, event_duration_s, usable_wh, derate_bp, availability_bp, the
+delivery window, known events, the risk margin) and the day's end SoC. The forecast CSV has
+`time` (unix s, step start) and `load_w`, `pv_w`, `ev_l1_w`, `ev_l2_w`, `ev_l3_w` (W, means over
+the step; missing EV columns = 0) at one step size (60, 300 or 900 s). The price CSV has `time`
+and `price_per_mwh`, each row in force until the next.
 """
 import argparse
 import csv
@@ -42,8 +43,8 @@ import schedule  # noqa: E402
 
 DAY_S = 86400
 SLOT_S = 900                    # schedule interval grid: the day-ahead market's quarter hour
-# tier weights per kWh (per kWh x h for the reserve shortfall); a day has at most a few MWh of
-# import, so each tier outweighs the sum of the ones below it
+# tier weights per kWh (per kWh x h for the reserve shortfall): a kWh of a tier outweighs any kWh
+# of the tiers below it (prices are at most a few currency units per kWh)
 W_EXCESS = 1000000.0
 W_OBLIGATION = 10000.0
 W_IMPORT = 10.0
@@ -297,6 +298,11 @@ class Site:
                 if k not in ('capacity_wh', 'soc_bp', 'eta_chg_bp', 'eta_dis_bp'):
                     errs.append('%s: battery: unknown key %r' % (where, k))
         self.commitment = self._commitment(d.get('commitment'), errs, where)
+        if self.commitment is not None and self.cfg is not None and not errs:
+            try:
+                self.reserve_bp(False)
+            except ValueError as e:
+                errs.append('%s: commitment: %s' % (where, e))
         pl = d.get('planner', {})
         self.end_soc_bp = None
         self.slot_s = SLOT_S
@@ -315,7 +321,7 @@ class Site:
 
     @staticmethod
     def _commitment(c, errs, where):
-        """None (no capacity commitment) or a checked dict with the reserve it needs."""
+        """None (no capacity commitment) or the checked commitment (times in seconds of the day)."""
         if c is None:
             return None
         if not isinstance(c, dict):
@@ -570,6 +576,9 @@ def make_schedule(site, p, sol, meta, t0, created=None, version=None, risk=False
     now = int(_time.time())
     if created is None:
         created = min(now, t0)
+    elif created > t0:
+        raise PlanError('created %d is after the forecast start %d: a schedule covers nothing before it'
+                        % (created, t0))
     default = {'objective': site.cfg['objective']}
     if meta['reserve_bp'] is not None:
         default['reserve_soc_bp'] = meta['reserve_bp']

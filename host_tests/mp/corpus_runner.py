@@ -22,7 +22,7 @@ try:
 except ImportError:         # CPython: nothing to lock, same outputs
     heap_lock = heap_unlock = None
 
-NV = 27     # fields per input vector, in tools/corpus.py VEC_FIELDS order
+NV = 29     # fields per input vector, in tools/corpus.py VEC_FIELDS order
 NO = 15     # outputs recorded per step
 
 
@@ -76,6 +76,8 @@ def run_episode(cfg, vec, n, out, pos):
             ctl.plan_firm = vec[j + 24]
             ctl.plan_export = vec[j + 25]
             ctl.plan_left_s = vec[j + 26]
+            ctl.plan_protect_import_w = vec[j + 27]
+            ctl.plan_protect_phase_w = vec[j + 28]
             step()
             out[q] = o.setpoint_w
             out[q + 1] = o.state
