@@ -16,6 +16,9 @@ SENSORS = (
     ('avail_chg_w', 'Available charge power', '{{ value_json.avail_chg_w }}', 'W', 'power'),
     ('avail_dis_w', 'Available discharge power', '{{ value_json.avail_dis_w }}', 'W', 'power'),
     ('state', 'Controller state', '{{ value_json.state }}', None, None),
+    # what a load manager may give EVs now (docs/schedule.md, "DLM"), and the reserve in force
+    ('ev_limit_w', 'EV power limit (DLM)', '{{ value_json.ev_limit_w }}', 'W', 'power'),
+    ('reserve', 'Reserve SoC', '{{ value_json.reserve_bp / 100 }}', '%', 'battery'),
 )
 
 

@@ -212,7 +212,8 @@ def test_a_device_writes_and_reads_only_its_own_topics(tmp_path, procs):
     br, ports = example_broker(tmp_path, procs)
     port = ports[0]
     # devB's retained discovery and status, as the firmware publishes them
-    devb = Peer(port, 'devB', 'devB', will=('bess/devB/status', b'offline'), topics=('bess/devB/cmd/#',))
+    devb = Peer(port, 'devB', 'devB', will=('bess/devB/status', b'offline'),
+                topics=('bess/devB/cmd/#', 'bess/devB/schedule'))
     procs.append(devb)
     disc_b = b'{"name": "Objective", "command_topic": "bess/devB/cmd/objective"}'
     devb.publish('homeassistant/select/devB/objective/config', disc_b, retain=True)
@@ -227,6 +228,7 @@ def test_a_device_writes_and_reads_only_its_own_topics(tmp_path, procs):
     # (b) every topic of devB: status, telemetry, state, config, commands, acks, its discovery
     # (overwrite or delete), and discovery topics whose node id is devB in any position
     foreign = ['bess/devB/status', 'bess/devB/telemetry', 'bess/devB/state', 'bess/devB/config',
+               'bess/devB/schedule', 'bess/devB/schedule/status', 'bess/devB/dlm',
                'bess/devB/cmd/import_limit', 'bess/devB/cmd/objective', 'bess/devB/cmd/ack',
                'bess/devB/cmd/x/y', 'homeassistant/sensor/devB/gcp_w/config',
                'homeassistant/select/devB/objective/config', 'homeassistant/sensor/devB/devA/config',
@@ -253,12 +255,15 @@ def test_a_device_writes_and_reads_only_its_own_topics(tmp_path, procs):
     op.publish('bess/devB/telemetry', b'{"v": 1}')
     barrier(op, deva, 'bess/devA/cmd/ping')
     assert [m[0] for m in deva.get()] == ['bess/devA/cmd/ping'], deva.get()
-    # (d) the operator commands devB
+    # (d) the operator commands devB and sends it a schedule (devA saw neither)
     assert wait_for(lambda: payloads(devb, 'bess/devB/cmd/import_limit') == [b'{"value": 8000}'], 3)
+    op.publish('bess/devB/schedule', b'{"v": 1}')
+    assert wait_for(lambda: payloads(devb, 'bess/devB/schedule') == [b'{"v": 1}'], 3)
+    assert not deva.get('bess/devB/schedule')
 
     # (c) devA's own topics, as the firmware publishes them, all reach the operator
     own = ['bess/devA/status', 'bess/devA/telemetry', 'bess/devA/state', 'bess/devA/config',
-           'bess/devA/cmd/ack', 'homeassistant/sensor/devA/gcp_w/config',
+           'bess/devA/cmd/ack', 'bess/devA/schedule/status', 'bess/devA/dlm', 'homeassistant/sensor/devA/gcp_w/config',
            'homeassistant/select/devA/objective/config']
     for t in own:
         deva.publish(t, ('own %s' % t).encode(), retain=t.startswith('homeassistant'))

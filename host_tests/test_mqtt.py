@@ -94,14 +94,14 @@ def test_telemetry_schema_discovery_and_lwt(tmp_path, broker, procs):
     assert (r['state'], r['objective'], r['binding'], r['soc_bp']) == ('discharging', 'gce', 'import_limit', 5000)
     assert r['gcp_l1_w'] + r['gcp_l2_w'] + r['gcp_l3_w'] == r['gcp_w']
     assert r['heap_free'] > 0 and r['cycle_max_us'] > 0
-    # retained: status online, state, config, HA discovery (8 sensors + objective select)
+    # retained: status online, state, config, HA discovery (10 sensors + objective select)
     st = col.get('bess/devT/status')
     assert st and st[0][1] == b'online' and st[0][2]
     state = col.get('bess/devT/state')
     assert state and state[0][2] and json.loads(state[0][1])['state'] == 'discharging'
     assert retained_config(col, 'devT')['import_limit_w'] == 10000
     disc = [m for m in col.get() if m[0].startswith('homeassistant/') and m[0].endswith('/config')]
-    assert len(disc) == 9 and all(m[2] for m in disc)
+    assert len(disc) == 11 and all(m[2] for m in disc)
     sel = [json.loads(m[1]) for m in disc if '/select/' in m[0]][0]
     assert sel['command_topic'] == 'bess/devT/cmd/objective' and sel['options'] == ['gce', 'ss', 'zfi']
     # LWT: killed without DISCONNECT -> the broker publishes the retained "offline"
