@@ -1,10 +1,13 @@
 """The site planner (tools/planner.py, issue 11 item 8): its schedule validates and stays inside the
 commissioned bounds, the risk flag raises the reserve, a known event is a firm interval at the
-committed power, --publish leaves a retained (signed) schedule on a loopback mosquitto, bad input
-is refused with a message; and the LP's 3x phase cost. Small inputs (15-min steps): the long
-benchmark is `make bench` (docs/benchmarks.md)."""
+committed power, the hour before the window charges to the reserve, --publish leaves a retained
+(signed) schedule on a loopback mosquitto, bad input is refused with a message; the LP's 3x phase
+cost; an undersized depot's protection levels, honoured by the core in closed loop; the default
+block and the versions fit the device. Small inputs (15-min steps): the long benchmark is
+`make bench` (docs/benchmarks.md)."""
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -57,9 +60,11 @@ def write_inputs(d, site=SITE, rows=None, prices=None):
     return [str(sp), str(fp), str(pp)]
 
 
-def run_cli(args):
+def run_cli(args, state_dir):
+    """tools/planner.py with args; state_dir holds its default version file (never the user's)."""
+    env = dict(os.environ, XDG_STATE_HOME=str(state_dir))
     return subprocess.run([sys.executable, 'tools/planner.py'] + args, cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
 
 
 def plan_day(risk=False):
@@ -128,6 +133,18 @@ def test_without_pv_the_plan_charges_to_the_reserve_before_the_window():
     assert last['start'] + last['duration_s'] <= T0 + 14 * 3600 and last['target_soc_bp'] >= RESERVE
 
 
+def test_the_hour_before_the_window_charges_to_the_reserve_whatever_the_forecast():
+    # a sunny forecast: the LP expects PV to fill the battery; the schedule still asks the core to
+    # reach the reserve by 14:00 (one target over the hour: the core charges only what is missing)
+    for risk in (False, True):
+        d, sol, site = plan_day(risk)
+        lead = [e for e in d['intervals'] if e['start'] < T0 + 14 * 3600 <= e['start'] + e['duration_s']]
+        assert len(lead) == 1, d['intervals']
+        e = lead[0]
+        assert e['start'] == T0 + 13 * 3600 and e['duration_s'] == 3600
+        assert e['target_soc_bp'] >= RESERVE + (1000 if risk else 0) and 'power_w' not in e
+
+
 def test_lp_pays_three_watts_of_battery_per_watt_of_phase_excess():
     # two steps of one hour: first 1 kW over the phase limit on L1 (covering it costs 3 kW of a
     # symmetric battery), then 3 kW over the total limit; 3 kWh in the battery: the LP keeps it for
@@ -147,7 +164,7 @@ def test_cli_writes_a_valid_schedule(tmp_path):
     site, fc, pr = write_inputs(tmp_path)
     out = tmp_path / 's.json'
     r = run_cli(['--site', site, '--forecast', fc, '--prices', pr, '--risk', '--out', str(out),
-                 '--version', '7', '--created', str(T0)])
+                 '--version', '7', '--created', str(T0)], tmp_path)
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
     assert d['version'] == 7 and schedule.validate(d, commissioned=planner.Site(SITE).cfg) == []
@@ -160,7 +177,7 @@ def test_publish_sends_a_retained_signed_schedule(tmp_path, procs):
     topic = 'bess/site-7/schedule'
     site, fc, pr = write_inputs(tmp_path)
     r = run_cli(['--site', site, '--forecast', fc, '--prices', pr, '--version', '3', '--created', str(T0),
-                 '--publish', 'mqtt://127.0.0.1:%d/%s' % (br.port, topic), '--key', KEY])
+                 '--publish', 'mqtt://127.0.0.1:%d/%s' % (br.port, topic), '--key', KEY], tmp_path)
     assert r.returncode == 0, r.stderr
     body = r.stdout.strip().encode()
     # a subscriber that comes later gets it: retained
@@ -227,7 +244,7 @@ def test_bad_input_is_refused_with_a_message(tmp_path, case, needle):
         elif case == 'bad_url':
             extra = ['--publish', 'http://127.0.0.1/x']
         args = write_inputs(tmp_path, site=site, rows=rows, **kw)
-    r = run_cli(['--site', args[0], '--forecast', args[1], '--prices', args[2]] + extra)
+    r = run_cli(['--site', args[0], '--forecast', args[1], '--prices', args[2]] + extra, tmp_path)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert needle in r.stderr, r.stderr
 
@@ -248,3 +265,107 @@ def test_energy_the_day_does_not_need_is_sold_at_the_price_peak_above_the_reserv
     for e in eco:
         assert e['firm'] is False and e['power_w'] <= site.cfg['max_discharge_w']
     assert schedule.validate(d, commissioned=site.cfg) == []
+
+
+# --- the undersized depot: protection levels (lib/bess_core.py plan_protect_*) ---------------------
+DEPOT = {
+    'id': 'depot-3', 'utc_offset_s': 0,
+    'control': {'objective': 'gce', 'import_limit_w': 120000, 'phase_limit_w': 39000, 'ev_headroom_w': 15000,
+                'max_charge_w': 60000, 'max_discharge_w': 60000, 'min_soc_bp': 1000, 'max_soc_bp': 9500,
+                'usable_wh': 30000},
+    'battery': {'capacity_wh': 30000, 'soc_bp': 5000},
+}
+
+
+def depot_hours():
+    """Three hours per quarter hour: (base W, EV on L1 W). Hour 1: an EV puts L1 6 kW over its limit
+    (covering it costs a symmetric battery 18 kW: 1 W saved per 3 W); hour 2: the building puts
+    every phase 6 kW and the total 15 kW over (18 kW of battery saves 33 kW); hour 3: quiet."""
+    base = [90000] * 4 + [135000] * 4 + [60000] * 4
+    ev1 = [15000] * 4 + [0] * 8
+    return base, ev1
+
+
+def plan_depot():
+    base, ev1 = depot_hours()
+    site = planner.Site(json.loads(json.dumps(DEPOT)))
+    d, sol, p = planner.plan(site, T0, STEP, base, [0] * 12, [ev1, [0] * 12, [0] * 12], [0.0] * 12,
+                             created=T0, version=9)
+    return d, sol, site
+
+
+def run_depot_hour(d, site, soc_bp):
+    """The core with schedule d (lib/plan.Plan ticked before each step, as the firmware does) in
+    closed loop with site_model for the first hour: (per-second worst phase W, battery W), the SoC."""
+    import plan as plan_mod
+    import site_model
+    from bench.runner import Driven
+    from bess_core import Controller
+    base, ev1 = depot_hours()
+    ctl = Controller(site.cfg)
+    pl = plan_mod.Plan(ctl)
+    pl.load(schedule.compile_(d, commissioned=site.cfg))
+    pl.rebase(T0)
+    sm = site_model.Site(lambda t: base[t // STEP], lambda t: 0, lambda t: (ev1[t // STEP], 0, 0))
+    bat = site_model.Battery(site.battery['capacity_wh'], soc_bp, 60000, 60000)
+    rec = []
+    site_model.run(Driven(ctl, pl), sm, bat, 3600, on_step=lambda t, c, b, ph: rec.append((max(ph[:3]), b.actual_w)))
+    return rec, bat.soc_bp
+
+
+def test_depot_plan_carries_protection_levels_where_it_keeps_energy_for_a_costlier_excess():
+    d, sol, site = plan_depot()
+    assert schedule.validate(d, commissioned=site.cfg) == []
+    first = [e for e in d['intervals'] if e['start'] < T0 + 3600]
+    assert first and sum(e['duration_s'] for e in first) == 3600, d['intervals']
+    for e in first:
+        # the LP lets L1's excess through and keeps the battery for hour 2, where a watt saves
+        # more: hour 1 holds the LP's levels while the SoC is at or below the LP's (the reserve)
+        assert 44000 <= e['protect_phase_w'] <= 45000 + 1 and 'protect_import_w' not in e
+        assert e['reserve_soc_bp'] == pytest.approx(5000, abs=5)
+    assert max(sol['dis_w'][:4]) < 100 and sum(sol['dis_w'][4:8]) * STEP / 3600 > 10000     # Wh
+    # hour 3 has no excess: nothing to hold there
+    assert not [e for e in d['intervals'] if e['start'] >= T0 + 7200]
+
+
+def test_core_holds_the_plan_levels_at_or_below_the_reserve_and_protects_fully_above_it():
+    d, sol, site = plan_depot()
+    # at the plan's SoC (the reserve): import protection holds L1 at the level, the battery keeps
+    # its energy for hour 2
+    rec, soc = run_depot_hour(d, site, 5000)
+    assert all(w <= 45000 + 1 for w, _ in rec) and max(w for w, _ in rec) > 44000
+    assert max(b for _, b in rec) <= 0 and soc >= 5000 - 1
+    # with 6 % more than planned the core protects fully (3 W per W of phase excess) until it is
+    # back at the plan's SoC, then holds the level
+    rec, soc = run_depot_hour(d, site, 5600)
+    assert min(w for w, _ in rec[5:300]) <= 39000 + 100
+    assert 5000 - 10 <= soc <= 5000 + 10
+    assert rec[-1][0] > 44000 and rec[-1][1] <= 0
+
+
+def test_default_block_and_version_fit_the_device():
+    for d in (plan_day(True)[0], plan_depot()[0]):
+        assert not {'power_w', 'target_soc_bp', 'firm'} & set(d['default'])
+        assert 1 <= d['version'] <= 2 ** 30 - 1
+
+
+def test_default_version_counts_seconds_since_2020_and_never_repeats(tmp_path):
+    path = str(tmp_path / 'v' / 'versions.json')
+    now = 1783641600                    # 2026-07-10: 205 804 800 s after 2020-01-01
+    v1 = planner.next_version('site-7', path, now)
+    v2 = planner.next_version('site-7', path, now)          # the same second: still newer
+    v3 = planner.next_version('depot-3', path, now)         # per site
+    assert v1 == now - 1577836800 and v2 == v1 + 1 and v3 == v1
+    assert planner.next_version('site-7', path, now + 60) == v1 + 60
+    # without the file the clock still orders them; past 2054 there is no small-int version left
+    assert planner.next_version('site-7', str(tmp_path / 'other.json'), now + 61) == v1 + 61
+    with pytest.raises(planner.PlanError, match='no version left'):
+        planner.next_version('site-7', path, 1577836800 + 2 ** 30)
+    load, pv, price = day()
+    site = planner.Site(json.loads(json.dumps(SITE)))
+    d, _, _ = planner.plan(site, T0, STEP, load, pv, [[0] * 96] * 3, [x / 1000.0 for x in price], created=T0,
+                           version_path=path)
+    assert v1 < d['version'] <= 2 ** 30 - 1
+    with pytest.raises(planner.PlanError, match='version must be an integer'):
+        planner.plan(site, T0, STEP, load, pv, [[0] * 96] * 3, [x / 1000.0 for x in price], created=T0,
+                     version=2 ** 30)

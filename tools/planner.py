@@ -3,7 +3,7 @@
 HiGHS) -> a schedule format v1 (lib/schedule.py, docs/schedule.md) for one site.
 
     python tools/planner.py --site site.json --forecast f.csv --prices p.csv [--risk] [--out s.json]
-        [--publish mqtt://127.0.0.1:1883/<topic> --key HEX]
+        [--publish mqtt://127.0.0.1:1883/<topic> --key HEX] [--version N | --version-file PATH]
 
 Priorities, as weights of one LP (each tier outweighs everything below it over a day):
   1. energy above the import limit and above each phase's limit (a symmetric battery moves each
@@ -17,6 +17,14 @@ The LP also models what the core does that costs energy or power: efficiency, th
 grid charging only within the import limit less the EV headroom, no battery export where the
 schedule forbids it. tools/bench/optimum.py runs the same LP (without the core's rules) as the
 perfect-foresight bound of the scenario benchmark.
+
+The schedule translates the LP per quarter hour (make_schedule, _slot_fields): a firm power per
+event; the reserve in the window and a charge-to-reserve target over the hour before it; targets
+where the LP charges from the grid, an economic power where it sells; and protection levels where
+the LP lets excess through to keep energy for a costlier excess later (protect_import_w /
+protect_phase_w with the LP's SoC at the quarter's start as the reserve: the core holds the levels
+only while the battery has no more than the plan expected). Versions default to seconds since
+2020, unique per site on this host (next_version).
 
 Input files (docs/benchmarks.md, "Site planner"): site.json holds the site's id and clock offset,
 the commissioned control config (lib/bess_config keys), the battery's state and efficiency, the
@@ -53,6 +61,9 @@ W_THROUGHPUT = 0.001
 # the core's charge-to-target lands a little short (it estimates the charging losses, the BMS
 # derates near full): targets aim this much above the LP's SoC, so a reserve is really reached
 TARGET_MARGIN_BP = 50
+CHARGE_LEAD_S = 3600            # the last hour before the delivery window charges to the reserve
+VERSION_MAX = 2 ** 30 - 1       # format v1 (docs/schedule.md): versions are small ints on the device
+VERSION_EPOCH_S = 1577836800    # 2020-01-01 00:00 UTC: default versions count seconds from here
 
 
 class PlanError(ValueError):
@@ -535,9 +546,52 @@ def _slot_fields(p, sol, meta, k0, k1, site):
         # grid capacity expansion discharges only for the limits: where the LP discharges more
         # (energy the day does not need later), the plan lowers the import limit to the LP's import
         f['import_limit_w'] = max(0, int(sol['gcp_w'][sl].max()))
+    lv = _protection_levels(p, sol, sl, site)
+    if lv:
+        # the LP lets excess through here to keep energy for a later excess where a watt of battery
+        # saves more: while the battery holds no more than the LP expects at the slot's start (the
+        # reserve), the core protects only down to the LP's import and worst-phase levels
+        f['reserve_soc_bp'] = max(f.get('reserve_soc_bp', 0), soc_start)
+        f.update(lv)
     if p.no_export[sl].any():
         f['export'] = False
     return f
+
+
+def _protection_levels(p, sol, sl, site):
+    """{'protect_import_w': W, 'protect_phase_w': W} where the LP's mean import over steps sl, or
+    its mean worst phase, stays above the limit (by more than 0.1 %: not solver noise); {} where the
+    LP covers every excess (the levels would equal the limits) or protection below the reserve is
+    off (the reserve would then stop protection altogether, docs/schedule.md)."""
+    import numpy as np
+    if not site.cfg['protect_below_reserve']:
+        return {}
+    out = {}
+    g = float(np.mean(sol['gcp_w'][sl]))
+    lim = p.limit_w[sl].min()
+    if g > lim + lim // 1000:
+        out['protect_import_w'] = int(g)
+    if p.phase_limit_w > 0:
+        ph = sol['phase_w']
+        w = float(np.mean(np.maximum(np.maximum(ph[0][sl], ph[1][sl]), ph[2][sl])))
+        if w > p.phase_limit_w + p.phase_limit_w // 1000:
+            out['protect_phase_w'] = int(w)
+    return out
+
+
+def _charge_lead(p, sol, meta, site):
+    """(k0, k1, target bp): the steps before the delivery window (CHARGE_LEAD_S) in which the core
+    is to reach the reserve, or the LP's SoC at the window's start if that is higher, even where the
+    LP expects PV to do it (a forecast that is not the truth); None without a window ahead."""
+    import numpy as np
+    if meta['reserve_bp'] is None or not meta['window'].any():
+        return None
+    k1 = int(np.argmax(meta['window']))
+    k0 = max(0, k1 - CHARGE_LEAD_S // p.step_s)
+    if k1 == 0:
+        return None
+    want = max(meta['reserve_bp'], int(round(sol['soc_bp'][k1 - 1])))
+    return k0, k1, min(want + TARGET_MARGIN_BP, site.cfg['max_soc_bp'])
 
 
 def _required_w(p, sl):
@@ -550,20 +604,32 @@ def _required_w(p, sl):
     return req
 
 
-def make_schedule(site, p, sol, meta, t0, created=None, version=None, risk=False):
+def make_schedule(site, p, sol, meta, t0, created=None, version=None, risk=False, version_path=None):
     """Schedule format v1 (a dict) from the LP solution: one interval per quarter hour and one per
     event, equal neighbours merged; a default block (the site's objective with the reserve) for
-    anything else and for the fallback. Validated against the commissioned config (PlanError)."""
+    anything else and for the fallback. Validated against the commissioned config (PlanError).
+    version None: next_version(site.id, version_path)."""
     import time as _time
     import datetime
     n_slot = site.slot_s // p.step_s
     cuts = set(range(0, p.T + 1, n_slot))
     for k, n in meta['events']:
         cuts.update((k, k + n))
+    lead = _charge_lead(p, sol, meta, site)
+    if lead:
+        cuts.update(lead[:2])
     cuts = sorted(c for c in cuts if 0 <= c <= p.T)
     iv = []
     for k0, k1 in zip(cuts, cuts[1:]):
         f = _slot_fields(p, sol, meta, k0, k1, site)
+        if lead and lead[0] <= k0 and k1 <= lead[1] and not f.get('firm'):
+            # the seed's charge-to-reserve before the window, whatever the forecast: one target
+            # over the lead (the core charges only what the SoC lacks, PV first)
+            f.pop('power_w', None)
+            f.pop('firm', None)
+            f['target_soc_bp'] = lead[2]
+            if f.get('reserve_soc_bp', 0) <= lead[2]:
+                f.pop('reserve_soc_bp', None)       # the target is the higher discharge floor
         start = t0 + k0 * p.step_s
         dur = (k1 - k0) * p.step_s
         if iv and iv[-1]['start'] + iv[-1]['duration_s'] == start and _same_fields(iv[-1], f):
@@ -579,12 +645,19 @@ def make_schedule(site, p, sol, meta, t0, created=None, version=None, risk=False
     elif created > t0:
         raise PlanError('created %d is after the forecast start %d: a schedule covers nothing before it'
                         % (created, t0))
+    if version is None:
+        version = next_version(site.id, version_path)
+    elif not _is_int(version) or not 1 <= version <= VERSION_MAX:
+        raise PlanError('version must be an integer 1..%d (a small int on a 32-bit device), got %r'
+                        % (VERSION_MAX, version))
+    # the default block is also the fallback (expired, clock lost): the site's objective and the
+    # commitment's reserve, never a power, a target or a firm obligation (their time has passed)
     default = {'objective': site.cfg['objective']}
     if meta['reserve_bp'] is not None:
         default['reserve_soc_bp'] = meta['reserve_bp']
     day = datetime.datetime.fromtimestamp(t0 + site.utc_offset_s, datetime.timezone.utc).strftime('%Y-%m-%d')
     d = {'v': schedule.FORMAT, 'id': '%s/%s%s' % (site.id, day, '/risk' if risk else ''),
-         'version': version if version is not None else now, 'created': created,
+         'version': version, 'created': created,
          'valid_until': t0 + p.T * p.step_s, 'default': default, 'intervals': iv}
     errs = schedule.validate(d, commissioned=site.cfg)
     if errs:
@@ -596,29 +669,52 @@ def _same_fields(a, f):
     return {k: v for k, v in a.items() if k not in ('start', 'duration_s')} == f
 
 
-def protection_levels(p, sol, slot_s=SLOT_S):
-    """Per slot: (the LP's SoC at the slot's start in bp, its mean import W, its mean worst phase W).
-
-    What the core rule the undersized depot needs would take from a schedule (proposed, not in
-    format v1; docs/benchmarks.md, "Undersized depot"): while the battery holds less than the plan
-    expected at the interval's start, import-limit protection holds these levels instead of the
-    limits (they are at the limits wherever the LP covers every excess), so the energy is kept for
-    the peak where a watt of battery saves more; with more energy than planned it protects fully."""
-    import numpy as np
-    n = slot_s // p.step_s
-    m = p.T // n
-    ph = sol['phase_w']
-    worst = np.maximum(np.maximum(ph[0], ph[1]), ph[2])[:m * n].reshape(m, n).mean(axis=1)
-    g = sol['gcp_w'][:m * n].reshape(m, n).mean(axis=1)
-    soc = np.concatenate([[p.soc0_bp], sol['soc_bp'][n - 1:m * n - 1:n]])
-    return [int(round(x)) for x in soc], [int(x) for x in g], [int(x) for x in worst]
+def version_file():
+    """Where the planner keeps the last version it issued per site: $XDG_STATE_HOME (or
+    ~/.local/state)/bess-planner/versions.json."""
+    base = os.environ.get('XDG_STATE_HOME') or os.path.join(os.path.expanduser('~'), '.local', 'state')
+    return os.path.join(base, 'bess-planner', 'versions.json')
 
 
-def plan(site, t0, step_s, base_w, pv_w, ev_w, prices, risk=False, created=None, version=None):
+def next_version(site_id, path=None, now_s=None):
+    """The default schedule version for site_id: seconds since 2020-01-01 UTC (below 2**30 until
+    2054: a small int on a 32-bit device), and at least one above the last version this host issued
+    for the site (path, JSON {site id: version}, updated under an exclusive lock), so two runs in
+    the same second differ and a lost file still leaves the versions increasing with the clock."""
+    import fcntl
+    import time as _time
+    path = path or version_file()
+    now_s = int(_time.time()) if now_s is None else now_s
+    v = now_s - VERSION_EPOCH_S
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + '.lock', 'a') as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        try:
+            with open(path) as f:
+                last = json.load(f)
+        except (OSError, ValueError):
+            last = {}
+        if not isinstance(last, dict):
+            last = {}
+        prev = last.get(site_id)
+        if _is_int(prev) and prev >= v:
+            v = prev + 1
+        if not 1 <= v <= VERSION_MAX:
+            raise PlanError('no version left for %s: %d is outside 1..%d (clock before 2020 or after 2054, '
+                            'or %s runs ahead; give --version)' % (site_id, v, VERSION_MAX, path))
+        last[site_id] = v
+        tmp = path + '.new'
+        with open(tmp, 'w') as f:
+            json.dump(last, f, sort_keys=True)
+        os.replace(tmp, path)
+    return v
+
+
+def plan(site, t0, step_s, base_w, pv_w, ev_w, prices, risk=False, created=None, version=None, version_path=None):
     """The whole planner: (schedule dict, LP solution, problem)."""
     p, meta = build_problem(site, t0, step_s, base_w, pv_w, ev_w, prices, risk)
     sol = solve_lp(p)
-    return make_schedule(site, p, sol, meta, t0, created, version, risk), sol, p
+    return make_schedule(site, p, sol, meta, t0, created, version, risk, version_path), sol, p
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -662,7 +758,10 @@ def main(argv=None):
     ap.add_argument('--out', help='write the schedule JSON here (default: stdout)')
     ap.add_argument('--publish', metavar='URL', help='mqtt://host:port/<topic>: send it retained')
     ap.add_argument('--key', metavar='HEX', help='per-device HMAC key: sign the published schedule')
-    ap.add_argument('--version', type=int, help='schedule version (default: now, unix s)')
+    ap.add_argument('--version', type=int, help='schedule version 1..2**30-1 (default: seconds since 2020, '
+                    'above the last one issued for the site: see --version-file)')
+    ap.add_argument('--version-file', metavar='PATH', help='where the last versions issued are kept (default: '
+                    '$XDG_STATE_HOME or ~/.local/state, bess-planner/versions.json)')
     ap.add_argument('--created', type=int, help='created (default: min(now, forecast start))')
     a = ap.parse_args(argv)
     if a.key and not a.publish:
@@ -679,7 +778,7 @@ def main(argv=None):
             raise PlanError('%s: not JSON: %s' % (a.site, e))
         t0, step, base, pv, ev = read_forecast(a.forecast)
         prices = read_prices(a.prices, t0, step, len(base))
-        d, sol, p = plan(site, t0, step, base, pv, ev, prices, a.risk, a.created, a.version)
+        d, sol, p = plan(site, t0, step, base, pv, ev, prices, a.risk, a.created, a.version, a.version_file)
         body = json.dumps(d, separators=(',', ':'))
         if a.out:
             with open(a.out, 'w') as f:

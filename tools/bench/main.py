@@ -29,14 +29,13 @@ BEGIN, END = '<!-- results:begin -->', '<!-- results:end -->'
 PLAN_BEGIN, PLAN_END = '<!-- plan-results:begin -->', '<!-- plan-results:end -->'
 # planner scenarios: their columns (runner kinds) and headers
 PLAN_COLUMNS = {
-    'vpp_day': ('no_battery', 'ours', 'planned', 'planned_fc', 'plan_lp'),
-    'depot_undersized': ('no_battery', 'ours', 'planned', 'planned_fc', 'planned_rule', 'planned_rule_fc',
-                         'plan_lp', 'optimum'),
+    'vpp_day': ('no_battery', 'ours', 'planned', 'planned_fc', 'plan_lp', 'planned_ew', 'plan_lp_ew'),
+    'depot_undersized': ('no_battery', 'ours', 'planned', 'planned_fc', 'plan_lp', 'optimum'),
 }
 PLAN_HEADERS = {'no_battery': 'no battery', 'ours': 'ours, no planner', 'planned': '**ours + planner**',
-                'planned_fc': '**ours + planner, forecast**', 'planned_rule': 'ours + planner + rule*',
-                'planned_rule_fc': 'ours + planner + rule*, forecast', 'plan_lp': "planner's LP (1 min)",
-                'optimum': 'optimum (LP, 1 min)'}
+                'planned_fc': '**ours + planner, forecast**', 'plan_lp': "planner's LP (1 min)",
+                'planned_ew': 'ours + planner, window ends with the event†',
+                'plan_lp_ew': "planner's LP, window ends with the event†", 'optimum': 'optimum (LP, 1 min)'}
 PLAN_REF = {'vpp_day': 'plan_lp', 'depot_undersized': 'optimum'}     # the ratio's denominator
 
 
@@ -48,6 +47,9 @@ def _job(args):
         from bench import optimum
         series, info = optimum.solve(sc)
         return name, kind, series, info, time.time() - t0
+    if kind == 'plan_lp_ew':
+        series, info = runner.plan_lp(sc, ends_with_event=True)
+        return name, kind, series, {}, time.time() - t0
     if kind == 'plan_lp':
         series, info = runner.plan_lp(sc)
         d = runner.plan_for(sc, 'perfect')[0]
@@ -159,12 +161,12 @@ def obligation(sc):
 
 def plan_kpis(name, series):
     """{column: KPI dict} of one planner scenario."""
-    from bench import optimum
+    from bench import optimum, plots
     from bess_core import B_IMPORT, B_PHASE
     sc = runner.scenario(name)
     out = {}
     for c, s in series.items():
-        dt = optimum.STEP_S if c in ('plan_lp', 'optimum') else 1
+        dt = optimum.STEP_S if c in plots.LP_KINDS else 1
         if name == 'vpp_day':
             prot = None if dt != 1 else (s['binding'] == B_IMPORT) | (s['binding'] == B_PHASE)
             out[c] = kpi.vpp(s, sc, dt, obligation(sc), prot)
@@ -186,7 +188,7 @@ def plan_table(name, k):
             cell = _fmt(v, unit)
             if has_ratio and c != PLAN_REF[name] and abs(ref[key]) > 1e-3:
                 cell += ' (%.3f×)' % (v / ref[key])
-            cells.append('**%s**' % cell if c.startswith('planned') and c in ('planned', 'planned_fc') else cell)
+            cells.append('**%s**' % cell if c in ('planned', 'planned_fc') else cell)
         lines.append('| %s | %s | %s |' % (label, unit, ' | '.join(cells)))
     return '\n'.join(lines)
 

@@ -4,14 +4,14 @@ import os
 import numpy as np
 
 COLORS = {'no_battery': '0.6', 'peak_shaving': 'tab:orange', 'bang_bang': 'tab:green', 'ours': 'tab:blue',
-          'optimum': 'tab:red', 'planned': 'tab:purple', 'planned_fc': 'tab:pink', 'planned_rule': 'tab:olive',
-          'planned_rule_fc': 'tab:cyan', 'plan_lp': 'tab:brown'}
+          'optimum': 'tab:red', 'planned': 'tab:purple', 'planned_fc': 'tab:pink', 'plan_lp': 'tab:brown',
+          'planned_ew': 'tab:olive', 'plan_lp_ew': 'tab:cyan'}
 LABELS = {'no_battery': 'no battery', 'peak_shaving': 'OpenEMS-style peak shaving',
           'bang_bang': 'bang-bang self-consumption', 'ours': 'core controller (ours)',
           'optimum': 'LP optimum (1 min)', 'planned': 'core + planner', 'planned_fc': 'core + planner, forecast',
-          'planned_rule': 'core + planner + proposed rule (emulated)',
-          'planned_rule_fc': 'core + planner + proposed rule, forecast', 'plan_lp': "planner's LP (1 min)"}
-LP_KINDS = ('optimum', 'plan_lp')      # 60 s series
+          'plan_lp': "planner's LP (1 min)", 'planned_ew': 'core + planner, window ends with the event',
+          'plan_lp_ew': "planner's LP, window ends with the event"}
+LP_KINDS = ('optimum', 'plan_lp', 'plan_lp_ew')      # 60 s series
 EVERY = 5       # plot every 5th second: 17280 points per line
 
 

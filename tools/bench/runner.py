@@ -13,9 +13,9 @@ from bess_core import Controller
 from bench import comparators, data, scenarios
 
 CONTROLLERS = ('no_battery', 'peak_shaving', 'bang_bang', 'ours')
-# ours + planner: perfect forecast / yesterday + noise; *_rule: with the core rule the depot needs
-# (proposed, not in the core: emulated here, see Driven)
-PLANNED = ('planned', 'planned_fc', 'planned_rule', 'planned_rule_fc')
+# ours + planner: perfect forecast / yesterday + noise / perfect with the delivery window closing
+# when the event ends (a what-if: not the seed's rule, docs/benchmarks.md)
+PLANNED = ('planned', 'planned_fc', 'planned_ew')
 STEP_S = 60                     # the planner's forecast step in the benchmark
 NOISE = 0.10                    # imperfect forecast: sigma of a multiplicative error per quarter hour
 NOISE_SEED = 2025
@@ -31,23 +31,14 @@ def make_controller(kind, cfg):
 class Driven:
     """The core as the firmware runs it, for site_model.run(): the schedule's Plan.tick(clock
     valid, seconds since the clock base) before every step (firmware/cycle.py's order) and
-    dispatch commands at their second.
+    dispatch commands at their second."""
 
-    levels = (SoC bp, import W, phase W) per slot_s (planner.protection_levels) EMULATES a core
-    rule that does not exist yet: while the SoC is at or below the plan's for the interval, import-
-    limit protection holds the plan's levels instead of the limits, so the battery covers only the
-    excess the plan expects it to cover and keeps the rest for the peak where a watt saves more
-    (docs/benchmarks.md, "Undersized depot"). It writes the core's limits before each step."""
-
-    def __init__(self, ctl, plan=None, dispatch=(), levels=None, slot_s=900):
+    def __init__(self, ctl, plan=None, dispatch=()):
         self.ctl = ctl
         self.inp = ctl.inp
         self.out = ctl.out
         self.plan = plan
         self.dispatch = {t: (p, d) for t, p, d in dispatch}
-        self.levels = levels
-        self.slot_s = slot_s
-        self.lim0 = (ctl.import_limit_w, ctl.phase_limit_w)
         self.t_s = 0
 
     def step(self):
@@ -57,14 +48,6 @@ class Driven:
             c.start_dispatch(*self.dispatch[t])
         if self.plan is not None:
             self.plan.tick(1, t)
-        if self.levels is not None:
-            soc, imp, ph = self.levels
-            k = min(t // self.slot_s, len(soc) - 1)
-            if self.inp.soc_bp <= soc[k]:
-                c.import_limit_w = max(self.lim0[0], imp[k])
-                c.phase_limit_w = max(self.lim0[1], ph[k])
-            else:
-                c.import_limit_w, c.phase_limit_w = self.lim0
         c.step()
         self.t_s = t + self.inp.dt_ms // 1000
 
@@ -125,12 +108,24 @@ def forecast(sc, kind, step_s=STEP_S):
 _PLANS = {}
 
 
-def plan_for(sc, fc):
-    """(schedule dict, LP solution, Problem, Site) of the planner for scenario sc from forecast fc."""
-    key = (sc.name, fc)
+def window_ends_with_event(site_d):
+    """A copy of site.json dict site_d whose delivery window closes when its last event ends."""
+    import copy
+    d = copy.deepcopy(site_d)
+    c = d['commitment']
+    end_s = max(int(e['start'][:2]) * 3600 + int(e['start'][3:]) * 60 + e['duration_s'] for e in c['events'])
+    c['window'] = [c['window'][0], '%02d:%02d' % (end_s // 3600, end_s % 3600 // 60)]
+    return d
+
+
+def plan_for(sc, fc, ends_with_event=False):
+    """(schedule dict, LP solution, Problem, Site) of the planner for scenario sc from forecast fc
+    (ends_with_event: the delivery window closes with the event, window_ends_with_event)."""
+    key = (sc.name, fc, ends_with_event)
     if key not in _PLANS:
         import planner
-        site = planner.Site(sc.planning.site, sc.name)
+        site_d = window_ends_with_event(sc.planning.site) if ends_with_event else sc.planning.site
+        site = planner.Site(site_d, sc.name)
         base, pv, ev = forecast(sc, fc)
         t0 = sc.planning.epoch(sc.date)
         prices = np.repeat(np.asarray(sc.planning.prices_h, dtype=float) / 1000.0, 3600 // STEP_S)
@@ -144,21 +139,19 @@ def simulate_planned(sc, kind, dt_ms=1000):
     """The core with the planner's schedule: compiled (lib/schedule.py), evaluated per cycle by
     lib/plan.Plan, the clock valid from the day's 00:00."""
     import plan as plan_mod
-    import planner
     import schedule
-    d, sol, p, site = plan_for(sc, 'yesterday' if kind.endswith('_fc') else 'perfect')
+    d, sol, p, site = plan_for(sc, 'yesterday' if kind.endswith('_fc') else 'perfect', kind == 'planned_ew')
     ctl = Controller(site.cfg)
     pl = plan_mod.Plan(ctl)
     pl.load(schedule.compile_(d, commissioned=site.cfg))
     pl.rebase(sc.planning.epoch(sc.date))
-    levels = planner.protection_levels(p, sol) if kind.startswith('planned_rule') else None
-    return _run(sc, Driven(ctl, pl, levels=levels), dt_ms)
+    return _run(sc, Driven(ctl, pl), dt_ms)
 
 
-def plan_lp(sc):
+def plan_lp(sc, ends_with_event=False):
     """The planner's own LP (perfect forecast) as KPI series at its step."""
     from bench import optimum
-    d, sol, p, site = plan_for(sc, 'perfect')
+    d, sol, p, site = plan_for(sc, 'perfect', ends_with_event)
     return optimum.series(sol, sc, STEP_S), sol['info']
 
 
