@@ -83,7 +83,7 @@ def test_schedule_push_ack_behaviour_reboot_clock_loss_fallback(tmp_path):
         # 4. clock lost (the NTP server goes silent past clock_max_age_s): the default block
         ntp.configure(mode='silent')
         assert wait_for(lambda: [s for s in statuses(col) if s['status'] == 'fallback'
-                                 and s['reason'] == 'no_clock'], 40), statuses(col)[-3:]
+                                 and s['reason'] == 'no_clock'], 40), (statuses(col)[-3:], r.lines[-30:])
         assert wait_for(sp_near(col, 20000, source='fallback'), 10)
         ntp.configure(mode='ok')
         assert wait_for(sp_near(col, 30000, source='schedule', version=5), 30)
