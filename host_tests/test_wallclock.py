@@ -209,6 +209,67 @@ def test_import_cost_on_32_bit_from_py_and_mpy(tmp_path):
     assert sizes['mpy'] < sizes['py'] and sizes['mpy'] < 5000, sizes
 
 
+@pytest.mark.parametrize('runtime', RUNTIMES)
+def test_the_exchange_is_loaded_only_while_a_request_is_out(srv, runtime):
+    """firmware/ntp_exchange.py is imported by poll() when a request is due and leaves
+    sys.modules when the attempt ends (a timeout here, then three syncs): no poll that leaves
+    no request out leaves it loaded. On 32-bit, elapsed_s() and a poll with nothing due stay
+    allocation-free after the module came and went."""
+    srv.plan = ['silent']               # the first request stays out until timeout_ms
+    alloc = runtime == 'mp32fixed'
+    out = run_clock(srv, runtime, dict(FAST, period_s=2, max_age_s=5), until=['synced', 3], run_ms=12000,
+                    alloc=alloc)
+    f, loaded = out['final'], out['exchange_loaded']
+    assert (f['valid'], f['synced'], f['fails']) == (1, 3, 1), out['events']
+    assert loaded['idle'] == 0, loaded
+    assert loaded['pending'] >= 1, loaded          # it was there while the first request waited
+    if alloc:
+        assert out['alloc']['elapsed_s'] == 'free', out['alloc']
+        assert out['alloc']['idle_poll'] == 'free', out['alloc']
+
+
+SYNC_COST = """
+import gc, sys, time
+sys.path.insert(0, sys.argv[1])
+import socket, select, os             # built in, and resident anyway (the MQTT link)
+def alloc():
+    gc.collect()
+    return gc.mem_alloc()
+a = alloc()
+import wallclock
+b = alloc()
+c = wallclock.Clock('127.0.0.1', int(sys.argv[2]), 2, 1, 10, wait_ms=0, timeout_ms=300)
+i = alloc()
+c.poll(time.ticks_ms())               # wait_ms 0: the request is out, its answer not read yet
+out = alloc()
+loaded = 'ntp_exchange' in sys.modules
+while c.synced < 2:
+    time.sleep_ms(5)
+    c.poll(time.ticks_ms())
+print(b - a, i - b, out - a, alloc() - a, int(loaded), int('ntp_exchange' in sys.modules))
+"""
+
+
+def test_the_heap_a_sync_costs_on_32_bit_from_mpy(tmp_path, srv):
+    """gc.mem_alloc deltas on the 32-bit build, both modules as the .mpy tools/build.py makes:
+    the resident import, while a request is out (the exchange loaded: the transient cost of a
+    sync) and after two syncs (what stays: the Clock, its socket, the names the exchange
+    interned). The exchange's code must be gone again: well over 1 KB freed when it ends."""
+    exe = mp32fixed.build()
+    for name in ('wallclock', 'ntp_exchange'):
+        subprocess.check_call([os.path.join(BIN, 'mpy-cross'), '-O3', '-o', str(tmp_path / (name + '.mpy')),
+                               '-s', name + '.py', os.path.join(FIRMWARE, name + '.py')])
+    r = subprocess.run([exe, '-X', 'heapsize=200000', '-c', SYNC_COST, str(tmp_path), str(srv.port)],
+                       capture_output=True, text=True, timeout=30, env=dict(os.environ, MICROPYPATH='.frozen'))
+    assert r.returncode == 0, r.stdout + r.stderr
+    v = list(map(int, r.stdout.split()))
+    sizes = dict(zip(('import', 'instance', 'request_out', 'after_syncs'), v))
+    print('wallclock + ntp_exchange on 32-bit, bytes: %s' % sizes)
+    assert v[4:] == [1, 0]                          # loaded while the request was out, gone after
+    assert sizes['import'] < 2200, sizes            # 4 096 when the exchange was resident (this script)
+    assert sizes['request_out'] - sizes['after_syncs'] > 1200, sizes
+
+
 # --- the server itself (CPython), as a reference client would see it ---------------------------
 
 def sntp_query(port, nonce=b'12345678', version=4):

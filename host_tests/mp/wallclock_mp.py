@@ -5,7 +5,9 @@
 #    "run_ms": the longest run, "alloc": 1 to prove the per-cycle calls allocation-free,
 #    "created": [seconds relative to now_s()] (optional: check_created() of each)}
 # Polls like the firmware's loop (every 10 ms here) and prints one JSON line: the import and
-# instance heap cost, the clock's state after each change, and the final state.
+# instance heap cost, the clock's state after each change, the final state, and how often the
+# on-demand exchange (firmware/ntp_exchange.py) was in sys.modules after a poll: with a request
+# out, and with none (where it must have left again).
 import gc
 import json
 import sys
@@ -56,9 +58,13 @@ instance_bytes = gc.mem_alloc() - a0
 until = args.get('until')
 events = []
 seen = None
+loaded = {'pending': 0, 'idle': 0, 'polls': 0}     # ntp_exchange in sys.modules after a poll
 t_end = time.ticks_add(time.ticks_ms(), args.get('run_ms', 5000))
 while time.ticks_diff(t_end, time.ticks_ms()) > 0:
     r = c.poll(time.ticks_ms())
+    loaded['polls'] += 1
+    if 'ntp_exchange' in sys.modules:
+        loaded['pending' if c.pending else 'idle'] += 1
     key = (c.valid, c.synced, c.fails, c.rejected, c.last_error)
     if key != seen or r:
         seen = key
@@ -70,7 +76,7 @@ while time.ticks_diff(t_end, time.ticks_ms()) > 0:
     time.sleep_ms(10)
 
 out = {'import_bytes': import_bytes, 'instance_bytes': instance_bytes, 'events': events,
-       'final': state(c), 'bits': 32 if sys.maxsize < (1 << 32) else 64}
+       'final': state(c), 'exchange_loaded': loaded, 'bits': 32 if sys.maxsize < (1 << 32) else 64}
 if args.get('alloc'):
     def cycle_reads():                  # what a control cycle reads from the clock
         return c.valid + c.elapsed_s()
@@ -82,5 +88,6 @@ if 'created' in args:
     fresh = wallclock.Clock(c.host, c.port)      # never synced: invalid
     out['created'] = [c.check_created(c.now_s() + d) for d in args['created']]
     out['created_invalid'] = fresh.check_created(c.now_s() - 86400)
-c.close()
+import ntp_exchange                     # noqa: E402 (the socket is the exchange's to close)
+ntp_exchange.close(c)
 print(json.dumps(out))
