@@ -116,9 +116,9 @@ class PlanSide:
     def _report(self, now):
         """Status on every change of what is in force; DLM on change and at least every N s."""
         lk = self.link
-        if lk is None:
-            return
         p = self.plan
+        if lk is None or p.k == -2:     # -2: put in force, not ticked yet: said after the next cycle
+            return
         s = p.s
         if self.rej_key is not None and self.rej_key == (p.src, p.k):
             status = 'rejected'         # the schedule in force (if any) is unchanged

@@ -126,6 +126,9 @@ def received(ps):
     refused. No cycle runs in between: the core keeps the fields it was given."""
     p = ps.plan
     old = p.s
+    if old is not None and _same(ps.path + '.new', ps.path):
+        _remove(ps.path + '.new')       # the broker's retained copy of the one in force
+        return
     old_idv = (old.id, old.version) if old is not None else None
     p.s = None
     old = None
@@ -138,11 +141,22 @@ def received(ps):
         discard(ps.path)
         status, why, sid, ver, sched = 'rejected', 'out of memory checking it (%s)' % e, None, 0, None
     if status != 'accepted' and old_idv is not None:
-        try:
-            p.s = load_file(ps.path, cfg, 0)
-        except Exception as e:          # MemoryError too: no schedule (the config) is safe
-            print('schedule: the one in force could not be read back (%r): none in force' % (e,))
+        # read back without the commissioned bounds: it was accepted under them, and a config
+        # changed since is enforced by the core every step (it only ever narrows)
+        for _ in (0, 1):
+            try:
+                p.s = load_file(ps.path, None, 0)
+                break
+            except MemoryError as e:
+                gc.collect()
+                err = e
+            except Exception as e:
+                err = e
+                break
+        if p.s is None:                 # the config alone is safe; say so in the status
+            print('schedule: the one in force could not be read back (%r): none in force' % (err,))
             p.load(None)
+            why = '%s; and the schedule in force could not be read back (%r): none in force' % (why, err)
     if status == 'same':
         return                          # the retained copy of the one in force (a reconnect)
     if status == 'rejected':

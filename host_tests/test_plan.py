@@ -304,3 +304,22 @@ def test_protection_levels_apply_only_at_or_below_the_reserve():
     assert o.phase_excess_w == 5000 and o.setpoint_w == 3 * 3000
     o = feed(c, 45000, 6000)
     assert o.setpoint_w == 3 * 5000                 # above the reserve: the phase limit in full
+
+
+def test_review_a_lowered_limit_never_spends_the_reserve():
+    """Review finding: at or below the reserve, protection covers the commissioned (physical) limit
+    only, not a limit the schedule lowered (an economic one)."""
+    c = ctl_with(obj=bc.OBJ_GCE, reserve_bp=5000, import_w=20000)
+    assert feed(c, 40000, 5000).setpoint_w == 0                     # under the physical 60 kW
+    assert feed(c, 70000, 5000).setpoint_w == 10000                 # over it: protected
+    c = ctl_with(obj=bc.OBJ_GCE, reserve_bp=5000, import_w=20000)
+    assert feed(c, 40000, 6000).setpoint_w == 20000                 # above the reserve: 20 kW holds
+
+
+def test_review_c_a_target_floor_does_not_relax_protection():
+    """Review finding: protection levels act at or below the reserve, not below a charge target."""
+    c = ctl_with(obj=bc.OBJ_GCE, target_bp=9000, protect_import_w=10000000, left_s=3000)
+    assert feed(c, 90000, 8000).setpoint_w == 30000
+    c = ctl_with(obj=bc.OBJ_GCE, reserve_bp=9400, protect_import_w=10000000)
+    o = feed(c, 90000, 9000)            # a reserve above max - hysteresis is capped (9299)
+    assert o.reserve_bp == 9500 - 200 - 1 and o.setpoint_w == 30000

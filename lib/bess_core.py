@@ -163,6 +163,7 @@ class Controller:
         self.min_lock = 0
         self.max_lock = 0
         self.reserve_lock = 0
+        self.rsv_lock = 0           # the reserve alone (reserve_lock also counts a target floor)
         self.dispatch_w = 0
         self.dispatch_left_ms = 0
         self.override_w = 0
@@ -265,6 +266,11 @@ class Controller:
         v = self.plan_reserve_bp
         if v > rsv:                         # NOT_SET is below every value
             rsv = v
+            # never so high that the reserve lock could not release below max SoC (a schedule
+            # accepted before a config change narrowed the window)
+            v = self.max_soc_bp - self.hysteresis_bp - 1
+            if rsv > v:
+                rsv = v if v > self.reserve_soc_bp else self.reserve_soc_bp
         o.reserve_bp = rsv
         o.import_limit_w = lim
         obj = self.objective
@@ -274,7 +280,7 @@ class Controller:
         floor_bp = rsv                      # discharge floor: the reserve, or the interval's target
         v = self.plan_target_bp
         if v > floor_bp:
-            floor_bp = v
+            floor_bp = v if v <= self.max_soc_bp else self.max_soc_bp
 
         # --- 1. data validity: anything missing, stale or out of range -> 0 W ----------------
         flags = 0
@@ -338,6 +344,10 @@ class Controller:
             self.reserve_lock = 1
         elif soc >= floor_bp + hy:
             self.reserve_lock = 0
+        if soc <= rsv:
+            self.rsv_lock = 1
+        elif soc >= rsv + hy:
+            self.rsv_lock = 0
         flags = self.min_lock * F_MIN_LOCK + self.max_lock * F_MAX_LOCK + self.reserve_lock * F_RESERVE_LOCK
 
         # --- 3. what the battery may do right now (hard bounds, safety first) -----------------
@@ -398,22 +408,23 @@ class Controller:
             if pr > req:
                 req = pr
                 req_bind = B_PHASE
-        # what protection requires now: the limits, or the plan's levels while the SoC is at or
-        # below the reserve floor (the plan spends the battery where the excess costs most)
+        # what protection requires now. At or below the reserve (not a target floor) the battery
+        # protects only the physical limits -- the commissioned ones, not a limit the schedule
+        # lowered -- or the plan's higher levels (it spends the battery where the excess costs
+        # most); above the reserve, every limit in force
         reqp = req
-        if self.reserve_lock:
+        if self.rsv_lock:
             v = self.plan_protect_import_w
-            pp = self.plan_protect_phase_w
-            if v != NOT_SET or pp != NOT_SET:
-                if v < lim:
-                    v = lim
-                reqp = net - v
-                if plim > 0:
-                    if pp < plim:
-                        pp = plim
-                    v = 3 * (m + b3 - pp)
-                    if v > reqp:
-                        reqp = v
+            if v < self.import_limit_w:
+                v = self.import_limit_w
+            reqp = net - v
+            if plim > 0:
+                pp = self.plan_protect_phase_w
+                if pp < plim:
+                    pp = plim
+                v = 3 * (m + b3 - pp)
+                if v > reqp:
+                    reqp = v
         o.net_w = net
         o.req_w = req
 
@@ -444,7 +455,7 @@ class Controller:
             if req > 0:
                 tgt = reqp if reqp > 0 else 0
                 bind = req_bind
-                if rlock and not self.protect_below_reserve:
+                if self.rsv_lock and not self.protect_below_reserve:
                     tgt = 0
                     bind = B_RESERVE
             else:
@@ -526,7 +537,7 @@ class Controller:
             floor = 0 if command or reqp < 0 else reqp
         else:
             floor = req                 # spare capacity: caps grid charging
-        if floor > 0 and rlock and not self.protect_below_reserve:
+        if floor > 0 and self.rsv_lock and not self.protect_below_reserve:
             floor = 0
         if sp < floor:
             sp = floor
