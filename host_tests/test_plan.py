@@ -320,6 +320,6 @@ def test_review_c_a_target_floor_does_not_relax_protection():
     """Review finding: protection levels act at or below the reserve, not below a charge target."""
     c = ctl_with(obj=bc.OBJ_GCE, target_bp=9000, protect_import_w=10000000, left_s=3000)
     assert feed(c, 90000, 8000).setpoint_w == 30000
-    c = ctl_with(obj=bc.OBJ_GCE, reserve_bp=9400, protect_import_w=10000000)
-    o = feed(c, 90000, 9000)            # a reserve above max - hysteresis is capped (9299)
-    assert o.reserve_bp == 9500 - 200 - 1 and o.setpoint_w == 30000
+    c = ctl_with(obj=bc.OBJ_SS, reserve_bp=9400)
+    o = feed(c, -20000, 9350)           # a reserve above max - hysteresis is capped (9299):
+    assert o.reserve_bp == 9500 - 200 - 1 and o.setpoint_w < 0     # the lock can release below max
