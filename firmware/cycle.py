@@ -382,9 +382,9 @@ def run_job(job, cycles=0):
     ps = None
     if job.ps is not None:              # before the ring: its code packs below the ring's chunks
         try:
-            import sched_rx
-            ps = sched_rx.build(job.ps, rt, rep)
-            unload(sched_rx.MODULES)
+            import sched_boot
+            ps = sched_boot.build(job.ps, rt, rep)
+            unload(sched_boot.MODULES)
         except MemoryError as e:
             rt.plan = None
             print('SCHEDULE DISABLED (OUT OF MEMORY building the schedule side: %r; %s): the controller '

@@ -11,6 +11,7 @@
 #     dlm_deadband_w and at least every dlm_every_s.
 # What runs once per schedule (checking one, putting it in force, building this side at start)
 # is in firmware/sched_rx.py, loaded on demand. Per cycle the Runtime calls plan.tick(clock.valid, clock.elapsed_s()) before step() (cycle.py).
+import gc
 import json
 import time
 
@@ -21,6 +22,10 @@ RX_IDLE = 0
 RX_WRITING = 1          # bytes go to <path>.new
 RX_DISCARD = 2          # too long (or the file could not be opened): read and dropped
 RX_DONE = 3             # complete, to be checked by after_cycle()
+# Free heap a check needs (measured peak ~11.3 KB for a full schedule: the loader, its data, the new
+# compiled form; plus room for fragmentation). With less, the schedule is refused before anything
+# is loaded: a check that runs out of memory half-way fragments the heap the command path needs.
+CHECK_FREE_B = 16000
 
 
 class PlanSide:
@@ -101,6 +106,13 @@ class PlanSide:
         if c is not None and c.poll(now):
             self.plan.rebase(c.base_epoch_s)
         st = self.rx_state
+        if st == RX_DONE:
+            gc.collect()
+            f = gc.mem_free()
+            if f < CHECK_FREE_B:
+                st = -RX_DISCARD
+                self.rx_why = ('not enough memory to check it: %d bytes free, %d needed (docs/resources.md)'
+                               % (f, CHECK_FREE_B))
         if st == RX_DONE or st == -RX_DISCARD:
             self.rx_state = RX_IDLE
             import sched_rx             # on demand: what is done once per schedule received
@@ -108,6 +120,7 @@ class PlanSide:
                 if st == RX_DONE:
                     sched_rx.received(self)
                 else:
+                    sched_rx.discard(self.path)
                     sched_rx.rejected(self, self.rx_why, None, 0)
             finally:
                 unload(sched_rx.MODULES)
@@ -137,23 +150,11 @@ class PlanSide:
         key = (p.src, p.k, status, reason)
         if key != self._sent:
             self._sent = key
-            d = {'status': status, 'source': SOURCE_NAMES[p.src], 'interval': p.k if s is not None and p.k < s.n else -1,
-                 'next_change_s': p.next_s}
-            if s is not None:
-                d['id'] = s.id
-                d['version'] = s.version
-                c = self.clock
-                if c is not None and c.valid:
-                    d['ts'] = c.now_s()
-            if reason:
-                d['reason'] = reason
-            if self.rej is not None:
-                d['last_rejected'] = self.rej
-            if self.superseded is not None:
-                d['superseded'] = {'id': self.superseded[0], 'version': self.superseded[1]}
-            d['received'] = self.received
-            d['rejected_count'] = self.rejected
-            lk.publish_retained(lk.t_sched_st, json.dumps(d).encode())
+            import sched_rx             # the message is built on demand: it changes rarely
+            try:
+                lk.publish_retained(lk.t_sched_st, sched_rx.status_payload(self, status, reason))
+            finally:
+                unload(sched_rx.MODULES)
         o = self.rt.ctl.out
         w = o.ev_limit_w
         last = self.dlm_w

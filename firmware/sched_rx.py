@@ -50,7 +50,7 @@ def load_file(path, commissioned, last_version=0, topic=None, key=None):
     in the same pass (schedule_load.MacStream: a bad mac is then the only problem reported)."""
     mac = None
     if key is not None:
-        from schedule_load import MacStream
+        from schedule_mac import MacStream
         mac = MacStream(key, topic, os.stat(path)[6])
     with open(path, 'rb') as f:
         return schedule.load_stream(f.readinto, commissioned, last_version, mac)
@@ -191,35 +191,26 @@ def rejected(ps, why, sid, ver):
     ps._sent = None                     # publish it even if nothing else changed
 
 
-def build(cfg, rt, rep):
-    """The schedule side from startup.plan_cfg() (in the loop, after boot's code has left the
-    heap): the wall clock, the plan, the persisted schedule, the link's schedule topic. A broken
-    clock setting costs the clock (schedules run their default block), never battery control."""
-    from plan import Plan
-    from plan_side import PlanSide
-    sc = cfg['sc']
-    clock = None
-    if sc.get('ntp_host'):
-        try:
-            from wallclock import Clock
-            clock = Clock(sc['ntp_host'], sc.get('ntp_port', 123), sc.get('ntp_period_s', 3600),
-                          sc.get('ntp_retry_s', 60), sc.get('clock_max_age_s', 2 * 86400))
-        except (ValueError, OSError) as e:
-            print('schedule: NO WALL CLOCK (%s): schedules run their default block' % e)
-    else:
-        print('schedule: no ntp_host: no wall clock, schedules run their default block')
-    p = Plan(rt.ctl)
-    ps = PlanSide(rt, p, clock, cfg['path'], cfg['key'], None, sc.get('max_bytes', 24576),
-                  sc.get('dlm_every_s', 60), sc.get('dlm_deadband_w', 1000))
-    if rep is not None:
-        ps.link = rep.link
-        rep.link.on_schedule = ps.rx
-    sched, msg = boot_load(cfg['path'], rt.ctl.cfg)
-    if msg:
-        print('schedule: ' + msg)
-    if sched is not None:
-        put(ps, sched)
-        print('schedule: %s version %d loaded from %s' % (sched.id, sched.version, cfg['path']))
-    rt.plan = p
-    rt.clock = clock
-    return ps
+def status_payload(ps, status, reason):
+    """The retained <prefix>/<id>/schedule/status message (docs/schedule.md, "Status")."""
+    import json
+    from plan import SOURCE_NAMES
+    p = ps.plan
+    s = p.s
+    d = {'status': status, 'source': SOURCE_NAMES[p.src], 'interval': p.k if s is not None and p.k < s.n else -1,
+         'next_change_s': p.next_s}
+    if s is not None:
+        d['id'] = s.id
+        d['version'] = s.version
+        c = ps.clock
+        if c is not None and c.valid:
+            d['ts'] = c.now_s()
+    if reason:
+        d['reason'] = reason
+    if ps.rej is not None:
+        d['last_rejected'] = ps.rej
+    if ps.superseded is not None:
+        d['superseded'] = {'id': ps.superseded[0], 'version': ps.superseded[1]}
+    d['received'] = ps.received
+    d['rejected_count'] = ps.rejected
+    return json.dumps(d).encode()

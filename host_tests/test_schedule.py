@@ -1,4 +1,5 @@
-"""lib/schedule.py: schedule format v1, validation and compilation (issue 11 groundwork)."""
+"""Schedule format v1: validation and compilation on the host (lib/schedule_host.py, through
+lib/schedule.py's entry points) and the compiled form (lib/schedule.py)."""
 import copy
 
 import pytest
@@ -47,6 +48,7 @@ def _bad(mutate):
     (lambda d: d.update(v=2), 'v must be 1'),
     (lambda d: d.update(version=2), 'not newer than the accepted 2'),
     (lambda d: d.update(version=True), 'version must be an integer'),
+    (lambda d: d.update(version=2 ** 30), 'version must be an integer 1..1073741823'),
     (lambda d: d.update(valid_until=T0), 'valid_until must be after created'),
     (lambda d: d.update(valid_until=T0 + 8 * 86400), 'at most'),
     (lambda d: d.update(intervals=[dict(GOOD['intervals'][0])] * 97), 'at most 96'),
@@ -60,6 +62,12 @@ def _bad(mutate):
     (lambda d: d['intervals'][0].update(firm=1), 'true or false'),
     (lambda d: d['intervals'][0].update(colour='red'), "unknown key 'colour'"),
     (lambda d: d.pop('default'), 'default must be an object'),
+    (lambda d: d['default'].update(power_w=1000), 'default.power_w: only an interval may set it'),
+    (lambda d: d['default'].update(target_soc_bp=5000), 'default.target_soc_bp: only an interval may set it'),
+    (lambda d: d['default'].update(firm=False), 'default.firm: only an interval may set it'),
+    (lambda d: d['intervals'][0].update(protect_import_w=-1), 'protect_import_w: must be an integer 0..10000000'),
+    (lambda d: d['intervals'][0].update(protect_phase_w=10000001), 'protect_phase_w: must be an integer 0..10000000'),
+    (lambda d: d['default'].update(protect_phase_w=True), 'protect_phase_w: must be an integer'),
     (lambda d: d.update(id=''), 'id must be'),
 ])
 def test_an_invalid_schedule_says_why_and_changes_nothing(mutate, needle):
@@ -96,15 +104,55 @@ def test_the_same_module_runs_on_micropython(runtime):
     assert r.stdout.split('\n')[:2] == ['0 -1 1 1 1', 'rejected 1'], r.stdout
 
 
-def test_the_compiled_form_is_sparse_and_32_bit():
+def test_the_compiled_form_is_sparse_and_compact():
     """Only the fields some interval or the default sets get a column (n + 1 entries, the default
-    block last); the others read NOT_SET without one."""
+    block last); the others read NOT_SET without one. As few bytes a value as the values need: 1
+    for codes and booleans, 2 for SoC in bp, 4 for the fields in W; interval times 4."""
     s = sc.compile_(copy.deepcopy(GOOD), COMM, last_version=2)
     assert sorted(s.fields) == ['export', 'firm', 'import_limit_w', 'objective', 'power_w', 'reserve_soc_bp',
                                 'target_soc_bp']
     assert s.get('soc_min_bp', 0) == s.get('soc_max_bp', 2) == sc.NOT_SET
-    assert all(len(a) == s.n + 1 and a.typecode == 'i' for a in s.fields.values())
+    assert all(len(a) == s.n + 1 for a in s.fields.values())
+    assert {k: a.typecode for k, a in s.fields.items()} == {
+        'export': 'b', 'firm': 'b', 'objective': 'b', 'reserve_soc_bp': 'h', 'target_soc_bp': 'h',
+        'import_limit_w': 'i', 'power_w': 'i'}
     assert s.start.typecode == s.end.typecode == 'i'
+
+
+def test_unset_reads_not_set_and_every_value_reads_back():
+    """A 1- or 2-byte column holds UNSET_NARROW where unset (no value of those fields is
+    negative), an 'i' column NOT_SET: get() returns NOT_SET for both; -1 W and -32768 W stay
+    values."""
+    d = copy.deepcopy(GOOD)
+    d['intervals'][0].update(power_w=-32768, protect_import_w=0, protect_phase_w=10000000)
+    del d['intervals'][0]['target_soc_bp'], d['intervals'][0]['reserve_soc_bp']
+    d['intervals'][1].update(reserve_soc_bp=0, power_w=-10000000)
+    s = sc.compile_(d, COMM, last_version=2)
+    assert s.fields['reserve_soc_bp'][0] == s.fields['export'][0] == sc.UNSET_NARROW
+    assert s.fields['power_w'][2] == sc.NOT_SET
+    assert [s.get('power_w', k) for k in range(3)] == [-32768, -10000000, sc.NOT_SET]
+    d['intervals'][0]['power_w'] = -1
+    assert sc.compile_(d, COMM, last_version=2).get('power_w', 0) == -1
+    assert [s.get('reserve_soc_bp', k) for k in range(3)] == [sc.NOT_SET, 0, 4000]
+    assert [s.get('protect_import_w', k) for k in range(3)] == [0, sc.NOT_SET, sc.NOT_SET]
+    assert s.get('protect_phase_w', 0) == 10000000
+    assert s.get('export', 0) == sc.NOT_SET and s.get('export', 1) == 0 and s.get('firm', 1) == 1
+
+
+def test_protection_levels_in_an_interval_and_the_default_block():
+    d = copy.deepcopy(GOOD)
+    d['default'].update(protect_import_w=55000, protect_phase_w=20000)
+    d['intervals'][1].update(protect_import_w=40000)
+    assert sc.validate(d, COMM, 2) == []
+    s = sc.compile_(d, COMM, 2)
+    assert (s.get('protect_import_w', 1), s.get('protect_import_w', 0), s.get('protect_import_w', 2)) == \
+        (40000, sc.NOT_SET, 55000)
+
+
+def test_the_highest_version_is_a_small_int_on_32_bit_boards():
+    d = copy.deepcopy(GOOD)
+    d['version'] = 2 ** 30 - 1
+    assert sc.compile_(d, COMM, 2).version == 2 ** 30 - 1
 
 
 def test_bounds_out_of_range_without_a_commissioned_config_are_reported():

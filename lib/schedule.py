@@ -9,7 +9,9 @@
 #
 # The compiled form keeps interval times as offsets in seconds from `created` (small ints on
 # 32-bit boards, where epoch seconds are heap ints) in preallocated arrays, so evaluating it per
-# cycle (lib/plan.py) is allocation-free. Only the fields the schedule uses get a column.
+# cycle (lib/plan.py) is allocation-free. Only the fields the schedule uses get a column, of as
+# few bytes a value as its values need: 1 for codes and booleans, 2 for SoC in bp, 4 for the
+# fields in W (names ending in _w, docs/units.md).
 # Units: W, s, SoC in basis points; + discharge for battery power, as everywhere (docs/units.md).
 
 from bess_core import NOT_SET, OBJECTIVES  # noqa: F401 (part of this module's interface)
@@ -18,6 +20,7 @@ FORMAT = 1
 MAX_INTERVALS = 96
 MAX_HORIZON_S = 7 * 86400       # valid_until - created
 ID_MAX = 64
+UNSET_NARROW = -1               # NOT_SET in a 1- or 2-byte column (no value of those fields is < 0)
 
 
 class ScheduleError(ValueError):
@@ -28,9 +31,12 @@ class Schedule:
     """A validated schedule, compiled.
 
     start, end: array('i') of n interval bounds, s from `created` (base_s, epoch s).
-    fields: field name -> array('i') of n + 1 codes (index n = the default block), only for the
-    fields some interval or the default sets; a field without a column reads NOT_SET everywhere.
-    Codes: the value in its unit; objective = index in OBJECTIVES; firm / export = 1 or 0."""
+    fields: field name -> array of n + 1 codes (index n = the default block), only for the fields
+    some interval or the default sets; a field without a column reads NOT_SET everywhere. Codes:
+    the value in its unit; objective = index in OBJECTIVES; firm / export = 1 or 0. Columns of
+    the fields in W (their names end in _w) are array('i') holding NOT_SET where unset, the
+    others array('b') (objective, firm, export) or array('h') holding UNSET_NARROW: read them
+    with get()."""
 
     def __init__(self, id_, version, base_s, valid_s, randomize_s, start, end, fields):
         self.id = id_
@@ -56,11 +62,14 @@ class Schedule:
 
     def get(self, name, k):
         """Field `name` of interval k (n: the default block); NOT_SET if the schedule leaves it.
-        Allocation-free (a dict lookup and an array read)."""
+        Allocation-free (a dict lookup, an array read, small ints)."""
         a = self.fields.get(name)
         if a is None:
             return NOT_SET
-        return a[k]
+        v = a[k]
+        if v < 0 and not name.endswith('_w'):
+            return NOT_SET
+        return v
 
 
 # --- entry points to lib/schedule_load.py (loaded on demand) -----------------------------------

@@ -1,35 +1,33 @@
-# Schedule format v1: checking and compiling (issue 11; docs/schedule.md).
+# Schedule format v1 on the device: the payload checked and compiled as it streams in (issue 11;
+# docs/schedule.md).
 #
 # Loaded on demand (D) when a schedule arrives, dropped afterwards; the result, a
-# schedule.Schedule, needs only lib/schedule.py. Two ways in, one set of rules and messages:
-#   validate(d) / compile_(d)  a dict parsed from JSON (host: planner, fleet, tests): in
-#                              lib/schedule_host.py, on these rules (not loaded on the device)
-#   load_stream(read)          the payload as it streams in (device). json.load of a full schedule
-#                              builds a ~22 KB tree (36 KB while parsing) on 32-bit MicroPython;
-#                              the device has ~25 KB for transients. So a small tokenizer walks the
-#                              top-level object and hands each member's value (each interval on its
-#                              own) to json.loads, at most CAP bytes at a time; intervals are
-#                              checked and compiled as they arrive, the tree never exists.
-# MacStream checks the HMAC of a signed payload chunk by chunk (lib/commands.py's scheme).
+# schedule.Schedule, needs only lib/schedule.py. json.load of a full schedule builds a ~22 KB tree
+# (36 KB while parsing) on 32-bit MicroPython, and the device has a few KB for it. So a small
+# scanner walks the top-level object and hands each member (each interval on its own) to
+# json.loads, at most 510 bytes at a time; intervals are checked and compiled as they arrive, the
+# tree never exists. A MacStream (lib/schedule_mac.py) checks the HMAC of a signed payload in the
+# same pass.
+#
+# The decisions are lib/schedule_host.py's (validate(), the host's rules with its full messages:
+# host_tests/test_schedule_stream.py checks both agree on random and damaged payloads). The
+# messages here are short (they go into the status topic) but each says what is wrong and where,
+# e.g. "intervals[3].soc_max_bp: 9800 above commissioned 9500". Every string and name here costs
+# heap while a schedule loads (short ones for good: interned), so there are few of them.
 
 import json
-import hashlib
 from array import array
 try:
-    import binascii
-except ImportError:     # very old MicroPython
-    import ubinascii as binascii
-try:
     from micropython import const
-except ImportError:
-    def const(x):
-        return x
+except ImportError:     # CPython
+    const = int
 
 from bess_core import OBJECTIVES, is_int
-from schedule import (FORMAT, MAX_INTERVALS, MAX_HORIZON_S, ID_MAX, NOT_SET, Schedule,  # noqa: F401
+from schedule import (FORMAT, MAX_INTERVALS, MAX_HORIZON_S, ID_MAX, UNSET_NARROW, NOT_SET, Schedule,
                       ScheduleError)
 
-# interval (and default block) fields: name -> (lo, hi) for ints, None for booleans
+# interval (and default block) fields: name -> (lo, hi) for ints, None for booleans, OBJECTIVES.
+# Only the fields in W (names ending in _w) may be negative (schedule.UNSET_NARROW).
 FIELDS = {
     'objective': OBJECTIVES,
     'reserve_soc_bp': (0, 10000),
@@ -40,502 +38,371 @@ FIELDS = {
     'power_w': (-10000000, 10000000),
     'firm': None,
     'export': None,
+    'protect_import_w': (0, 10000000),
+    'protect_phase_w': (0, 10000000),
 }
-_TOP = ('v', 'id', 'version', 'created', 'valid_until', 'randomize_s', 'default', 'intervals', 'ctr', 'mac')
+VERSION_MAX = 0x3FFFFFFF    # 2**30 - 1: a small int on 32-bit boards (telemetry carries it)
+INTERVAL_ONLY = ('power_w', 'target_soc_bp', 'firm')     # not in the default block (it has no end)
+TOP = ('v', 'id', 'version', 'created', 'valid_until', 'randomize_s', 'default', 'intervals', 'ctr',
+       'mac')
 
-CAP = 512                   # longest member value (one interval, the default block, id...) in bytes
-CHUNK = 256                 # read buffer load_stream allocates when the caller gives none
+_CAP = const(512)           # capture buffer: a member or an interval may have 510 bytes
+CHUNK = 64                  # read buffer load_stream allocates when the caller gives none
 MAX_ERRORS = 16             # problems listed by load_stream (then "... and N more"): bounded heap
-MAX_DEPTH = const(8)        # nesting inside one value (a valid one nests 1 deep)
-_CLAMP = 1 << 62           # while loading, interval offsets are stored clamped to +-this (see _Load)
+_FULL = const(511)          # n once what is captured does not fit
+_DEPTH = const(8)           # nesting inside one value (a valid one nests 1 deep)
+_LIM = const(0x1FFFFFFF)    # interval offsets are clamped to +-this (17 years): small ints
+_BAD = object()             # what parse() returns for text that is not JSON
 
 
-# --- the rules, on parsed values ----------------------------------------------------------------
-def _fields(errs, where, d, commissioned, allow=('start', 'duration_s')):
-    for k in d:
-        if k not in FIELDS and k not in allow:
-            errs.append('%s: unknown key %r' % (where, k))
-    for k, rng in FIELDS.items():
-        if k not in d:
-            continue
-        v = d[k]
-        if rng is None:
-            if not isinstance(v, bool):
-                errs.append('%s.%s: must be true or false, got %r' % (where, k, v))
-        elif k == 'objective':
-            if v not in OBJECTIVES:
-                errs.append('%s.objective: %r is not one of %s' % (where, v, ', '.join(OBJECTIVES)))
-        elif not is_int(v) or not rng[0] <= v <= rng[1]:
-            errs.append('%s.%s: must be an integer %d..%d, got %r' % (where, k, rng[0], rng[1], v))
-    # never outside what was commissioned: the schedule may narrow, not widen
-    c = commissioned or {}
-    lo = c.get('min_soc_bp', 0)
-    if is_int(d.get('soc_min_bp')) and d['soc_min_bp'] < lo:
-        errs.append('%s.soc_min_bp: %d is below the commissioned min_soc_bp %d' % (where, d['soc_min_bp'], lo))
-    hi = c.get('max_soc_bp', 10000)
-    if is_int(d.get('soc_max_bp')) and d['soc_max_bp'] > hi:
-        errs.append('%s.soc_max_bp: %d is above the commissioned max_soc_bp %d' % (where, d['soc_max_bp'], hi))
-    if is_int(d.get('import_limit_w')) and 'import_limit_w' in c and d['import_limit_w'] > c['import_limit_w']:
-        errs.append('%s.import_limit_w: %d is above the commissioned import_limit_w %d'
-                    % (where, d['import_limit_w'], c['import_limit_w']))
-    lo, hi = d.get('soc_min_bp'), d.get('soc_max_bp')
-    if is_int(lo) and is_int(hi) and lo >= hi:
-        errs.append('%s: soc_min_bp %d must be below soc_max_bp %d' % (where, lo, hi))
-    for k in ('reserve_soc_bp', 'target_soc_bp'):
-        v = d.get(k)
-        if is_int(v) and is_int(hi) and v > hi:
-            errs.append('%s.%s: %d is above soc_max_bp %d' % (where, k, v, hi))
-    if 'power_w' in d and 'target_soc_bp' in d:
-        errs.append('%s: power_w and target_soc_bp exclude each other (one sets the power, the other derives it)' % where)
+def code(name, v):
+    """The compiled code of a valid field value."""
+    return OBJECTIVES.index(v) if name == 'objective' else int(v)
 
 
-def _head(errs, d, commissioned, last_version):
-    """The top-level members other than the intervals (d: a dict holding them)."""
-    if d.get('v') != FORMAT:
-        errs.append('schedule: v must be %d, got %r' % (FORMAT, d.get('v')))
-    i = d.get('id')
-    if not isinstance(i, str) or not 0 < len(i) <= ID_MAX:
-        errs.append('schedule: id must be a string of 1..%d characters' % ID_MAX)
-    ver = d.get('version')
-    if not is_int(ver) or ver < 1:
-        errs.append('schedule: version must be an integer >= 1, got %r' % (ver,))
-    elif ver <= last_version:
-        errs.append('schedule: version %d is not newer than the accepted %d' % (ver, last_version))
-    cr, vu = d.get('created'), d.get('valid_until')
-    if not _times(cr, vu):
-        errs.append('schedule: created and valid_until must be unix seconds (integers)')
-    elif not 0 < vu - cr <= MAX_HORIZON_S:
-        errs.append('schedule: valid_until must be after created, at most %d s later' % MAX_HORIZON_S)
-    rs = d.get('randomize_s', 0)
-    if not is_int(rs) or not 0 <= rs <= 3600:
-        errs.append('schedule: randomize_s must be an integer 0..3600')
-    df = d.get('default')
-    if not isinstance(df, dict):
-        errs.append('schedule: default must be an object (what applies outside every interval)')
-    else:
-        _fields(errs, 'default', df, commissioned, allow=())
-
-
-def _times(cr, vu):
-    return is_int(cr) and is_int(vu) and cr > 0
-
-
-_BAD = object()         # a captured value that is not JSON
-_LIST_ERR = 'schedule: intervals must be a list of at most %d' % MAX_INTERVALS
-
-
-def _code(name, v):
-    if name == 'objective':
-        return OBJECTIVES.index(v)
-    if isinstance(v, bool):
-        return 1 if v else 0
-    return v
-
-
-def _column(size):
-    a = array('i', bytes(4 * size))
+def column(name, size):
+    """A compiled column for field `name` (schedule.Schedule), every entry unset: 'i' for the
+    fields in W, 'b' for codes and booleans, 'h' for the others (SoC in bp)."""
+    r = FIELDS[name]
+    b = 4 if name.endswith('_w') else 1 if r is None or r is OBJECTIVES else 2
+    a = array(' bh i'[b], bytes(size * b))         # the typecode of a b-byte int
+    u = NOT_SET if b == 4 else UNSET_NARROW
     for k in range(size):
-        a[k] = NOT_SET
+        a[k] = u
     return a
 
 
-# --- the payload as it streams in -----------------------------------------------------------------
-# Byte classes for the tokenizer
-_C_WS = const(1)
-_C_CLOSE = const(2)     # } ]
-_C_COMMA = const(3)
-_CC = bytearray(256)
-_CC[0x20] = _CC[0x09] = _CC[0x0A] = _CC[0x0D] = _C_WS      # the only whitespace JSON has
-_CC[0x7D] = _CC[0x5D] = _C_CLOSE
-_CC[0x2C] = _C_COMMA
-
-# Tokenizer states: where in the top-level object the next byte is
-_BEGIN = const(0)       # before '{'
-_OPEN = const(1)        # after '{': a key or '}'
-_KEY = const(2)         # after ',': a key
-_COLON = const(3)
-_VALUE = const(4)
-_AFTER = const(5)       # after a member: ',' or '}'
-_ARR_OPEN = const(6)    # after "intervals":[ : an element or ']'
-_ARR_NEXT = const(7)    # after ',' in the intervals: an element
-_ARR_AFTER = const(8)   # after an element: ',' or ']'
-_END = const(9)         # after the closing '}': whitespace only
-_SCAN = const(10)       # inside a key or a value (_Load.ctx says which)
-# what the value being scanned is
-_X_KEY = const(0)
-_X_MEMBER = const(1)
-_X_ELEMENT = const(2)
-
-
 class _Load:
-    """State of one streamed load: the tokenizer, the members seen so far (last wins, as in
-    json.loads) and the intervals checked and compiled as they arrive.
+    """One streamed load. The scanner tracks the nesting depth d outside strings (1: inside the
+    top-level object) and captures into cap the text between the delimiters , } ] at its level
+    (runs of whitespace as one space): each member "key": value of the top-level object, parsed
+    as a one-member object, and each element of the intervals array (an interval). json.loads
+    checks each; the rest of JSON's syntax (braces, commas, brackets) is checked here. Members
+    may repeat: the last one counts, as with json.loads. A '[' at depth 1 after "intervals":
+    starts the streamed array, element by element.
 
     Interval times: the first valid start is the reference p (created may come later in the
-    object, or twice: the last one counts); each interval's start and end are stored as offsets
-    from p in array('q') (64 bit while loading, 'i' once compiled), clamped to +-_CLAMP, and
-    checked against created .. valid_until at the end. The clamp never changes the decision (a
-    valid schedule spans at most 7 days; a window that far from p puts interval 0 outside it or
-    the horizon is too long) and the messages only for times 2**62 s apart."""
+    object); starts and ends are stored as offsets from p in the arrays that become the
+    compiled ones, checked against created .. valid_until at the end. They are clamped to
+    +-_LIM: an offset beyond means an invalid schedule (intervals 17 years apart, in a window
+    of at most 7 days), and the check still finds the interval at p or another outside the
+    window; which other ones it names may then differ from the host's list."""
 
-    def __init__(self, commissioned, last_version, max_errors):
-        self.comm = commissioned
-        self.last = last_version
-        self.maxe = max_errors
-        self.cap = bytearray(CAP)
-        self.st = _BEGIN
+    def __init__(self, comm, last, maxe):
+        self.comm = comm or {}
+        self.last = last
+        self.maxe = maxe
+        self.cap = bytearray(_CAP)   # cap[0] = '{': a member is parsed as {"key": value}
+        self.cap[0] = 0x7B
+        self.n = 0              # bytes captured in cap[1:], _FULL: more than fit
+        self.d = 0              # depth outside strings, -1 after the closing }
+        self.q = 0              # 1 inside a string, 2 just after a backslash in one
+        self.arr = 0            # 1 inside the streamed intervals array, 2 just after it
         self.pos = 0            # bytes fed before the current chunk
-        self.fatal = None       # a structural error: the rest is not parsed
-        self.jerrs = []         # values that are not JSON or too long
-        self.njerr = 0
-        self.unknown = []       # unknown top-level keys, in order of first appearance
-        self.nunk = 0
-        self.top = {}           # the other known top-level members, parsed (last wins)
-        self.key = None
-        self.skip = False       # scanning the value of an unknown key: checked, not kept
-        # the value being scanned
-        self.ctx = _X_KEY
-        self.cl = 0             # bytes captured
-        self.long = False       # longer than CAP
-        self.atom = False       # a number / true / false / null: ends at a delimiter
-        self.depth = 0
-        self.instr = False
-        self.esc = False
-        self._iv_reset(False, False)
+        self.fatal = None       # a syntax error: the rest is not parsed
+        self.errs = []          # problems other than the intervals'
+        self.nerr = 0
+        self.top = {}           # the members, parsed (last wins)
+        self.iv(0)
 
-    # --- intervals --------------------------------------------------------------------------
-    def _iv_reset(self, seen, is_list):
-        self.iv_seen = seen     # an intervals member was seen (the last one counts)
-        self.iv_list = is_list
-        self.n = 0
-        self.over = False       # more than MAX_INTERVALS
-        self.p = None           # reference time of the offsets: the first valid start (exact)
-        self.prev_end = None    # exact end of the previous interval with valid times
-        self.start = self.end = self.ok_t = None
-        self.cols = {}          # field -> array('i') of MAX_INTERVALS + 1, while all is valid
-        self.clean = True       # no interval problem so far: keep compiling
-        self.ierrs = []         # (index, message), in order
+    def iv(self, size):
+        """A new intervals member (the last one counts): forget the previous one."""
+        self.ni = 0             # elements seen (more than MAX_INTERVALS: a problem)
+        self.ierrs = []         # the intervals' problems
         self.nierr = 0
+        self.p = None           # reference of the offsets (see above)
+        self.prev = None        # end of the previous interval with valid times (exact)
+        self.ts = array('i', bytes(4 * size))   # starts and ends, offsets from p
+        self.te = array('i', bytes(4 * size))
+        self.cols = {}          # field -> compiled column, while every interval is valid
 
-    def _ierr(self, k, msg):
-        self.nierr += 1
-        self.clean = False
-        self.cols = None
-        if len(self.ierrs) < self.maxe:
-            self.ierrs.append((k, msg))
-
-    def _jerr(self, msg):
-        self.njerr += 1
-        if len(self.jerrs) < self.maxe:
-            self.jerrs.append(msg)
-
-    def _interval(self, e):
-        k = self.n
-        if k == MAX_INTERVALS:
-            # validate() lists nothing about the intervals of an over-long list: neither do we
-            self.over = True
-            self.ierrs = []
-            self.nierr = 0
-            self.start = self.end = self.ok_t = self.cols = None
-            return
-        self.n = k + 1
-        where = 'intervals[%d]' % k
-        if self.long or e is _BAD:
-            self._jerr(where + (': longer than %d bytes' % CAP if self.long else ': not valid JSON'))
-            self.clean = False
-            self.cols = None            # rejected: nothing more to compile
-            return
-        if not isinstance(e, dict):
-            self._ierr(k, where + ': must be an object')
-            return
-        if self.start is None:
-            self.start = array('q', bytes(8 * MAX_INTERVALS))
-            self.end = array('q', bytes(8 * MAX_INTERVALS))
-            self.ok_t = bytearray(MAX_INTERVALS)
-        s, du = e.get('start'), e.get('duration_s')
-        if not is_int(s) or not is_int(du) or du <= 0:
-            self._ierr(k, where + ': start (unix s) and duration_s (> 0) are required integers')
+    def err(self, k, f, what):
+        """A problem with field f ('': the block itself) of interval k, or of the default block
+        (k = -1) or the schedule's top level (k = -2)."""
+        m = ('intervals[%d]' % k if k >= 0 else 'default' if k == -1 else 'schedule') + (f and '.' + f) + \
+            ': ' + what
+        if k >= 0:
+            self.nierr += 1
+            self.cols = None    # rejected: nothing more to compile
+            e = self.ierrs
         else:
-            if self.p is None:
-                self.p = s
-            self.start[k] = _clamp(s - self.p)
-            self.end[k] = _clamp(s + du - self.p)
-            self.ok_t[k] = 1
-            if self.prev_end is not None and s < self.prev_end:
-                self._ierr(k, where + ': starts before the previous interval ends (sorted, no overlap)')
-            self.prev_end = s + du
-        errs = []
-        _fields(errs, where, e, self.comm)
-        for m in errs:
-            self._ierr(k, m)
-        if self.clean:
-            cols = self.cols
-            for f in e:
-                if f in FIELDS:
-                    a = cols.get(f)
-                    if a is None:
-                        a = cols[f] = _column(MAX_INTERVALS + 1)
-                    a[k] = _code(f, e[f])
+            self.nerr += 1
+            e = self.errs
+        if len(e) < self.maxe:
+            e.append(m)
 
-    # --- tokenizer --------------------------------------------------------------------------
-    def feed(self, b, n):
-        """Bytes b[0:n], the next chunk of the payload."""
-        i = 0
-        while i < n and self.fatal is None:
-            st = self.st
-            if st == _SCAN:
-                i = self._scan(b, i, n)
-                continue
-            c = b[i]
-            if _CC[c] == _C_WS:
-                i += 1
-                continue
-            if st == _VALUE:
-                if c == 0x5B and self.key == 'intervals':           # [ : streamed
-                    self._iv_reset(True, True)
-                    self.st = _ARR_OPEN
-                    i += 1
-                else:
-                    self._begin(_X_MEMBER, c)
-            elif st == _ARR_OPEN or st == _ARR_NEXT:
-                if st == _ARR_OPEN and c == 0x5D:                    # ]
-                    self.st = _AFTER
-                    i += 1
-                elif c == 0x5D:
-                    self._syntax(i, 'a value after ","')
-                else:
-                    self._begin(_X_ELEMENT, c)
-            elif st == _ARR_AFTER:
-                if c == 0x2C:
-                    self.st = _ARR_NEXT
-                elif c == 0x5D:
-                    self.st = _AFTER
-                else:
-                    self._syntax(i, '"," or "]"')
-                i += 1
-            elif st == _AFTER:
-                if c == 0x2C:
-                    self.st = _KEY
-                elif c == 0x7D:                                      # }
-                    self.st = _END
-                else:
-                    self._syntax(i, '"," or "}"')
-                i += 1
-            elif st == _OPEN or st == _KEY:
-                if c == 0x22:                                        # "
-                    self._begin(_X_KEY, c)
-                elif c == 0x7D and st == _OPEN:
-                    self.st = _END
-                    i += 1
-                else:
-                    self._syntax(i, 'a key')
-            elif st == _COLON:
-                if c == 0x3A:
-                    self.st = _VALUE
-                else:
-                    self._syntax(i, '":"')
-                i += 1
-            elif st == _BEGIN:
-                if c != 0x7B:                                        # {
-                    self.fatal = 'schedule: must be a JSON object'
-                self.st = _OPEN
-                i += 1
-            else:
-                self._syntax(i, 'nothing after the closing "}"')
-        self.pos += n
+    def rng(self, k, f, v, lo, hi):
+        """True if v is an integer lo..hi, else a problem."""
+        if is_int(v) and lo <= v <= hi:
+            return True
+        self.err(k, f, '%.20r not %s' % (v, '%d..%d' % (lo, hi)))
 
-    def _syntax(self, i, what):
-        self.fatal = 'schedule: not JSON: expected %s at byte %d' % (what, self.pos + i)
-
-    def _begin(self, ctx, c):
-        """A key or value starts with byte c (not consumed: _scan reads it)."""
-        self.ctx = ctx
-        self.cl = 0
-        self.long = ctx == _X_ELEMENT and self.over      # not kept: a surplus interval
-        self.atom = c != 0x22 and c != 0x7B and c != 0x5B
-        self.depth = 0
-        self.instr = False
-        self.esc = False
-        self.st = _SCAN
-
-    def _scan(self, b, i, n):
-        """Scan the current key or value from b[i]; copy what belongs to it into cap. Returns
-        where scanning stopped (the end of the chunk or just after the value)."""
-        a = i
-        depth = self.depth
-        instr = self.instr
-        esc = self.esc
-        atom = self.atom
-        done = False
-        while i < n:
-            c = b[i]
-            if instr:
-                if esc:
-                    esc = False
-                elif c == 0x5C:                                      # backslash
-                    esc = True
-                elif c == 0x22:
-                    instr = False
-                    if depth == 0:                                   # a string value closed
-                        i += 1
-                        done = True
-                        break
-            elif atom:
-                t = _CC[c]
-                if t:                                                # whitespace , } ]: not ours
-                    done = True
-                    break
-            elif c == 0x22:
-                instr = True
-            elif c == 0x7B or c == 0x5B:
-                depth += 1
-                if depth > MAX_DEPTH:
-                    self._syntax(i, 'at most %d levels of nesting' % MAX_DEPTH)
-                    return n
-            elif c == 0x7D or c == 0x5D:
-                depth -= 1
-                if depth == 0:
-                    i += 1
-                    done = True
-                    break
-            i += 1
-        self.depth = depth
-        self.instr = instr
-        self.esc = esc
-        k = i - a
-        if k and not self.long and not (self.skip and self.ctx == _X_MEMBER):
-            m = self.cl
-            if m + k > CAP:
-                self.long = True
-            else:
-                self.cap[m:m + k] = memoryview(b)[a:i]
-                self.cl = m + k
-        if done:
-            self._done()
-        return i
-
-    def _value(self):
-        """The captured text parsed, _BAD if it is too long or not JSON. Decoded first: bytes
-        would let CPython's json.loads guess another encoding (a BOM, UTF-16) than the payload's."""
-        if self.long:
-            return _BAD
+    def parse(self, a, b):
+        """cap[a:b] parsed, _BAD if it is not JSON. Decoded first: bytes would let CPython's
+        json.loads guess another encoding (a BOM, UTF-16) than the payload's."""
         try:
-            return json.loads(str(memoryview(self.cap)[:self.cl], 'utf-8'))
+            return json.loads(str(memoryview(self.cap)[a:b], 'utf-8'))
         except Exception:
             return _BAD
 
-    def _done(self):
-        ctx = self.ctx
-        if ctx == _X_KEY:
-            key = self._value()
-            if not isinstance(key, str):
-                self.fatal = 'schedule: not JSON: a key that is not a string of at most %d bytes' % CAP
-                return
-            self.key = key
-            self.skip = key not in _TOP
-            if self.skip and key not in self.unknown:
-                self.nunk += 1
-                if len(self.unknown) < self.maxe:
-                    self.unknown.append(key)
-            self.st = _COLON
-        elif ctx == _X_MEMBER:
-            self.st = _AFTER
-            if self.skip:
-                return
-            key = self.key
-            v = self._value()
-            if self.long:
-                self._jerr('schedule: %s: longer than %d bytes' % (key, CAP))
-            elif v is _BAD:
-                self._jerr('schedule: %s: not valid JSON' % key)
-            elif key == 'intervals':
-                self._iv_reset(True, False)     # not a list (a list is streamed)
-            elif key != 'ctr' and key != 'mac':
-                self.top[key] = v
-        else:
-            self.st = _ARR_AFTER
-            if self.over:
-                return
-            self._interval(self._value())
+    # --- the scanner ------------------------------------------------------------------------
+    def feed(self, b, m):
+        """Bytes b[0:m], the next chunk of the payload."""
+        cap = self.cap
+        n = self.n
+        d = self.d
+        q = self.q
+        lv = self.arr % 2 + 1   # the depth of the delimiters that end what is captured
+        w = None                # what is wrong, at byte i
+        for i in range(m):
+            c = b[i]
+            if q:
+                q = 1 if q == 2 else 2 if c == 0x5C else 0 if c == 0x22 else 1
+            elif d < 1:                                              # before { or after }
+                if c == 0x7B and d == 0:
+                    d = 1
+                elif c not in b' \t\n\r':
+                    w = 'bad JSON'
+                    break
+                continue
+            elif c == 0x22:
+                q = 1
+            elif d == lv and (c == 0x2C or c == 0x7D or c == 0x5D):                  # , } ]
+                self.n = n
+                self.d = d
+                w = self.end(c)
+                if w:
+                    break
+                n = 0
+                d = self.d
+                lv = self.arr % 2 + 1
+                continue
+            elif c == 0x7B or c == 0x5B:                             # { [
+                if c == 0x5B and d == 1 and n < _FULL - 2:
+                    cap[n + 1] = 0x30                                # {"key": 0}
+                    cap[n + 2] = 0x7D
+                    v = self.parse(0, n + 3)
+                    if type(v) is dict and 'intervals' in v:
+                        self.iv(MAX_INTERVALS)
+                        self.top['intervals'] = self            # streamed: no JSON value is self
+                        self.arr = 1
+                        n = 0
+                        d = lv = 2
+                        continue
+                d += 1
+                if d > _DEPTH:
+                    w = 'nesting'
+                    break
+            elif c == 0x7D or c == 0x5D:
+                d -= 1
+            elif c in b' \t\n\r':
+                if not n or cap[n] == 0x20:
+                    continue
+                c = 0x20
+            if n < _FULL - 1:
+                n += 1
+                cap[n] = c
+            else:
+                n = _FULL
+        self.pos += m
+        if w:
+            self.fatal = 'schedule: byte %d: %s' % (self.pos - m + i, w)
+        self.n = n
+        self.d = d
+        self.q = q
+
+    def end(self, c):
+        """A member or an interval ends with byte c (, } ]): None, or what is wrong."""
+        n = self.n
+        v = _BAD
+        if self.arr == 1:                                            # an interval
+            if n or c == 0x2C or self.ni:                            # (none only in "[]")
+                if 0 < n < _FULL:
+                    v = self.parse(1, n + 1)
+                if v is _BAD:
+                    return 'too long' if n == _FULL else 'bad JSON'
+                k = self.ni
+                self.ni = k + 1
+                if k < MAX_INTERVALS:
+                    if type(v) is dict:
+                        self.block(k, v)
+                    else:
+                        self.err(k, '', '%.20r not %s' % (v, 'an object'))
+            if c == 0x7D:
+                return 'bad JSON'
+            if c == 0x5D:
+                self.arr = 2
+                self.d = 1
+            return
+        if self.arr:                                                 # after the array
+            self.arr = 0
+            if n:
+                return 'bad JSON'
+        elif n:
+            if n < _FULL:
+                self.cap[n + 1] = 0x7D
+                v = self.parse(0, n + 2)
+            if v is _BAD:
+                return 'too long' if n == _FULL else 'bad JSON'
+            for k in v:
+                if k == 'intervals':
+                    self.iv(0)
+                if k != 'mac' and k != 'ctr':           # known, not needed: not kept
+                    self.top[k] = v[k]
+        elif c != 0x7D or self.top:
+            return 'bad JSON'
+        if c == 0x5D:
+            return 'bad JSON'
+        if c == 0x7D:
+            self.d = -1                                              # the end
+
+    # --- the rules --------------------------------------------------------------------------
+    def block(self, k, d):
+        """Interval k (its times, fields and compiled codes) or, k = -1, the default block."""
+        if k >= 0:
+            s = d.get('start')
+            du = d.get('duration_s')
+            ok = is_int(s)
+            if not ok:
+                self.err(k, 'start', '%.20r not %s' % (s, 'unix s'))
+            if not is_int(du) or du <= 0:
+                ok = False
+                self.err(k, 'duration_s', '%.20r not %s' % (du, '> 0'))
+            if ok:
+                if self.p is None:
+                    self.p = s
+                a = s - self.p
+                b = a + du
+                self.ts[k] = max(-_LIM, min(a, _LIM - 1))   # clamped (see above), end > start
+                self.te[k] = max(1 - _LIM, min(b, _LIM))
+                if self.prev is not None and s < self.prev:
+                    self.err(k, 'start', 'overlaps previous')
+                self.prev = s + du
+        for f in d:
+            v = d[f]
+            r = FIELDS.get(f, 0)
+            if r == 0:
+                if k < 0 or f != 'start' and f != 'duration_s':
+                    self.err(k, f[:24], 'unknown')
+                continue
+            if k < 0 and f in INTERVAL_ONLY:
+                self.err(k, f, 'only in intervals')
+            if r is None:
+                if v is not True and v is not False:
+                    self.err(k, f, '%.20r not %s' % (v, 'true/false'))
+            elif r is OBJECTIVES:
+                if v not in r:
+                    self.err(k, f, '%.20r not %s' % (v, '/'.join(r)))
+            else:
+                self.rng(k, f, v, r[0], r[1])
+        # never outside what was commissioned: the schedule may narrow, not widen
+        c = self.comm
+        lo = d.get('soc_min_bp')
+        hi = d.get('soc_max_bp')
+        if is_int(lo):
+            v = c.get('min_soc_bp', 0)
+            if lo < v:
+                self.err(k, 'soc_min_bp', '%d %s %s %d' % (lo, 'below', 'commissioned', v))
+            if is_int(hi) and lo >= hi:
+                self.err(k, 'soc_min_bp', '%d %s %s %d' % (lo, 'not below', 'soc_max_bp', hi))
+        for f, v, lim, whose in (('soc_max_bp', hi, c.get('max_soc_bp', 10000), 'commissioned'),
+                                 ('import_limit_w', d.get('import_limit_w'), c.get('import_limit_w'), 'commissioned'),
+                                 ('reserve_soc_bp', d.get('reserve_soc_bp'), hi, 'soc_max_bp'),
+                                 ('target_soc_bp', d.get('target_soc_bp'), hi, 'soc_max_bp')):
+            if is_int(v) and is_int(lim) and v > lim:
+                self.err(k, f, '%d %s %s %d' % (v, 'above', whose, lim))
+        if 'power_w' in d and 'target_soc_bp' in d:
+            self.err(k, 'power_w', 'and target_soc_bp')
+        cols = self.cols
+        if k >= 0 and cols is not None:
+            for f in d:
+                if f in FIELDS:
+                    a = cols.get(f)
+                    if a is None:
+                        a = cols[f] = column(f, MAX_INTERVALS + 1)
+                    a[k] = code(f, d[f])
 
     def finish(self):
         """The compiled Schedule, or ScheduleError listing the problems."""
-        if self.fatal is None and self.st != _END:
-            self.fatal = 'schedule: not JSON: it ends early (%d bytes)' % self.pos
-        errs = self.jerrs
-        nerr = self.njerr
-        if self.fatal is not None:
-            errs.append(self.fatal)
-            _raise(errs, nerr + 1)
-        for k in self.unknown:
-            errs.append('schedule: unknown key %r' % k)
-        nerr += self.nunk
         top = self.top
-        n0 = len(errs)
-        _head(errs, top, self.comm, self.last)
-        nerr += len(errs) - n0
-        n = self.n
-        if not self.iv_seen or not self.iv_list or self.over:
-            errs.append(_LIST_ERR)
-            nerr += 1
-            n = 0
-        cr, vu = top.get('created'), top.get('valid_until')
-        times = _times(cr, vu) and n > 0 and self.p is not None
-        if times:
-            crp = cr - self.p
-            vup = vu - self.p
-        j = 0
-        ierrs = self.ierrs
-        start = self.start
-        end = self.end
+        g = top.get
+        cr = g('created')
+        vu = g('valid_until')
+        df = g('default')
+        times = is_int(cr) and cr > 0 and is_int(vu)
+        if self.fatal is None and self.d != -1:
+            self.fatal = 'schedule: byte %d: %s' % (self.pos, 'ends early')
+        if self.fatal:
+            self.errs.insert(0, self.fatal)
+            self.nerr += 1
+        else:
+            for f in top:
+                if f not in TOP:
+                    self.err(-2, f[:24], 'unknown')
+            v = g('v')
+            if v != FORMAT:
+                self.err(-2, 'v', '%.20r not %s' % (v, FORMAT))
+            v = g('id')
+            if type(v) is not str or not 0 < len(v) <= ID_MAX:
+                self.err(-2, 'id', '%.20r not %s' % (v, 'str 1..%d' % ID_MAX))
+            v = g('version')
+            if self.rng(-2, 'version', v, 1, VERSION_MAX) and v <= self.last:
+                self.err(-2, 'version', '%d %s %s %d' % (v, 'not newer', 'than', self.last))
+            if not is_int(cr) or cr <= 0:
+                self.err(-2, 'created', '%.20r not %s' % (cr, 'unix s'))
+            if not is_int(vu):
+                self.err(-2, 'valid_until', '%.20r not %s' % (vu, 'unix s'))
+            if times:
+                self.rng(-2, 'valid_until-created', vu - cr, 1, MAX_HORIZON_S)
+            self.rng(-2, 'randomize_s', g('randomize_s', 0), 0, 3600)
+            if type(df) is dict:
+                self.block(-1, df)
+            else:
+                self.err(-2, 'default', '%.20r not %s' % (df, 'an object'))
+            v = g('intervals')
+            if v is not self:
+                self.err(-2, 'intervals', '%.20r not %s' % (v, 'a list'))
+                self.iv(0)
+            elif not self.rng(-2, 'intervals', self.ni, 0, MAX_INTERVALS):
+                self.iv(0)
+            if times and self.p is not None:
+                ts = self.ts
+                te = self.te
+                c = cr - self.p
+                v = vu - self.p
+                for k in range(self.ni):
+                    if te[k] > ts[k] and (ts[k] < c or te[k] > v):     # (te = ts = 0: no valid times)
+                        self.err(k, '', 'outside created..valid_until')
+        n = self.nerr + self.nierr
+        if n:
+            e = (self.errs + self.ierrs)[:self.maxe]
+            if n > len(e):
+                e.append('... and %d more' % (n - len(e)))
+            raise ScheduleError('schedule rejected:\n  ' + '\n  '.join(e))
+        # valid: offsets from created (at most 7 days: small ints), the default block at [n]
+        self.cap = None
+        n = self.ni
+        ts = self.ts
+        te = self.te
+        c = cr - self.p if n else 0
         for k in range(n):
-            if times and self.ok_t[k] and (start[k] < crp or end[k] > vup):
-                nerr += 1
-                if len(errs) < self.maxe:
-                    errs.append('intervals[%d]: outside created .. valid_until' % k)
-            while j < len(ierrs) and ierrs[j][0] == k:
-                if len(errs) < self.maxe:
-                    errs.append(ierrs[j][1])
-                j += 1
-        nerr += self.nierr
-        if nerr:
-            _raise(errs, nerr)
-        # valid: offsets from created (< 7 days: small ints), n of them; each 64-bit array is
-        # dropped as soon as its 32-bit copy exists (a lower peak)
-        self.cap = self.ok_t = None
-        d = cr - self.p if n else 0
-        s0 = array('i', bytes(4 * n))
-        for k in range(n):
-            s0[k] = start[k] - d
-        self.start = start = None
-        e0 = array('i', bytes(4 * n))
-        for k in range(n):
-            e0[k] = end[k] - d
-        self.end = end = None
+            ts[k] -= c
+            te[k] -= c
+        if n < MAX_INTERVALS:
+            ts = ts[:n]
+            te = te[:n]
         cols = self.cols
-        df = top['default']
         for f in FIELDS:
             a = cols.get(f)
-            if a is None:
-                if f not in df:
-                    continue
-                a = _column(n + 1)
-            elif n < MAX_INTERVALS:
-                a = a[:n + 1]
-            if f in df:
-                a[n] = _code(f, df[f])
-            cols[f] = a
-        return Schedule(top['id'], top['version'], cr, vu - cr, top.get('randomize_s', 0), s0, e0, cols)
-
-
-def _clamp(v):
-    return _CLAMP if v > _CLAMP else -_CLAMP if v < -_CLAMP else v
-
-
-def _raise(errs, nerr):
-    if nerr > len(errs):
-        errs.append('... and %d more' % (nerr - len(errs)))
-    raise ScheduleError('schedule rejected:\n  ' + '\n  '.join(errs))
+            if a is None and f in df:
+                a = column(f, n + 1)
+            if a is not None:
+                if n < MAX_INTERVALS:
+                    a = a[:n + 1]
+                if f in df:
+                    a[n] = code(f, df[f])
+                cols[f] = a
+        return Schedule(top['id'], top['version'], cr, vu - cr, g('randomize_s', 0), ts, te, cols)
 
 
 def load_stream(read, commissioned=None, last_version=0, mac=None, buf=None, max_errors=MAX_ERRORS):
@@ -543,9 +410,9 @@ def load_stream(read, commissioned=None, last_version=0, mac=None, buf=None, max
     (CHUNK bytes when None; a file's readinto) and returns the count, 0 at the end. mac: a
     MacStream when the topic is signed (it sees every byte; a bad mac is the only problem then
     reported). Returns a schedule.Schedule or raises ScheduleError listing the problems (the
-    first max_errors): the same decision and messages as compile_(json.loads(payload)), except
-    that one member or interval longer than CAP bytes is a problem of its own. Always reads to
-    the end, so the stream stays in step."""
+    first max_errors): the same decision as schedule_host.validate(json.loads(payload)), except
+    that one member or interval longer than 510 bytes (a run of whitespace counting as one) is
+    refused. Always reads to the end, so the stream stays in step."""
     if buf is None:
         buf = bytearray(CHUNK)
     mv = memoryview(buf)
@@ -563,97 +430,10 @@ def load_stream(read, commissioned=None, last_version=0, mac=None, buf=None, max
     return ld.finish()
 
 
-def loads(payload, commissioned=None, last_version=0, mac=None, chunk=CHUNK, max_errors=MAX_ERRORS):
-    """load_stream over bytes in memory, chunk bytes at a time (tests; a payload already held)."""
-    src = memoryview(payload)
-    pos = [0]
-
-    def read(buf):
-        p = pos[0]
-        k = min(len(buf), len(src) - p)
-        buf[:k] = src[p:p + k]
-        pos[0] = p + k
-        return k
-    return load_stream(read, commissioned, last_version, mac, bytearray(chunk), max_errors)
-
-
-# --- HMAC of a signed schedule, as it streams in --------------------------------------------------
-# The scheme of lib/commands.py (Auth.verify / sign): HMAC-SHA256 with the device key over
-# "<topic>\n<payload without the mac member>", the mac being the payload's last member
-# ,"mac":"<64 hex>"}. Importing commands here would bring it and bess_config into the heap
-# (~9 KB on 32-bit) while a schedule loads, so the few lines are repeated here;
-# host_tests/test_schedule_stream.py checks both agree.
-_MAC_HEAD = b',"mac":"'
-_MAC_LEN = const(64)
-_MAC_TAIL_LEN = const(74)       # len(_MAC_HEAD) + _MAC_LEN + 2: ,"mac":"<64 hex>"}
-
-
-def equal_ct(a, b):
-    """Constant-time comparison of two byte strings (as commands.equal_ct)."""
-    if len(a) != len(b):
-        return False
-    r = 0
-    for i in range(len(a)):
-        r |= a[i] ^ b[i]
-    return r == 0
-
-
-class MacStream:
-    """HMAC-SHA256 of a signed payload fed chunk by chunk: update(chunk) with every byte in
-    order, then ok(). total_len (the payload's length, known before it arrives: the MQTT
-    packet's remaining length) says where the mac member starts: bytes before it are hashed as
-    they come, the 74-byte tail is kept. why: the reason when ok() is False."""
-
-    def __init__(self, key, topic, total_len):
-        if len(key) > 64:
-            key = hashlib.sha256(key).digest()
-        key = key + bytes(64 - len(key))
-        self._outer = hashlib.sha256(bytes([b ^ 0x5C for b in key]))
-        self._inner = hashlib.sha256(bytes([b ^ 0x36 for b in key]))
-        if isinstance(topic, str):
-            topic = topic.encode()
-        self._inner.update(topic)
-        self._inner.update(b'\n')
-        self._total = total_len
-        self._body = total_len - _MAC_TAIL_LEN      # bytes covered by the mac, less the closing }
-        self._tail = bytearray(_MAC_TAIL_LEN)
-        self._pos = 0
-        self.why = None
-
-    def update(self, chunk):
-        p = self._pos
-        n = len(chunk)
-        body = self._body
-        if p < body:
-            self._inner.update(chunk if p + n <= body else chunk[:body - p])
-        lo = max(p, body, 0)
-        hi = min(p + n, self._total)
-        if hi > lo:
-            self._tail[lo - body:hi - body] = chunk[lo - p:hi - p]
-        self._pos = p + n
-
-    def ok(self):
-        """True when the payload carried a valid mac. Call once, after the last update()."""
-        t = self._tail
-        if self._pos != self._total or self._body < 2 or t[:len(_MAC_HEAD)] != _MAC_HEAD \
-                or t[_MAC_TAIL_LEN - 2:] != b'"}':
-            self.why = 'unauthorized: mac required as the last member ,"mac":"<64 hex>"}'
-            return False
-        try:
-            mac = binascii.unhexlify(t[len(_MAC_HEAD):_MAC_TAIL_LEN - 2])
-        except Exception:
-            self.why = 'unauthorized: mac is not hex'
-            return False
-        self._inner.update(b'}')
-        self._outer.update(self._inner.digest())
-        if not equal_ct(self._outer.digest(), mac):
-            self.why = 'unauthorized: bad mac'
-            return False
-        return True
-
-
-def sign_schedule(key, topic, body):
-    """Host side: the payload to publish for a schedule (body: compact JSON object, bytes or
-    str, without the mac member): commands.sign, the same scheme as the commands."""
-    from commands import sign
-    return sign(key, topic, body)
+def MacStream(key, topic, total_len):
+    """schedule_mac.MacStream, for a signed topic. That module is kept out of sys.modules, so
+    it leaves the heap with the last MacStream (only a signed topic needs its code)."""
+    import sys
+    import schedule_mac
+    del sys.modules[schedule_mac.__name__]
+    return schedule_mac.MacStream(key, topic, total_len)

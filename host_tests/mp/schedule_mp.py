@@ -1,7 +1,8 @@
 # The schedule modules on MicroPython (host_tests/test_schedule.py, test_schedule_stream.py).
 #   schedule_mp.py LIB                              compile_ from a dict: two lines
-#   schedule_mp.py LIB load FILE KEYHEX TOPIC       + the signed payload in FILE streamed in 256-byte
-#                                                     chunks: the compiled form as JSON, then a bad mac
+#   schedule_mp.py LIB load FILE KEYHEX TOPIC       + the signed payload in FILE streamed in (the
+#                                                     loader's) chunks: the compiled form as JSON,
+#                                                     then a bad mac
 #   schedule_mp.py LIB measure FILE KEYHEX TOPIC [preloaded] [chunk=N]
 #                                                   heap and time of that load, as JSON (one line)
 import sys
@@ -18,10 +19,14 @@ except ImportError:
 MODE = sys.argv[2] if len(sys.argv) > 2 else ''
 COMM = {'min_soc_bp': 1000, 'max_soc_bp': 9500, 'import_limit_w': 60000}
 T0 = 1764300000
-CHUNK = 256                 # read buffer; measure mode takes chunk=N
+CHUNK = None                # read buffer: the loader's own (schedule_load.CHUNK); chunk=N
 for _a in sys.argv[6:]:
     if _a.startswith('chunk='):
         CHUNK = int(_a[6:])
+
+
+def _buf():
+    return bytearray(CHUNK) if CHUNK else None
 
 
 def reader(f, sample=None):
@@ -51,7 +56,7 @@ def _alloc():
 
 
 def _warm(path, key, topic):
-    load(path, key, topic, bytearray(CHUNK))
+    load(path, key, topic, _buf())
     del sys.modules['schedule_load']
 
 
@@ -60,11 +65,11 @@ def _sampled(path, key, topic, peak):
         a = _alloc()
         if a > peak[0]:
             peak[0] = a
-    return load(path, key, topic, bytearray(CHUNK), sample)
+    return load(path, key, topic, _buf(), sample)
 
 
 def _timed(path, key, topic):
-    buf = bytearray(CHUNK)
+    buf = _buf()
     best = None
     for _ in range(3):
         gc.collect()
@@ -75,28 +80,51 @@ def _timed(path, key, topic):
     return best
 
 
+def _imported(name):
+    """Heap of importing a module: the first time (with the names it interns, which stay), what
+    stays once it is unloaded, and importing it again."""
+    a0 = _alloc()
+    __import__(name)
+    a1 = _alloc()
+    del sys.modules[name]
+    a2 = _alloc()
+    __import__(name)
+    a3 = _alloc()
+    del sys.modules[name]
+    return a1 - a0, a2 - a0, a3 - a2
+
+
+def _preload():
+    """Both modules in the heap before a load (a frozen build keeps their code in flash)."""
+    import schedule_load
+    import schedule_mac
+    schedule_load.MacStream = schedule_mac.MacStream       # not re-imported by the shim
+
+
 def measure(path, key, topic, preloaded):
     """Heap (gc.mem_alloc after a collection at every chunk: the live bytes at chunk boundaries)
-    and time of a streamed load, JSON on one line. base: bess_core and schedule imported
-    (resident on the device anyway) and one load done before (the loader's names interned:
-    left_after_unload_bytes is what a second load leaves). preloaded: the loader's code is in
-    the heap before base (a frozen build keeps it in flash); else it is imported on demand and
-    counts in the peak. Each step runs in its own function: MicroPython's GC is conservative and
-    a value left in a frame's stack slot would keep garbage alive."""
+    and time of a streamed load of a signed payload, JSON on one line. The modules: the first
+    import (interning their names: they stay), what stays after unloading, an import again.
+    base: bess_core and schedule imported (resident on the device anyway) and one load done
+    before (left_after_unload_bytes is what a second load leaves). preloaded: the loader's and
+    the mac's code are in the heap before base; else they are imported on demand, as on the
+    device, and count in the peak. Each step runs in its own function: MicroPython's GC is
+    conservative and a value left in a frame's stack slot would keep garbage alive."""
     out = {}
     __import__('bess_core')                 # resident on the device
     a0 = _alloc()
     __import__('schedule')                  # resident while a schedule is in force
     out['schedule_module_bytes'] = _alloc() - a0
-    __import__('schedule_load')             # not bound to a name: unloading then frees it
-    out['loader_module_first_import_bytes'] = _alloc() - a0 - out['schedule_module_bytes']
-    del sys.modules['schedule_load']
-    out['left_after_first_unload_bytes'] = _alloc() - a0 - out['schedule_module_bytes']
+    for name, tag in (('schedule_load', 'loader'), ('schedule_mac', 'mac')):
+        first, left, again = _imported(name)
+        out[tag + '_first_import_bytes'] = first
+        out[tag + '_names_bytes'] = left
+        out[tag + '_import_bytes'] = again
     a0 = _alloc()
     _warm(path, key, topic)
     out['left_after_unload_bytes'] = _alloc() - a0
     if preloaded:
-        __import__('schedule_load')
+        _preload()
     base = _alloc()
     peak = [0]
     s = _sampled(path, key, topic, peak)
@@ -107,10 +135,10 @@ def measure(path, key, topic, preloaded):
     out['peak_beyond_compiled_bytes'] = peak[0] - base - out['compiled_bytes']
     out['n'] = s.n
     out['columns'] = len(s.fields)
-    out['chunk'] = CHUNK
     s = None
-    __import__('schedule_load')
-    out['load_us'] = _timed(path, key, topic)     # the module loaded, no collections during a load
+    _preload()
+    out['chunk'] = CHUNK or sys.modules['schedule_load'].CHUNK
+    out['load_us'] = _timed(path, key, topic)     # the modules loaded, no collections during a load
     print(json.dumps(out))
 
 
@@ -132,9 +160,9 @@ except sc.ScheduleError as e:
 
 if MODE == 'load':
     path, key, topic = sys.argv[3], binascii.unhexlify(sys.argv[4]), sys.argv[5]
-    json.dump(compiled(load(path, key, topic, bytearray(CHUNK))), sys.stdout)     # streamed out: 32-bit heap
+    json.dump(compiled(load(path, key, topic, _buf())), sys.stdout)     # streamed out: 32-bit heap
     print()
     try:
-        load(path, key + b'x', topic, bytearray(CHUNK))
+        load(path, key + b'x', topic, _buf())
     except sc.ScheduleError as e:
         print('bad mac rejected' if 'bad mac' in str(e) else str(e))
