@@ -87,9 +87,24 @@ class PlanSide:
         self.rx_got += n
         if last:
             if self.rx_f is not None:
-                self.rx_f.close()
+                try:
+                    self.rx_f.close()
+                except OSError as e:
+                    self.rx_state = RX_DISCARD
+                    self.rx_why = 'cannot store it: %s' % e
                 self.rx_f = None
             self.rx_state = RX_DONE if self.rx_state == RX_WRITING else -RX_DISCARD
+
+    def _same(self):
+        """<path>.new holds the same bytes as <path> (the broker's retained copy of the schedule
+        in force, again at a reconnect): checked with two small buffers before any refusal."""
+        if self.plan.s is None:
+            return False
+        import sched_rx
+        try:
+            return sched_rx._same(self.path + '.new', self.path)
+        finally:
+            unload(sched_rx.MODULES)
 
     def _rx_abort(self):
         if self.rx_f is not None:
@@ -109,7 +124,7 @@ class PlanSide:
         if st == RX_DONE:
             gc.collect()
             f = gc.mem_free()
-            if f < CHECK_FREE_B:
+            if f < CHECK_FREE_B and not self._same():
                 st = -RX_DISCARD
                 self.rx_why = ('not enough memory to check it: %d bytes free, %d needed (docs/resources.md)'
                                % (f, CHECK_FREE_B))

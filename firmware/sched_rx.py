@@ -88,7 +88,10 @@ def accept(path, topic, key, commissioned, last_version, current):
         os.rename(new, path)
     except OSError:
         _remove(path)                   # FAT: rename does not replace
-        os.rename(new, path)
+        try:
+            os.rename(new, path)
+        except OSError:                 # the old file is gone: in force from the heap only
+            return ('accepted', None, s.id, s.version, s)
     return ('accepted', None, s.id, s.version, s)
 
 
@@ -137,9 +140,10 @@ def received(ps):
     try:
         status, why, sid, ver, sched = accept(ps.path, ps.link.t_sched if ps.link else b'', ps.key,
                                               cfg, ps.last_version, old_idv)
-    except MemoryError as e:
+    except Exception as e:              # memory, storage, a bug: the one in force is read back
         discard(ps.path)
-        status, why, sid, ver, sched = 'rejected', 'out of memory checking it (%s)' % e, None, 0, None
+        what = 'out of memory' if isinstance(e, MemoryError) else 'cannot check or store it'
+        status, why, sid, ver, sched = 'rejected', '%s (%r)' % (what, e), None, 0, None
     if status != 'accepted' and old_idv is not None:
         # read back without the commissioned bounds: it was accepted under them, and a config
         # changed since is enforced by the core every step (it only ever narrows)
