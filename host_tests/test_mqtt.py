@@ -319,7 +319,9 @@ def test_commands_rejected_accepted_persisted(tmp_path, broker, procs):
     assert 'SAVED SETTINGS UNUSABLE' in dev.stderr and 'checksum' in dev.stderr, dev.stderr
     st = json.loads(col.get('bess/devC/state')[-1][1])
     assert 'UNUSABLE' in st['notice']
-    assert retained_config(col, 'devC')['import_limit_w'] == 10000
+    # the config goes out in the same flush as the state, but the collector's thread may not have
+    # taken it in yet when the state is seen
+    assert wait_for(lambda: retained_config(col, 'devC')['import_limit_w'] == 10000, 3)
 
 
 def test_hmac_replay_and_restart(tmp_path, broker, procs):
