@@ -50,7 +50,6 @@ class Plan:
         self.pos = 0            # first interval whose end is still ahead
         self.src = SRC_CONFIG
         self.reason = R_NONE
-        self.t_s = 0            # seconds since created, last tick
         self.next_s = -1        # seconds until what is in force changes, -1 never / unknown
 
     def load(self, s, rand_s=0, base_epoch_s=None):
@@ -91,7 +90,6 @@ class Plan:
             return
         n = s.n
         t = self.off_s + elapsed_s
-        self.t_s = t
         reason = R_NONE
         if not clock_valid or not self.based:
             reason = R_NO_CLOCK
