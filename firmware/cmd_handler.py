@@ -13,7 +13,7 @@
 
 import json
 import commands
-import settings
+import persist                          # not settings: its boot code would load too
 
 
 def _req_id(payload):
@@ -47,7 +47,7 @@ def handle(h, name, topic, payload, retained):
             cfg = cmd.data if cmd.kind == commands.K_CONFIG else h.ctl.cfg
             ctr = cmd.ctr if signed else h.last_ctr
             try:
-                settings.save(h.path, cfg, ctr, h.base)
+                persist.save_settings(h.path, cfg, ctr, h.base)
             except OSError as e:
                 raise commands.Rejected('storage: could not save settings (%s); nothing changed' % e)
         commands.apply(h.ctl, cmd)

@@ -63,6 +63,16 @@ def save(path, obj):
         os.rename(tmp, path)
 
 
+# The settings file (firmware/settings.py reads it at boot; firmware/cmd_handler.py writes it for
+# an accepted command, through here, so the command path does not load settings.py's boot code).
+SETTINGS_VERSION = 1
+
+
+def save_settings(path, cfg, ctr, base):
+    """The config in force, the last HMAC counter and the commissioned config they were made on."""
+    save(path, {'v': SETTINGS_VERSION, 'config': cfg, 'ctr': ctr, 'base': base})
+
+
 def _read(path):
     with open(path, 'rb') as f:
         raw = f.read()

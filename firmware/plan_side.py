@@ -41,6 +41,7 @@ class PlanSide:
         self.dlm_every_ms = dlm_every_s * 1000
         self.dlm_deadband_w = dlm_deadband_w
         self.link = None                # the MqttLink, when MQTT is on
+        self.store = None               # schedule_load.store(): the arrays every check compiles into (made by the first)
         self.last_version = 0           # the replay guard: highest version accepted (persisted)
         self.rx_state = RX_IDLE
         self.rx_f = None
@@ -162,7 +163,8 @@ class PlanSide:
             reason = ''
         if status != 'rejected':
             self.rej_key = None
-        key = (p.src, p.k, status, reason)
+        # what the message says: a new schedule in force is news even in the same interval index
+        key = (p.src, p.k, status, reason, s.version if s is not None else 0)
         if key != self._sent:
             self._sent = key
             import sched_rx             # the message is built on demand: it changes rarely

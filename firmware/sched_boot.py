@@ -41,10 +41,11 @@ def build(cfg, rt, rep):
     sched = msg = None
     if have:
         import sched_rx
-        sched, msg = sched_rx.boot_load(cfg['path'], rt.ctl.cfg)
+        ps.store = sched_rx.store()
+        sched, msg = sched_rx.boot_load(cfg['path'], rt.ctl.cfg, ps.store)
         if sched is not None:
             sched_rx.put(ps, sched)
-        unload(('sched_rx', 'schedule_load'))
+        unload(sched_rx.MODULES)
     if msg:
         print('schedule: ' + msg)
     if sched is not None:

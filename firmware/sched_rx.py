@@ -45,15 +45,16 @@ def _same(a, b):
         fa.close()
 
 
-def load_file(path, commissioned, last_version=0, topic=None, key=None):
+def load_file(path, commissioned, last_version=0, topic=None, key=None, store=None):
     """Compiled schedule from a file, or ScheduleError / OSError. With a key the HMAC is checked
-    in the same pass (schedule_load.MacStream: a bad mac is then the only problem reported)."""
+    in the same pass (schedule_load.MacStream: a bad mac is then the only problem reported).
+    store: the schedule side's schedule_load.store(), compiled into in place."""
     mac = None
     if key is not None:
         from schedule_mac import MacStream
         mac = MacStream(key, topic, os.stat(path)[6])
     with open(path, 'rb') as f:
-        return schedule.load_stream(f.readinto, commissioned, last_version, mac)
+        return schedule.load_stream(f.readinto, commissioned, last_version, mac, store=store)
 
 
 def _ident(path):
@@ -70,7 +71,7 @@ def _ident(path):
         return None, 0
 
 
-def accept(path, topic, key, commissioned, last_version, current):
+def accept(path, topic, key, commissioned, last_version, current, store=None):
     """(status, reason, id, version, compiled) for <path>.new. current: (id, version) of the
     schedule in force, or None. status: 'same' (the one in force again), 'rejected' (reason says
     why; nothing changed) or 'accepted' (now in <path>)."""
@@ -79,7 +80,7 @@ def accept(path, topic, key, commissioned, last_version, current):
         _remove(new)
         return ('same', None, current[0], current[1], None)
     try:
-        s = load_file(new, commissioned, last_version, topic, key)
+        s = load_file(new, commissioned, last_version, topic, key, store)
     except (schedule.ScheduleError, ValueError, OSError) as e:
         sid, ver = _ident(new)
         _remove(new)
@@ -95,11 +96,19 @@ def accept(path, topic, key, commissioned, last_version, current):
     return ('accepted', None, s.id, s.version, s)
 
 
+def store():
+    """The arrays every schedule is compiled into from now on (schedule_load.store()), made with
+    the first one: later checks fill them in place instead of allocating a new set wherever the
+    heap has room, which over days of schedules would leave the free heap in pieces."""
+    import schedule_load
+    return schedule_load.store()
+
+
 def discard(path):
     _remove(path + '.new')
 
 
-def boot_load(path, commissioned):
+def boot_load(path, commissioned, store=None):
     """The persisted schedule at boot: (compiled or None, message or None). It is applied only
     while valid and with a valid clock (lib/plan.py falls back otherwise); its version stays the
     replay guard even once it has expired."""
@@ -108,7 +117,7 @@ def boot_load(path, commissioned):
     except OSError:
         return None, None
     try:
-        return load_file(path, commissioned, 0), None
+        return load_file(path, commissioned, 0, store=store), None
     except (schedule.ScheduleError, ValueError, OSError) as e:
         return None, 'persisted schedule %s unusable (%s): none in force' % (path, e)
 
@@ -124,9 +133,9 @@ def _remove(p):
 def received(ps):
     """A schedule has arrived in <path>.new: check it, put it in force or say why not.
 
-    The schedule in force is dropped while the new one is checked (its arrays are the largest
-    thing a full schedule keeps in the heap) and read back from <path> if the new one is
-    refused. No cycle runs in between: the core keeps the fields it was given."""
+    The schedule in force is dropped while the new one is checked (the check compiles into the
+    same arrays, ps.store) and read back from <path> if the new one is refused. No cycle runs in
+    between: the core keeps the fields it was given."""
     p = ps.plan
     old = p.s
     if old is not None and _same(ps.path + '.new', ps.path):
@@ -138,8 +147,10 @@ def received(ps):
     gc.collect()
     cfg = ps.commissioned or ps.rt.ctl.cfg
     try:
+        if ps.store is None:
+            ps.store = store()
         status, why, sid, ver, sched = accept(ps.path, ps.link.t_sched if ps.link else b'', ps.key,
-                                              cfg, ps.last_version, old_idv)
+                                              cfg, ps.last_version, old_idv, ps.store)
     except Exception as e:              # memory, storage, a bug: the one in force is read back
         discard(ps.path)
         what = 'out of memory' if isinstance(e, MemoryError) else 'cannot check or store it'
@@ -149,7 +160,7 @@ def received(ps):
         # changed since is enforced by the core every step (it only ever narrows)
         for _ in (0, 1):
             try:
-                p.s = load_file(ps.path, None, 0)
+                p.s = load_file(ps.path, None, 0, store=ps.store)
                 break
             except MemoryError as e:
                 gc.collect()

@@ -6,7 +6,7 @@
 #                                  # (validated); s['ctr']: last HMAC counter; s['notice']: boot
 #                                  # message or None; s['state_path']
 # A plain dict, not an object of a class defined here: boot unloads this module right after.
-#   save(path, cfg, ctr, base)     # an accepted command (firmware/cmd_handler.py)
+#   save(path, cfg, ctr, base)     # = persist.save_settings (what an accepted command calls)
 #
 # Saved settings apply only while they were made on the same commissioned config: a redeployed
 # (changed) config wins, so a lowered import limit is never undone by an older command.
@@ -15,7 +15,7 @@
 import persist
 from bess_config import validate, ConfigError
 
-STATE_VERSION = 1
+STATE_VERSION = persist.SETTINGS_VERSION
 
 
 def _settings(control, base, ctr=0, notice=None, state_path=None):
@@ -43,8 +43,7 @@ def load(site, config_path):
     return _settings(cfg, base, ctr, notice, path)
 
 
-def save(path, cfg, ctr, base):
-    persist.save(path, {'v': STATE_VERSION, 'config': cfg, 'ctr': ctr, 'base': base})
+save = persist.save_settings
 
 
 def load_state(path, base):

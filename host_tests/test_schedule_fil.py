@@ -90,6 +90,9 @@ def test_schedule_push_ack_behaviour_reboot_clock_loss_fallback(tmp_path):
         # 5. a schedule that expires: the default block within a cycle, reported as expired
         col.publish(TOPIC, signed(schedule(6, 35000, valid_s=12)), retain=True)
         assert wait_for(sp_near(col, 35000, source='schedule', version=6), 15), statuses(col)[-3:]
+        # the status says so, in the same interval index as version 5 had (it once stayed silent)
+        assert wait_for(lambda: [s for s in statuses(col) if s['status'] == 'active' and s['version'] == 6
+                                 and s.get('superseded') == {'id': 'site1/test', 'version': 5}], 10), statuses(col)[-3:]
         assert wait_for(lambda: [s for s in statuses(col) if s['status'] == 'expired' and s['version'] == 6], 25)
         assert wait_for(sp_near(col, 20000, source='fallback', version=6), 10)
         assert not [ln for ln in r.lines if 'Traceback' in ln or 'failed' in ln.lower() and 'cycle' in ln], r.lines

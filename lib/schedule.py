@@ -38,13 +38,13 @@ class Schedule:
     others array('b') (objective, firm, export) or array('h') holding UNSET_NARROW: read them
     with get()."""
 
-    def __init__(self, id_, version, base_s, valid_s, randomize_s, start, end, fields):
+    def __init__(self, id_, version, base_s, valid_s, randomize_s, start, end, fields, n=-1):
         self.id = id_
         self.version = version
         self.base_s = base_s
         self.valid_s = valid_s
         self.randomize_s = randomize_s
-        self.n = len(start)
+        self.n = len(start) if n < 0 else n     # n: the arrays are a store()'s (longer)
         self.start = start
         self.end = end
         self.fields = fields
@@ -86,8 +86,8 @@ def compile_(d, commissioned=None, last_version=0):
     return compile_(d, commissioned, last_version)
 
 
-def load_stream(read, commissioned=None, last_version=0, mac=None, buf=None):
+def load_stream(read, commissioned=None, last_version=0, mac=None, buf=None, store=None):
     """Schedule from the payload as it arrives, never holding its JSON tree
-    (schedule_load.load_stream)."""
+    (schedule_load.load_stream; store: a schedule_load.store() to fill in place)."""
     from schedule_load import load_stream
-    return load_stream(read, commissioned, last_version, mac, buf)
+    return load_stream(read, commissioned, last_version, mac, buf, store=store)

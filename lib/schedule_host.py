@@ -146,9 +146,10 @@ def compile_(d, commissioned=None, last_version=0):
                     array('i', [e['start'] + e['duration_s'] - cr for e in iv]), cols)
 
 
-def loads(payload, commissioned=None, last_version=0, mac=None, chunk=CHUNK, max_errors=MAX_ERRORS):
+def loads(payload, commissioned=None, last_version=0, mac=None, chunk=CHUNK, max_errors=MAX_ERRORS,
+          store=None):
     """The device's streamed loader (schedule_load.load_stream) over bytes in memory, chunk bytes
-    at a time (tests; a payload already held)."""
+    at a time (tests; a payload already held). store: a schedule_load.store() to compile into."""
     src = memoryview(payload)
     pos = [0]
 
@@ -158,7 +159,7 @@ def loads(payload, commissioned=None, last_version=0, mac=None, chunk=CHUNK, max
         buf[:k] = src[p:p + k]
         pos[0] = p + k
         return k
-    return load_stream(read, commissioned, last_version, mac, bytearray(chunk), max_errors)
+    return load_stream(read, commissioned, last_version, mac, bytearray(chunk), max_errors, store)
 
 
 def sign_schedule(key, topic, body):

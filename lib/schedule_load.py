@@ -60,16 +60,34 @@ def code(name, v):
     return OBJECTIVES.index(v) if name == 'objective' else int(v)
 
 
-def column(name, size):
+def column(name, size, a=None):
     """A compiled column for field `name` (schedule.Schedule), every entry unset: 'i' for the
-    fields in W, 'b' for codes and booleans, 'h' for the others (SoC in bp)."""
+    fields in W, 'b' for codes and booleans, 'h' for the others (SoC in bp). a: a column of
+    that field to reset and return instead of a new one (a store()'s)."""
     r = FIELDS[name]
     b = 4 if name.endswith('_w') else 1 if r is None or r is OBJECTIVES else 2
-    a = array(' bh i'[b], bytes(size * b))         # the typecode of a b-byte int
+    if a is None:
+        a = array(' bh i'[b], bytes(size * b))     # the typecode of a b-byte int
     u = NOT_SET if b == 4 else UNSET_NARROW
     for k in range(size):
         a[k] = u
     return a
+
+
+def store():
+    """The arrays of one compiled schedule at the format's limit, allocated once (the device
+    makes them at start, before the telemetry ring) and filled in place by every load given
+    them: (starts, ends, {field: column}). A schedule loaded into a store has a column for every
+    field (the unused ones read NOT_SET) and shares the arrays with the next load: the caller
+    drops the one in force before loading another (firmware/sched_rx.py). Why: a full
+    schedule's columns (~3.2 KB in 13 arrays) allocated while one is checked land wherever the
+    heap has room and stay there; over days of schedules they cut the free heap into pieces
+    the command path cannot use (docs/resources.md). A tuple of arrays, not an object of a
+    class here: that would keep this module's code in the heap."""
+    cols = {}
+    for f in FIELDS:
+        cols[f] = column(f, MAX_INTERVALS + 1)
+    return array('i', bytes(4 * MAX_INTERVALS)), array('i', bytes(4 * MAX_INTERVALS)), cols
 
 
 class _Load:
@@ -88,7 +106,8 @@ class _Load:
     of at most 7 days), and the check still finds the interval at p or another outside the
     window; which other ones it names may then differ from the host's list."""
 
-    def __init__(self, comm, last, maxe):
+    def __init__(self, comm, last, maxe, store=None):
+        self.store = store
         self.comm = comm or {}
         self.last = last
         self.maxe = maxe
@@ -112,8 +131,16 @@ class _Load:
         self.nierr = 0
         self.p = None           # reference of the offsets (see above)
         self.prev = None        # end of the previous interval with valid times (exact)
-        self.ts = array('i', bytes(4 * size))   # starts and ends, offsets from p
-        self.te = array('i', bytes(4 * size))
+        st = self.store
+        if st is None:
+            self.ts = array('i', bytes(4 * size))   # starts and ends, offsets from p
+            self.te = array('i', bytes(4 * size))
+        else:                   # (written only for k < MAX_INTERVALS: the store's size)
+            self.ts = a = st[0]
+            self.te = b = st[1]
+            for k in range(MAX_INTERVALS):
+                a[k] = 0        # as new: 0, 0 = no valid times (finish() skips those)
+                b[k] = 0
         self.cols = {}          # field -> compiled column, while every interval is valid
 
     def err(self, k, f, what):
@@ -319,7 +346,8 @@ class _Load:
                 if f in FIELDS:
                     a = cols.get(f)
                     if a is None:
-                        a = cols[f] = column(f, MAX_INTERVALS + 1)
+                        st = self.store
+                        a = cols[f] = column(f, MAX_INTERVALS + 1, st and st[2][f])
                     a[k] = code(f, d[f])
 
     def finish(self):
@@ -388,35 +416,43 @@ class _Load:
         for k in range(n):
             ts[k] -= c
             te[k] -= c
-        if n < MAX_INTERVALS:
+        if n < MAX_INTERVALS and self.store is None:
             ts = ts[:n]
             te = te[:n]
         cols = self.cols
+        st = self.store
         for f in FIELDS:
             a = cols.get(f)
-            if a is None and f in df:
+            if st is not None:
+                if a is None:                   # unused: reads NOT_SET (the last load's values go)
+                    a = column(f, MAX_INTERVALS + 1, st[2][f])
+            elif a is None and f in df:
                 a = column(f, n + 1)
             if a is not None:
-                if n < MAX_INTERVALS:
+                if n < MAX_INTERVALS and st is None:
                     a = a[:n + 1]
                 if f in df:
                     a[n] = code(f, df[f])
                 cols[f] = a
+        if st is not None:
+            return Schedule(top['id'], top['version'], cr, vu - cr, g('randomize_s', 0), ts, te, st[2], n)
         return Schedule(top['id'], top['version'], cr, vu - cr, g('randomize_s', 0), ts, te, cols)
 
 
-def load_stream(read, commissioned=None, last_version=0, mac=None, buf=None, max_errors=MAX_ERRORS):
+def load_stream(read, commissioned=None, last_version=0, mac=None, buf=None, max_errors=MAX_ERRORS,
+                store=None):
     """Check and compile a schedule as its payload arrives: read(buf) fills the bytearray buf
     (CHUNK bytes when None; a file's readinto) and returns the count, 0 at the end. mac: a
     MacStream when the topic is signed (it sees every byte; a bad mac is the only problem then
-    reported). Returns a schedule.Schedule or raises ScheduleError listing the problems (the
+    reported). store: a schedule_load.store() to compile into (its previous content is overwritten, even when
+    the payload is refused). Returns a schedule.Schedule or raises ScheduleError listing the problems (the
     first max_errors): the same decision as schedule_host.validate(json.loads(payload)), except
     that one member or interval longer than 510 bytes (a run of whitespace counting as one) is
     refused. Always reads to the end, so the stream stays in step."""
     if buf is None:
         buf = bytearray(CHUNK)
     mv = memoryview(buf)
-    ld = _Load(commissioned, last_version, max_errors)
+    ld = _Load(commissioned, last_version, max_errors, store)
     while True:
         n = read(buf)
         if not n:

@@ -113,7 +113,9 @@ def compile_mpy(src, dev_path, march):
         native = bool(NATIVE_RE.search(f.read()))
     tmp = os.path.join(OUT, '.tmp.mpy')
     os.makedirs(OUT, exist_ok=True)
-    cmd = [exe, '-o', tmp, '-s', dev_path[:-4] + '.py']
+    # the source name a traceback shows: the module's own name, a qstr the import interns anyway
+    # (a path such as 'lib/x.py' would be one more qstr per module, never freed: docs/resources.md)
+    cmd = [exe, '-o', tmp, '-s', dev_path[:-4].rsplit('/', 1)[-1]]
     if not os.path.abspath(src).startswith(VENDOR + os.sep):
         # -O3: no line-number tables (about a fifth of the bytecode a module brings into the heap,
         # docs/resources.md) and no asserts (our code has none; a vendored library's may be

@@ -70,7 +70,7 @@ class Run:
     """One fixed-heap run. Figures in self.result after run()."""
 
     def __init__(self, heap, root, cycles=1000, period_ms=100, telemetry_ms=1000, frozen=False,
-                 echo=None, schedule=True, tolerate=()):
+                 echo=None, schedule=True, tolerate=(), schedules=1):
         self.heap = heap
         self.root = root
         self.cycles = cycles
@@ -79,6 +79,7 @@ class Run:
         self.frozen = frozen
         self.echo = echo
         self.schedule = schedule        # push a full 96-interval schedule and keep it in force
+        self.schedules = schedules      # how many, one after the other (a new version each)
         self.marks = tuple(m for m in FAIL_MARKS if m not in tolerate)    # what ends the run as failed
         self.tolerate = tolerate        # marks reported in 'seen', not as problems
         self.ntp = None
@@ -172,12 +173,16 @@ class Run:
             if self.schedule and proc.poll() is None and not self.failed():
                 # a full schedule (96 intervals, every field used) through the retained topic: it
                 # is streamed to flash, checked, compiled and kept in force for the rest of the run
-                d = full_schedule(int(time.time()))
-                col.publish('bess/fit1/schedule', json.dumps(d, separators=(',', ':')), qos=1, retain=True)
-                ok = wait_for(lambda: [s for s in self.schedule_status() if s.get('status') == 'active'
-                                       and s.get('version') == d['version']] or proc.poll() is not None
-                              or self.failed(), 30)
-                events.append(('schedule 96 intervals', time.monotonic() - t0, bool(ok)))
+                for j in range(self.schedules):
+                    d = full_schedule(int(time.time()), version=7 + j)
+                    col.publish('bess/fit1/schedule', json.dumps(d, separators=(',', ':')), qos=1, retain=True)
+                    ok = wait_for(lambda: [s for s in self.schedule_status() if s.get('status') == 'active'
+                                           and s.get('version') == d['version']] or proc.poll() is not None
+                                  or self.failed(), 30)
+                    events.append(('schedule 96 intervals' + (' #%d' % (j + 1) if j else ''),
+                                   time.monotonic() - t0, bool(ok)))
+                    if not ok:
+                        break
             if proc.poll() is None and not self.failed():   # command burst: valid and invalid
                 n_ack = len(self.acks())
                 for k in range(20):
@@ -232,6 +237,11 @@ class Run:
         for name, t, ok in events:
             if not ok:
                 problems.append('event %r did not complete' % name)
+        # a command the firmware could not handle for memory is acked as an internal error: the
+        # link survived, but the command did not fit
+        oom_acks = [a for a in self.acks() if 'MemoryError' in str(a.get('reason', ''))]
+        if oom_acks:
+            problems.append('%d command(s) acked with a MemoryError: %s' % (len(oom_acks), oom_acks[0].get('reason')))
         heap = [r.get('heap_free') for r in tele if isinstance(r.get('heap_free'), int)]
         cyc = [r.get('cycle_max_us') for r in tele if isinstance(r.get('cycle_max_us'), int)]
         return {'heap': self.heap, 'frozen': self.frozen, 'pass': not problems, 'problems': problems,
@@ -292,8 +302,11 @@ def main(argv=None):
     ap.add_argument('--echo', action='store_true', help='print the firmware output')
     ap.add_argument('--no-schedule', action='store_true',
                     help='without the schedule side (no clock, no 96-interval schedule pushed)')
+    ap.add_argument('--schedules', type=int, default=1,
+                    help='full schedules pushed one after the other (each a new version), default 1')
     a = ap.parse_args(argv)
     kw = dict(cycles=a.cycles, period_ms=a.period_ms, frozen=a.frozen, schedule=not a.no_schedule,
+              schedules=a.schedules,
               echo=(lambda s: print('  fw: ' + s, file=sys.stderr)) if a.echo else None)
     if a.search:
         best, runs = search(a.search[0], a.search[1], a.step, board=a.board, **kw)

@@ -57,7 +57,7 @@ def _alloc():
 
 def _warm(path, key, topic):
     load(path, key, topic, _buf())
-    del sys.modules['schedule_load']
+    _drop('schedule_load')
 
 
 def _sampled(path, key, topic, peak):
@@ -80,17 +80,21 @@ def _timed(path, key, topic):
     return best
 
 
+def _drop(name):
+    del sys.modules[name]
+
+
 def _imported(name):
     """Heap of importing a module: the first time (with the names it interns, which stay), what
     stays once it is unloaded, and importing it again."""
     a0 = _alloc()
     __import__(name)
     a1 = _alloc()
-    del sys.modules[name]
+    _drop(name)
     a2 = _alloc()
     __import__(name)
     a3 = _alloc()
-    del sys.modules[name]
+    _drop(name)
     return a1 - a0, a2 - a0, a3 - a2
 
 
@@ -129,7 +133,7 @@ def measure(path, key, topic, preloaded):
     peak = [0]
     s = _sampled(path, key, topic, peak)
     if not preloaded:
-        del sys.modules['schedule_load']
+        _drop('schedule_load')
     out['compiled_bytes'] = _alloc() - base
     out['peak_bytes'] = peak[0] - base
     out['peak_beyond_compiled_bytes'] = peak[0] - base - out['compiled_bytes']
