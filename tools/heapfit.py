@@ -55,6 +55,8 @@ def prepare_root(board='esp32', frozen=False, dest=None):
             raise RuntimeError('build %s failed: %s' % (name, r.stdout + r.stderr))
     build(board)
     build('unix')                   # for lib/machine.mpy and boards/unix.json
+    if frozen:
+        mp32fixed.build(frozen=True)    # the code is in the image: freeze this tree's (make is incremental)
     dest = dest or tempfile.mkdtemp(prefix='heapfit-')
     src = os.path.join(ROOT, 'build', 'device', board + ('-frozen' if frozen else ''))
     shutil.copytree(src, dest, dirs_exist_ok=True)
