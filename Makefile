@@ -60,7 +60,7 @@ sim: deps
 sim-day: $(VENV)/.stamp
 	$(VPY) tools/sim.py
 
-test: prereqs deps $(VENV)/.stamp-bench
+test: prereqs deps $(VENV)/.stamp-bench $(VENV)/.stamp-fleet
 	$(VPY) -m pytest -q host_tests
 
 # Bisects the smallest heap that passes the fixed-heap run (tools/heapfit.py), .mpy and frozen.
@@ -90,6 +90,11 @@ clean:
 $(VENV)/.stamp-bench: requirements-bench.txt $(VENV)/.stamp
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
 	cp requirements-bench.txt $@
+
+# Fleet side (issue 12, tools/fleet): its own pinned requirements, its own stamp.
+$(VENV)/.stamp-fleet: requirements-fleet.txt $(VENV)/.stamp-bench
+	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-fleet.txt
+	cp requirements-fleet.txt $@
 
 bench: $(VENV)/.stamp-bench
 	$(VPY) tools/bench/main.py $(BENCH_ARGS)
