@@ -144,5 +144,7 @@ def procs():
                 it.close()
             elif isinstance(it, Broker):
                 it.stop()
+            elif hasattr(it, 'stop'):       # anything else a test started (a helper process)
+                it.stop()
         except Exception:
             pass

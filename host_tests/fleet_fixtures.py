@@ -1,0 +1,61 @@
+"""Helpers for the fleet tests: a provisioned fleet (tools/fleet/provision.py) on a real mosquitto
+on 127.0.0.1 with the generated password and ACL files, device twins (tools/fleet/twin.py) in
+their own processes, and simple valid schedules."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from mqtt_fixtures import Broker, ROOT
+
+FLEET = os.path.join(ROOT, 'tools', 'fleet')
+if FLEET not in sys.path:
+    sys.path.insert(0, FLEET)
+import provision  # noqa: E402
+
+
+def sites_csv(ids, committed_w=0):
+    return 'id,capacity_kwh,power_kw,import_limit_w,committed_w\n' + ''.join(
+        '%s,10,5,20000,%d\n' % (i, committed_w) for i in ids)
+
+
+def provisioned_broker(tmp_path, ids):
+    """(broker, secrets, fleet folder): mosquitto with the fleet's passwd + ACL, running."""
+    (tmp_path / 'sites.csv').write_text(sites_csv(ids))
+    out = str(tmp_path / 'fleet')
+    sec = provision.provision(str(tmp_path / 'sites.csv'), out, '127.0.0.1')
+    br = Broker(tmp_path, extra=['allow_anonymous false', 'password_file %s' % os.path.join(out, 'passwd'),
+                                 'acl_file %s' % os.path.join(out, 'bess.acl')])
+    lines = open(br.conf).read().splitlines()
+    i = [k for k, ln in enumerate(lines) if ln.startswith('listener')][0]
+    lines.insert(i + 1, 'use_username_as_clientid true')     # after its listener (docs/telemetry.md)
+    open(br.conf, 'w').write('\n'.join(lines) + '\n')
+    br.start()
+    return br, sec, out
+
+
+def twins(port, secrets_path, ids, *extra):
+    """A twin process for ids; returns the Popen once it has started."""
+    p = subprocess.Popen([sys.executable, os.path.join(FLEET, 'twin.py'), '--port', str(port), '--secrets',
+                          secrets_path, '--ids', ','.join(ids)] + list(extra),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = p.stdout.readline()
+    assert line.startswith('twin: '), line
+    return p
+
+
+def simple_schedule(dev_id, version, now=None):
+    now = int(time.time() if now is None else now)
+    return {'v': 1, 'id': '%s/day' % dev_id, 'version': version, 'created': now - 60, 'valid_until': now + 86400,
+            'default': {'objective': 'ss'},
+            'intervals': [{'start': now - 60, 'duration_s': 3600, 'reserve_soc_bp': 3000}]}
+
+
+def write_plan(folder, ids, version):
+    d = os.path.join(str(folder), 'schedules')
+    os.makedirs(d, exist_ok=True)
+    for i in ids:
+        with open(os.path.join(d, i + '.json'), 'w') as f:
+            json.dump(simple_schedule(i, version), f, separators=(',', ':'))
+    return str(folder)
