@@ -59,3 +59,45 @@ def write_plan(folder, ids, version):
         with open(os.path.join(d, i + '.json'), 'w') as f:
             json.dump(simple_schedule(i, version), f, separators=(',', ':'))
     return str(folder)
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (the Debian package's binaries): initdb into a
+    fresh folder, trust authentication on loopback only, a free port; stop() stops it and removes
+    the folder. As root the server runs as the package's user 'postgres' (it
+    refuses to run as root)."""
+
+    def __init__(self, tmp_path):
+        import glob
+        import pwd
+        import shutil
+        from mqtt_fixtures import free_port
+        bins = sorted(glob.glob('/usr/lib/postgresql/*/bin/initdb'))
+        if not bins:
+            raise RuntimeError('PostgreSQL missing: apt-get install postgresql (make test installs it as root)')
+        self.bin = os.path.dirname(bins[-1])
+        import tempfile
+        # not under pytest's tmp_path: its parents are private to the user running the tests,
+        # and as root the server runs as 'postgres'
+        self.dir = tempfile.mkdtemp(prefix='fleet-pg-')
+        self.port = free_port()
+        self.pre = []
+        if os.getuid() == 0:
+            pw = pwd.getpwnam('postgres')
+            shutil.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            self.pre = ['runuser', '-u', 'postgres', '--']
+        self._run([os.path.join(self.bin, 'initdb'), '-D', self.dir, '-A', 'trust', '-U', 'fleet', '--no-sync'])
+        self._run([os.path.join(self.bin, 'pg_ctl'), '-D', self.dir, '-w', '-l', os.path.join(self.dir, 'log'),
+                   '-o', '-h 127.0.0.1 -p %d -k %s -F' % (self.port, self.dir), 'start'])
+        self.url = 'postgresql://fleet@127.0.0.1:%d/postgres' % self.port
+
+    def _run(self, cmd):
+        r = subprocess.run(self.pre + cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError('%s: %s' % (' '.join(cmd), r.stdout + r.stderr))
+
+    def stop(self):
+        import shutil
+        subprocess.run(self.pre + [os.path.join(self.bin, 'pg_ctl'), '-D', self.dir, '-m', 'immediate', 'stop'],
+                       capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)

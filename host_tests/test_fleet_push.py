@@ -24,8 +24,8 @@ def test_push_acks_and_the_deadline_report(tmp_path, procs):
     a = twins(br.port, secrets_path, NORMAL + [BAD, MUTE], '--bad-key', BAD, '--mute', MUTE)
     b = twins(br.port, secrets_path, KILLED)
     procs.extend([_Proc(a)])
-    mon = Collector(br.port, topics=('bess/+/status',), user=sec['service']['user'],
-                    password=sec['service']['password'])
+    other = sec['services'][1]              # not the push's username: one username, one client
+    mon = Collector(br.port, topics=('bess/+/status',), user=other['user'], password=other['password'])
     procs.append(mon)
     assert wait_for(lambda: len({m[0] for m in mon.get() if m[1] == b'online'}) == 19, 15)
     b.send_signal(signal.SIGKILL)           # two devices die: the broker publishes their wills
@@ -56,8 +56,8 @@ def test_push_acks_and_the_deadline_report(tmp_path, procs):
     # a device that comes online after the deadline gets the retained schedule and acks it
     late = twins(br.port, secrets_path, [NEVER])
     procs.append(_Proc(late))
-    col = Collector(br.port, topics=('bess/%s/schedule/status' % NEVER,), user=sec['service']['user'],
-                    password=sec['service']['password'])
+    col = Collector(br.port, topics=('bess/%s/schedule/status' % NEVER,), user=sec['services'][2]['user'],
+                    password=sec['services'][2]['password'])
     procs.append(col)
     assert wait_for(lambda: [m for m in col.get() if json.loads(m[1]).get('version') == 4242], 15)
 

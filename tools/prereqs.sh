@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make prereqs` (run first by `make test`): the system packages the tests need.
 #   mosquitto (MQTT tests, make sim), openssl (TLS test PKI), node + npm (32-bit MicroPython from npm),
-#   gcc with 32-bit support (Debian: gcc-multilib; the fixed-heap 32-bit MicroPython build).
+#   gcc with 32-bit support (Debian: gcc-multilib; the fixed-heap 32-bit MicroPython build),
+#   PostgreSQL (the fleet store's test starts a throwaway cluster on 127.0.0.1).
 # As root: installs the missing Debian packages (apt-get). Otherwise: one line naming them, exit 1.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ missing() {
   have openssl || m+=(openssl)
   have node || m+=(nodejs)
   have npm || m+=(npm)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || m+=(postgresql)
   if ! have gcc || ! echo 'int main(){return 0;}' | gcc -m32 -x c - -o /dev/null >/dev/null 2>&1; then
     m+=(gcc-multilib)
   fi

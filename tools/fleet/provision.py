@@ -8,10 +8,11 @@ HMAC key and site config, and the broker's password and ACL files.
 Writes into --out (all or nothing: a new folder is filled, then renamed over the old one):
   passwd            mosquitto password file (PBKDF2-SHA512, mosquitto 2.0's "$7$" format): one
                     user per device (username = device id = client id, docs/telemetry.md) and the
-                    fleet service's user
-  bess.acl          docs/mosquitto-example.acl plus the fleet service's block (reads and writes
+                    fleet service's users (fleet, fleet-2 ..: one per connection it holds at once)
+  bess.acl          docs/mosquitto-example.acl plus a block per service user (reads and writes
                     bess/#); devices get their rights from its patterns (%u = their username)
-  secrets.json      per device: MQTT password and HMAC key (hex); the service's password. Mode 0600.
+  secrets.json      per device: MQTT password and HMAC key (hex); the service users' passwords
+                    ("service": the first, "services": all). Mode 0600.
   sites/<id>.json   the device's site config (tools/site.template.json filled and validated by
                     tools/site_config.py, as `make deploy SITE=` takes it)
 Re-running keeps every existing device's password and key (a re-provisioned device keeps working);
@@ -54,17 +55,22 @@ def hash_password(password, salt=None, iterations=PW_ITERATIONS):
     return '$7$%d$%s$%s' % (iterations, base64.b64encode(salt).decode(), base64.b64encode(dk).decode())
 
 
-def _secrets(old, sites, service_user):
-    """Per device {password, hmac_key}: the old ones kept, new ones for new sites."""
+def service_users(service_user, n):
+    """The service's usernames: one per connection it holds at once (the push, each ingest
+    instance, the console): with use_username_as_clientid a username is one client."""
+    return [service_user] + ['%s-%d' % (service_user, k) for k in range(2, n + 1)]
+
+
+def _secrets(old, sites, users):
+    """Per device {password, hmac_key} and per service user a password: the old ones kept."""
     devs = {}
     for s in sites:
         o = old.get('devices', {}).get(s['id'])
         devs[s['id']] = o if isinstance(o, dict) and o.get('password') and o.get('hmac_key') else {
             'password': secrets.token_urlsafe(18), 'hmac_key': secrets.token_hex(KEY_BYTES)}
-    svc = old.get('service', {})
-    if not (isinstance(svc, dict) and svc.get('user') == service_user and svc.get('password')):
-        svc = {'user': service_user, 'password': secrets.token_urlsafe(18)}
-    return {'devices': devs, 'service': svc}
+    was = {x.get('user'): x for x in old.get('services', []) if isinstance(x, dict) and x.get('password')}
+    svcs = [was.get(u) or {'user': u, 'password': secrets.token_urlsafe(18)} for u in users]
+    return {'devices': devs, 'service': svcs[0], 'services': svcs}
 
 
 def site_values(site, cred, mqtt_server, mqtt_port, ntp_host=None):
@@ -79,14 +85,17 @@ def site_values(site, cred, mqtt_server, mqtt_port, ntp_host=None):
     return v
 
 
-def provision(sites_path, out, mqtt_server, mqtt_port=1883, ntp_host=None, service_user='fleet'):
+def provision(sites_path, out, mqtt_server, mqtt_port=1883, ntp_host=None, service_user='fleet', n_service=4):
     """Write the fleet's files into out (see the module's doc); returns the secrets dict."""
     try:
         sites = inventory.load(sites_path)
     except OSError as e:
         raise ProvisionError('%s: %s' % (sites_path, e))
-    if service_user in [s['id'] for s in sites] or not inventory.NAME_RE.match(service_user):
-        raise ProvisionError('service user %r: must be a name no device has' % service_user)
+    users = service_users(service_user, n_service)
+    clash = sorted(set(users) & set(s['id'] for s in sites))
+    if clash or not inventory.NAME_RE.match(service_user):
+        raise ProvisionError('service user %r: its names (%s) must be names no device has%s'
+                             % (service_user, ', '.join(users), ': ' + ', '.join(clash) if clash else ''))
     old = {}
     try:
         with open(os.path.join(out, 'secrets.json')) as f:
@@ -95,7 +104,7 @@ def provision(sites_path, out, mqtt_server, mqtt_port=1883, ntp_host=None, servi
         pass
     except ValueError as e:
         raise ProvisionError('%s/secrets.json is not valid JSON (%s): fix or remove it; nothing changed' % (out, e))
-    sec = _secrets(old, sites, service_user)
+    sec = _secrets(old, sites, users)
     configs, errs = {}, []
     for s in sites:
         vals = site_values(s, sec['devices'][s['id']], mqtt_server, mqtt_port, ntp_host)
@@ -111,14 +120,17 @@ def provision(sites_path, out, mqtt_server, mqtt_port=1883, ntp_host=None, servi
     try:
         os.makedirs(os.path.join(tmp, 'sites'))
         with open(os.path.join(tmp, 'passwd'), 'w') as f:
-            f.write('%s:%s\n' % (service_user, hash_password(sec['service']['password'])))
+            for u in sec['services']:
+                f.write('%s:%s\n' % (u['user'], hash_password(u['password'])))
             for s in sites:
                 f.write('%s:%s\n' % (s['id'], hash_password(sec['devices'][s['id']]['password'])))
         with open(ACL_BASE) as f:
             acl = f.read()
         with open(os.path.join(tmp, 'bess.acl'), 'w') as f:
-            f.write('# The fleet service (tools/fleet): schedules, commands, overrides; reads telemetry and status\n'
-                    'user %s\ntopic readwrite bess/#\n\n' % service_user)
+            f.write('# The fleet service (tools/fleet), one username per connection it holds: schedules,\n'
+                    '# commands, overrides; reads telemetry and status\n')
+            for u in sec['services']:
+                f.write('user %s\ntopic readwrite bess/#\n\n' % u['user'])
             f.write(acl)
         fd = os.open(os.path.join(tmp, 'secrets.json'), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, 'w') as f:
@@ -148,9 +160,11 @@ def main(argv=None):
     ap.add_argument('--mqtt-port', type=int, default=1883)
     ap.add_argument('--ntp-host', help='NTP server for the devices\' wall clock (schedules need one)')
     ap.add_argument('--service-user', default='fleet', help='the fleet service\'s MQTT username')
+    ap.add_argument('--service-users', type=int, default=4, help='how many (fleet, fleet-2, ...): one per '
+                    'connection at once (push, each ingest instance, the console)')
     a = ap.parse_args(argv)
     try:
-        sec = provision(a.sites, a.out, a.mqtt_server, a.mqtt_port, a.ntp_host, a.service_user)
+        sec = provision(a.sites, a.out, a.mqtt_server, a.mqtt_port, a.ntp_host, a.service_user, a.service_users)
     except (ProvisionError, inventory.InventoryError) as e:
         print('provision: nothing written:\n  ' + str(e).replace('\n', '\n  '), file=sys.stderr)
         return 2

@@ -1,0 +1,189 @@
+"""The fleet's telemetry store (issue 12, item 4): SQLite by default (one file, WAL), PostgreSQL
+where configured. One interface, the same tables:
+
+    st = open_store('sqlite:///path/fleet.db')  or  open_store('postgresql://user@127.0.0.1:5432/db')
+    st.add(batch)            # [(kind, dev, payload bytes, received unix s)], one transaction
+    st.devices()             # the fleet table: one row per device (latest of everything)
+    st.history(dev, t0, t1)  # telemetry rows of one device
+    st.net_load(dev, t0, t1) # (ts, gcp_w + bat_w): what the site draws without the battery (forecasts)
+
+kind: 'telemetry' (bess/<id>/telemetry), 'status' (bess/<id>/status: online / offline, the will),
+'schedule' (bess/<id>/schedule/status). Telemetry rows keep the record's main fields as columns
+(docs/telemetry.md: W, bp, uptime-based seq) and the whole record as JSON; a record that is not
+JSON is counted, not stored. The devices table is updated from the same batch (latest wins).
+"""
+import json
+import os
+import sqlite3
+
+TELEMETRY_COLS = ('dev', 'seq', 'ts', 'gcp_w', 'bat_w', 'soc_bp', 'state', 'reserve_bp', 'sch_version', 'rec')
+DEVICE_COLS = ('dev', 'online', 'last_seen', 'soc_bp', 'state', 'gcp_w', 'bat_w', 'reserve_bp', 'sch_version',
+               'sch_status', 'sch_acked', 'sch_reason', 'alarms')
+
+LATEST_COLS = ('last_seen', 'soc_bp', 'state', 'gcp_w', 'bat_w', 'reserve_bp', 'sch_version')
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS telemetry (dev TEXT NOT NULL, seq BIGINT, ts BIGINT NOT NULL,
+       gcp_w INTEGER, bat_w INTEGER, soc_bp INTEGER, state INTEGER, reserve_bp INTEGER, sch_version BIGINT,
+       rec TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS telemetry_dev_ts ON telemetry (dev, ts)",
+    """CREATE TABLE IF NOT EXISTS devices (dev TEXT PRIMARY KEY, online INTEGER, last_seen BIGINT,
+       soc_bp INTEGER, state INTEGER, gcp_w INTEGER, bat_w INTEGER, reserve_bp INTEGER, sch_version BIGINT,
+       sch_status TEXT, sch_acked BIGINT, sch_reason TEXT, alarms TEXT)""",
+]
+
+
+def _int(v):
+    return v if isinstance(v, int) and not isinstance(v, bool) and -2 ** 62 < v < 2 ** 62 else None
+
+
+def rows(batch):
+    """(telemetry rows, device updates {dev: {col: value}}, rejected count) from a batch."""
+    tel, dev, bad = [], {}, 0
+    for kind, d, payload, t in batch:
+        u = dev.setdefault(d, {})
+        if kind == 'status':
+            u['online'] = 1 if payload == b'online' else 0
+            continue
+        try:
+            r = json.loads(payload)
+            if not isinstance(r, dict):
+                raise ValueError
+        except ValueError:
+            bad += 1
+            continue
+        if kind == 'telemetry':
+            sch = r.get('sch') if isinstance(r.get('sch'), dict) else {}
+            ts = _int(r.get('ts')) or int(t)
+            row = (d, _int(r.get('seq')), ts, _int(r.get('gcp_w')), _int(r.get('bat_w')), _int(r.get('soc_bp')),
+                   _int(r.get('state')), _int(r.get('reserve_bp')), _int(sch.get('version')),
+                   json.dumps(r, separators=(',', ':')))
+            tel.append(row)
+            if u.get('last_seen') is None or ts >= u['last_seen']:      # the newest record wins
+                u.update(last_seen=ts, soc_bp=row[5], state=row[6], gcp_w=row[3], bat_w=row[4], reserve_bp=row[7],
+                         sch_version=row[8])
+            u['online'] = 1
+            al = r.get('alarms') or r.get('err')
+            if al:
+                u['alarms'] = json.dumps(al, separators=(',', ':'))[:500]
+        elif kind == 'schedule':
+            u['sch_status'] = str(r.get('status'))[:20]
+            u['sch_acked'] = _int(r.get('version'))
+            reason = r.get('reason') or (r.get('last_rejected') or {}).get('reason')
+            u['sch_reason'] = str(reason)[:200] if reason else None
+    return tel, dev, bad
+
+
+class _Store:
+    ph = '?'                        # the driver's parameter placeholder
+
+    def __init__(self):
+        self.bad = 0
+        self.stored = 0
+
+    def _upsert_sql(self, cols):
+        """One device row: the telemetry columns only from a record newer than the stored one
+        (instances of a shared subscription commit their batches in any order)."""
+        p = ', '.join([self.ph] * len(cols))
+        newer = 'devices.last_seen IS NULL OR excluded.last_seen >= devices.last_seen'
+        upd = ', '.join(('%s = CASE WHEN %s THEN excluded.%s ELSE devices.%s END' % (c, newer, c, c))
+                        if 'last_seen' in cols and c in LATEST_COLS else '%s = excluded.%s' % (c, c)
+                        for c in cols if c != 'dev')
+        return 'INSERT INTO devices (%s) VALUES (%s) ON CONFLICT (dev) DO UPDATE SET %s' % (', '.join(cols), p, upd)
+
+    def add(self, batch):
+        tel, dev, bad = rows(batch)
+        self.bad += bad
+        with self._tx() as cur:
+            if tel:
+                cur.executemany('INSERT INTO telemetry (%s) VALUES (%s)' % (', '.join(TELEMETRY_COLS),
+                                                                           ', '.join([self.ph] * len(TELEMETRY_COLS))), tel)
+            groups = {}
+            for d, u in dev.items():
+                if u:
+                    cols = ('dev',) + tuple(sorted(u))
+                    groups.setdefault(cols, []).append((d,) + tuple(u[c] for c in cols[1:]))
+            for cols, vals in groups.items():
+                cur.executemany(self._upsert_sql(cols), vals)
+        self.stored += len(tel)
+        return len(tel)
+
+    def devices(self):
+        with self._tx() as cur:
+            cur.execute('SELECT %s FROM devices ORDER BY dev' % ', '.join(DEVICE_COLS))
+            return [dict(zip(DEVICE_COLS, r)) for r in cur.fetchall()]
+
+    def history(self, dev, t0, t1):
+        with self._tx() as cur:
+            cur.execute('SELECT ts, gcp_w, bat_w, soc_bp, state, reserve_bp, sch_version FROM telemetry '
+                        'WHERE dev = %s AND ts >= %s AND ts < %s ORDER BY ts' % (self.ph, self.ph, self.ph),
+                        (dev, t0, t1))
+            return cur.fetchall()
+
+    def net_load(self, dev, t0, t1):
+        return [(ts, (g or 0) + (b or 0)) for ts, g, b, *_ in self.history(dev, t0, t1) if g is not None]
+
+    def count(self):
+        with self._tx() as cur:
+            cur.execute('SELECT COUNT(*) FROM telemetry')
+            return cur.fetchone()[0]
+
+
+class _Tx:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        self.cur = self.conn.cursor()
+        return self.cur
+
+    def __exit__(self, t, v, tb):
+        if t is None:
+            self.conn.commit()
+        else:
+            self.conn.rollback()
+        self.cur.close()
+
+
+class SQLiteStore(_Store):
+    def __init__(self, path):
+        super().__init__()
+        self.conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self.conn.execute('PRAGMA journal_mode=WAL')         # readers never block the writer
+        self.conn.execute('PRAGMA synchronous=NORMAL')       # durable at checkpoints, fast commits
+        for s in SCHEMA:
+            self.conn.execute(s)
+        self.conn.commit()
+
+    def _tx(self):
+        return _Tx(self.conn)
+
+    def close(self):
+        self.conn.close()
+
+
+class PgStore(_Store):
+    ph = '%s'
+
+    def __init__(self, dsn):
+        super().__init__()
+        import psycopg
+        self.conn = psycopg.connect(dsn)
+        with self._tx() as cur:
+            for s in SCHEMA:
+                cur.execute(s)
+
+    def _tx(self):
+        return _Tx(self.conn)
+
+    def close(self):
+        self.conn.close()
+
+
+def open_store(url):
+    """sqlite:///path (or a plain path) or postgresql://... (psycopg 3)."""
+    if url.startswith('postgresql://') or url.startswith('postgres://'):
+        return PgStore(url)
+    path = url[len('sqlite:///'):] if url.startswith('sqlite:///') else url
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    return SQLiteStore(path)
