@@ -65,7 +65,10 @@ def test_every_problem_of_a_sites_file_is_listed_with_its_line():
 def test_provisioning_writes_everything_and_rerunning_keeps_the_credentials(tmp_path):
     out = str(tmp_path / 'fleet')
     sec = provision.provision(_write(tmp_path, GOOD), out, '127.0.0.1', 1883, ntp_host='127.0.0.1')
-    assert sorted(os.listdir(out)) == ['bess.acl', 'passwd', 'secrets.json', 'sites']
+    assert sorted(os.listdir(out)) == ['bess.acl', 'console_users', 'passwd', 'secrets.json', 'sites']
+    u, h = open(os.path.join(out, 'console_users')).read().strip().split(':', 1)
+    assert u == sec['console']['user'] and provision.verify_password(sec['console']['password'], h)
+    assert not provision.verify_password('wrong', h)
     assert os.stat(os.path.join(out, 'secrets.json')).st_mode & 0o077 == 0
     users = [ln.split(':')[0] for ln in open(os.path.join(out, 'passwd'))]
     assert users == ['fleet', 'fleet-2', 'fleet-3', 'fleet-4', 'site-001', 'site-002']

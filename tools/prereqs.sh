@@ -2,7 +2,8 @@
 # `make prereqs` (run first by `make test`): the system packages the tests need.
 #   mosquitto (MQTT tests, make sim), openssl (TLS test PKI), node + npm (32-bit MicroPython from npm),
 #   gcc with 32-bit support (Debian: gcc-multilib; the fixed-heap 32-bit MicroPython build),
-#   PostgreSQL (the fleet store's test starts a throwaway cluster on 127.0.0.1).
+#   PostgreSQL (the fleet store's test starts a throwaway cluster on 127.0.0.1), Chromium and its
+#   driver (the fleet console's test drives a headless browser).
 # As root: installs the missing Debian packages (apt-get). Otherwise: one line naming them, exit 1.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ missing() {
   have node || m+=(nodejs)
   have npm || m+=(npm)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || m+=(postgresql)
+  have chromium || m+=(chromium)
+  have chromedriver || m+=(chromium-driver)
   if ! have gcc || ! echo 'int main(){return 0;}' | gcc -m32 -x c - -o /dev/null >/dev/null 2>&1; then
     m+=(gcc-multilib)
   fi

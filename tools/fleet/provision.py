@@ -13,6 +13,7 @@ Writes into --out (all or nothing: a new folder is filled, then renamed over the
                     bess/#); devices get their rights from its patterns (%u = their username)
   secrets.json      per device: MQTT password and HMAC key (hex); the service users' passwords
                     ("service": the first, "services": all). Mode 0600.
+  console_users     the web console's logins (user:hash, the same format; tools/fleet/console.py)
   sites/<id>.json   the device's site config (tools/site.template.json filled and validated by
                     tools/site_config.py, as `make deploy SITE=` takes it)
 Re-running keeps every existing device's password and key (a re-provisioned device keeps working);
@@ -61,6 +62,18 @@ def service_users(service_user, n):
     return [service_user] + ['%s-%d' % (service_user, k) for k in range(2, n + 1)]
 
 
+def verify_password(password, h):
+    """True if password matches a hash_password() hash."""
+    try:
+        _, seven, it, salt, dk = h.split('$')
+        if seven != '7':
+            return False
+        got = hashlib.pbkdf2_hmac('sha512', password.encode(), base64.b64decode(salt), int(it), 64)
+        return secrets.compare_digest(got, base64.b64decode(dk))
+    except (ValueError, TypeError):
+        return False
+
+
 def _secrets(old, sites, users):
     """Per device {password, hmac_key} and per service user a password: the old ones kept."""
     devs = {}
@@ -70,7 +83,10 @@ def _secrets(old, sites, users):
             'password': secrets.token_urlsafe(18), 'hmac_key': secrets.token_hex(KEY_BYTES)}
     was = {x.get('user'): x for x in old.get('services', []) if isinstance(x, dict) and x.get('password')}
     svcs = [was.get(u) or {'user': u, 'password': secrets.token_urlsafe(18)} for u in users]
-    return {'devices': devs, 'service': svcs[0], 'services': svcs}
+    con = old.get('console')
+    if not (isinstance(con, dict) and con.get('user') and con.get('password')):
+        con = {'user': 'operator', 'password': secrets.token_urlsafe(12)}
+    return {'devices': devs, 'service': svcs[0], 'services': svcs, 'console': con}
 
 
 def site_values(site, cred, mqtt_server, mqtt_port, ntp_host=None):
@@ -132,6 +148,8 @@ def provision(sites_path, out, mqtt_server, mqtt_port=1883, ntp_host=None, servi
             for u in sec['services']:
                 f.write('user %s\ntopic readwrite bess/#\n\n' % u['user'])
             f.write(acl)
+        with open(os.path.join(tmp, 'console_users'), 'w') as f:      # the web console's logins
+            f.write('%s:%s\n' % (sec['console']['user'], hash_password(sec['console']['password'])))
         fd = os.open(os.path.join(tmp, 'secrets.json'), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, 'w') as f:
             json.dump(sec, f, indent=1, sort_keys=True)
