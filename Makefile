@@ -8,7 +8,7 @@ BUILD  := build
 MP32   := $(BUILD)/mp32
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all sim sim-day test bench-core bench bench-heap bench-latency deps clean help build deploy repl logs prereqs faults fleet-bench
+.PHONY: all sim sim-day test bench-core bench bench-heap bench-latency deps clean help build deploy repl logs prereqs faults fleet fleet-bench
 
 help:
 	@echo "make sim         firmware on MicroPython controls a simulated site over Modbus RTU (60 s)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-latency  meter step -> new setpoint written, worst timing (firmware on the unix port)"
 	@echo "make bench       scenario benchmark vs comparators and the LP optimum (docs/benchmarks.md)"
 	@echo "make faults      fault-injection suite, full (~25 min): table in out/faults.md (docs/reliability.md)"
+	@echo "make fleet       the whole VPP on one machine: broker, twins, firmware, service, console :8080"
 	@echo "make fleet-bench fleet at scale on loopback: twins + real firmware, plan, push, ingest (docs/fleet.md)"
 	@echo "make build BOARD=esp32                 device filesystem in build/device/BOARD, .mpy sizes"
 	@echo "make deploy BOARD=esp32 PORT=/dev/ttyUSB0 [VALUES=site.env] [SITE=site.json] [NAME=VALUE ...]"
@@ -94,9 +95,13 @@ $(VENV)/.stamp-bench: requirements-bench.txt $(VENV)/.stamp
 
 # Fleet side (issue 12, tools/fleet): its own pinned requirements, its own stamp.
 # make fleet-bench: 800 twins by default; FLEET_BENCH_ARGS="--devices 10000 --plan-sites 10000" for the large fleet.
+# make fleet: the whole VPP on one machine until Ctrl-C (tools/fleet/demo.py; console on :8080).
+fleet: prereqs deps $(VENV)/.stamp-bench $(VENV)/.stamp-fleet
+	$(VPY) tools/fleet/demo.py $(FLEET_ARGS)
+
 fleet-bench: prereqs deps $(VENV)/.stamp-bench $(VENV)/.stamp-fleet
 	@mkdir -p out
-	$(VPY) tools/fleet/bench.py $(FLEET_BENCH_ARGS)
+	$(VPY) tools/fleet/fleet_bench.py $(FLEET_BENCH_ARGS)
 
 $(VENV)/.stamp-fleet: requirements-fleet.txt $(VENV)/.stamp-bench
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements-fleet.txt

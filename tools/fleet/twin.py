@@ -14,7 +14,7 @@ payload again (the broker's retained copy at a reconnect) changes nothing. With 
 each twin publishes a telemetry record (schema v2's main fields) that often.
 
 All twins of a process share one thread: each paho client is served in turn (loop(0)), so a
-process holds hundreds of devices (tools/fleet/bench: several processes for thousands).
+process holds hundreds of devices (tools/fleet/fleet_bench.py: several processes for thousands).
 """
 import argparse
 import json

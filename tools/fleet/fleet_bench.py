@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fleet scale benchmark on loopback (issue 12, item 6): `make fleet-bench`.
 
-    python tools/fleet/bench.py [--devices 800] [--firmware 4] [--plan-sites 800] [--ingest-s 30]
+    python tools/fleet/fleet_bench.py [--devices 800] [--firmware 4] [--plan-sites 800] [--ingest-s 30]
         [--rate-per-min 60000] [--out out/fleet-bench]
 
 One mosquitto on 127.0.0.1 with the provisioned passwords and ACL; N device twins
