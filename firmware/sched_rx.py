@@ -142,8 +142,17 @@ def received(ps):
         _remove(ps.path + '.new')       # the broker's retained copy of the one in force
         return
     old_idv = (old.id, old.version) if old is not None else None
-    p.s = None
     old = None
+    try:
+        p.s = None
+        _check(ps, p, old_idv)
+    except BaseException:
+        if p.s is None:                 # whatever failed: nothing half in force
+            p.load(None)
+        raise
+
+
+def _check(ps, p, old_idv):
     gc.collect()
     cfg = ps.commissioned or ps.rt.ctl.cfg
     try:
@@ -172,6 +181,10 @@ def received(ps):
             print('schedule: the one in force could not be read back (%r): none in force' % (err,))
             p.load(None)
             why = '%s; and the schedule in force could not be read back (%r): none in force' % (why, err)
+        elif (p.s.id, p.s.version) != old_idv:
+            # the failure came after the new one was renamed into place: it is the one in force
+            status, why, sched = 'accepted', None, p.s
+        # (the same one read back: the plan's interval and the controller's fields are its own)
     if status == 'same':
         return                          # the retained copy of the one in force (a reconnect)
     if status == 'rejected':
@@ -179,7 +192,12 @@ def received(ps):
         return
     ps.superseded = old_idv
     ps.last_version = sched.version
-    put(ps, sched)
+    try:
+        put(ps, sched)
+    except Exception as e:              # nothing half in force: the commissioned config
+        p.load(None)
+        rejected(ps, 'accepted but not put in force (%r): none in force' % (e,), sched.id, sched.version)
+        return
     ps.rej_key = None
 
 

@@ -55,6 +55,20 @@ _LIM = const(0x1FFFFFFF)    # interval offsets are clamped to +-this (17 years):
 _BAD = object()             # what parse() returns for text that is not JSON
 
 
+def _keys_ok(v):
+    """Every object key in v is a string: MicroPython's json.loads also takes numbers as keys
+    (and a missing comma between members), which JSON and the host refuse."""
+    if type(v) is dict:
+        for k in v:
+            if type(k) is not str or not _keys_ok(v[k]):
+                return False
+    elif type(v) is list:
+        for x in v:
+            if not _keys_ok(x):
+                return False
+    return True
+
+
 def code(name, v):
     """The compiled code of a valid field value."""
     return OBJECTIVES.index(v) if name == 'objective' else int(v)
@@ -75,15 +89,16 @@ def column(name, size, a=None):
 
 
 def store():
-    """The arrays of one compiled schedule at the format's limit, allocated once (the device
-    makes them at start, before the telemetry ring) and filled in place by every load given
-    them: (starts, ends, {field: column}). A schedule loaded into a store has a column for every
-    field (the unused ones read NOT_SET) and shares the arrays with the next load: the caller
-    drops the one in force before loading another (firmware/sched_rx.py). Why: a full
-    schedule's columns (~3.2 KB in 13 arrays) allocated while one is checked land wherever the
-    heap has room and stay there; over days of schedules they cut the free heap into pieces
-    the command path cannot use (docs/resources.md). A tuple of arrays, not an object of a
-    class here: that would keep this module's code in the heap."""
+    """The arrays of one compiled schedule at the format's limit: (starts, ends, {field:
+    column}), allocated once and filled in place by every load given them. The device makes
+    them with the first schedule it checks (at boot when one is persisted) and keeps them: later
+    checks no longer allocate a new set wherever the heap has room, which over days of schedules
+    cut the free heap into pieces the command path cannot use (docs/resources.md; making them
+    before the telemetry ring was measured no better). A schedule loaded into a store has a
+    column for every field (the unused ones read NOT_SET) and shares the arrays with the next
+    load: the caller drops the one in force before loading another (firmware/sched_rx.py). A
+    tuple of arrays, not an object of a class here: that would keep this module's code in the
+    heap."""
     cols = {}
     for f in FIELDS:
         cols[f] = column(f, MAX_INTERVALS + 1)
@@ -168,9 +183,10 @@ class _Load:
         """cap[a:b] parsed, _BAD if it is not JSON. Decoded first: bytes would let CPython's
         json.loads guess another encoding (a BOM, UTF-16) than the payload's."""
         try:
-            return json.loads(str(memoryview(self.cap)[a:b], 'utf-8'))
+            v = json.loads(str(memoryview(self.cap)[a:b], 'utf-8'))
         except Exception:
             return _BAD
+        return v if _keys_ok(v) else _BAD
 
     # --- the scanner ------------------------------------------------------------------------
     def feed(self, b, m):
@@ -269,7 +285,7 @@ class _Load:
             if n < _FULL:
                 self.cap[n + 1] = 0x7D
                 v = self.parse(0, n + 2)
-            if v is _BAD:
+            if v is _BAD or len(v) != 1:        # (MicroPython's json takes {"a":1 "b":2})
                 return 'too long' if n == _FULL else 'bad JSON'
             for k in v:
                 if k == 'intervals':
