@@ -13,8 +13,10 @@ bess/<id>/schedule/status says active (id, version, superseded) or rejected (rea
 payload again (the broker's retained copy at a reconnect) changes nothing. With --telemetry-s,
 each twin publishes a telemetry record (schema v2's main fields) that often.
 
-All twins of a process share one thread: each paho client is served in turn (loop(0)), so a
-process holds hundreds of devices (tools/fleet/fleet_bench.py: several processes for thousands).
+All twins of a process share one thread: each paho client is served in turn (loop(0)). At most
+MAX_PER_PROCESS a process: paho serves a socket with select(), which only takes descriptors below
+1024, and a client holds three (its socket and a wake-up pair); measured: the 341st twin of a
+process could not connect. tools/fleet/fleet_bench.py starts a process per 300.
 """
 import argparse
 import json
@@ -35,6 +37,9 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import schedule  # noqa: E402
 import schedule_host  # noqa: E402
 import schedule_mac  # noqa: E402
+
+
+MAX_PER_PROCESS = 300
 
 
 class Twin:
@@ -159,6 +164,11 @@ def main(argv=None):
     with open(a.secrets) as f:
         devs = json.load(f)['devices']
     ids = a.ids.split(',') if a.ids else sorted(devs)
+    if len(ids) > MAX_PER_PROCESS:
+        print('twin: %d devices in one process; at most %d (paho serves its sockets with select(), which '
+              'takes descriptors below 1024, and each client holds 3): start more processes'
+              % (len(ids), MAX_PER_PROCESS), file=sys.stderr)
+        return 2
     bad = set(x for x in a.bad_key.split(',') if x)
     mute = set(x for x in a.mute.split(',') if x)
     twins = [Twin(i, devs[i]['password'], ('00' * 32) if i in bad else devs[i]['hmac_key'], a.host, a.port,
