@@ -5,7 +5,7 @@
         [--rate-per-min 60000] [--out out/fleet-bench]
 
 One mosquitto on 127.0.0.1 with the provisioned passwords and ACL; N device twins
-(tools/fleet/twin.py, 300 per process) plus K real firmware instances (MicroPython unix
+(tools/fleet/twin.py, 1 000 per process) plus K real firmware instances (MicroPython unix
 port, each with its Modbus simulator on a pty: tools/fil.py) in the same fleet; then, each timed:
   provision   the fleet's files for N + K devices
   online      every twin connected (its retained "online" seen)
@@ -45,7 +45,7 @@ import provision  # noqa: E402
 import push  # noqa: E402
 import store as store_mod  # noqa: E402
 
-TWINS_PER_PROC = 300             # twin.MAX_PER_PROCESS (select() and paho's 3 descriptors per client)
+TWINS_PER_PROC = 1000            # (twin.MAX_PER_PROCESS is 2 000)
 
 
 def _proc_stats(pid):

@@ -13,10 +13,10 @@ bess/<id>/schedule/status says active (id, version, superseded) or rejected (rea
 payload again (the broker's retained copy at a reconnect) changes nothing. With --telemetry-s,
 each twin publishes a telemetry record (schema v2's main fields) that often.
 
-All twins of a process share one thread: each paho client is served in turn (loop(0)). At most
-MAX_PER_PROCESS a process: paho serves a socket with select(), which only takes descriptors below
-1024, and a client holds three (its socket and a wake-up pair); measured: the 341st twin of a
-process could not connect. tools/fleet/fleet_bench.py starts a process per 300.
+All twins of a process share one thread and one epoll set over their sockets (paho's external
+loop: loop_read / loop_write / loop_misc). Not paho's loop() per client: that serves a socket
+with select(), which only takes descriptors below 1024 (a client holds three): the 341st twin of
+a process could not connect (measured). tools/fleet/fleet_bench.py starts a process per 1 000.
 """
 import argparse
 import json
@@ -39,7 +39,7 @@ import schedule_host  # noqa: E402
 import schedule_mac  # noqa: E402
 
 
-MAX_PER_PROCESS = 300
+MAX_PER_PROCESS = 2000           # descriptors: 3 a client (the process raises its limit)
 
 
 class Twin:
@@ -118,37 +118,64 @@ class Twin:
         self.c.publish(self.base + 'telemetry', json.dumps(rec, separators=(',', ':')), qos=0)
 
 
-    def step(self, now):
-        """Serve the client once; (re)connect when due, with a backoff up to 30 s."""
-        if self.c.loop(timeout=0.0) == mqtt.MQTT_ERR_SUCCESS:
-            return
+    def connect(self, now):
+        """(Re)connect when due, with a backoff up to 30 s; the socket or None."""
         if now < self.next_try:
-            return
+            return None
         try:
-            if self.c.is_connected() is False and self.next_try == 0.0:
+            if self.next_try == 0.0:
                 self.c.connect(self.host, self.port, keepalive=60)
             else:
                 self.c.reconnect()
             self.backoff = 1.0
+            self.next_try = now + 1.0
+            return self.c.socket()
         except OSError:
             self.backoff = min(30.0, self.backoff * 2)
-        self.next_try = now + self.backoff * (0.5 + random.random() / 2)
+            self.next_try = now + self.backoff * (0.5 + random.random() / 2)
+            return None
 
 
 def serve(twins, telemetry_s=0, stop=lambda: False):
-    """Serve every twin in one thread until stop() (no thread per client: see the module's doc)."""
-    nxt = time.monotonic()
+    """Serve every twin in one thread until stop(): one epoll set over all their sockets and
+    paho's external-loop calls (loop_read / loop_write / loop_misc), so a process holds
+    thousands of devices and sleeps while nothing happens (no thread, no select() per client)."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    socks = {}                          # twin -> the socket registered for it
+    nxt_tel = time.monotonic() + (telemetry_s or 0)
+    nxt_misc = 0.0
     while not stop():
         now = time.monotonic()
-        for t in twins:
-            t.step(now)
-        if telemetry_s and time.monotonic() >= nxt:
-            nxt += telemetry_s
-            now = time.time()
+        if now >= nxt_misc:             # keepalive, reconnects: once a second
+            nxt_misc = now + 1.0
+            for t in twins:
+                sk = socks.get(t)
+                if sk is not None and t.c.socket() is not sk:      # dropped: paho closed it
+                    try:
+                        sel.unregister(sk)
+                    except (KeyError, ValueError):
+                        pass
+                    socks.pop(t)
+                    sk = None
+                if sk is None:
+                    sk = t.connect(now)
+                    if sk is not None:
+                        socks[t] = sk
+                        sel.register(sk, selectors.EVENT_READ, t)
+                else:
+                    t.c.loop_misc()
+        for key, _ in sel.select(timeout=0.05):
+            key.data.c.loop_read()
+        if telemetry_s and now >= nxt_tel:
+            nxt_tel += telemetry_s
+            wall = time.time()
             for t in twins:
                 if t.c.is_connected():
-                    t.telemetry(now)
-        time.sleep(0.005 if len(twins) < 200 else 0)
+                    t.telemetry(wall)
+        for t in socks:
+            if t.c.want_write():
+                t.c.loop_write()
 
 
 def main(argv=None):
@@ -165,10 +192,13 @@ def main(argv=None):
         devs = json.load(f)['devices']
     ids = a.ids.split(',') if a.ids else sorted(devs)
     if len(ids) > MAX_PER_PROCESS:
-        print('twin: %d devices in one process; at most %d (paho serves its sockets with select(), which '
-              'takes descriptors below 1024, and each client holds 3): start more processes'
-              % (len(ids), MAX_PER_PROCESS), file=sys.stderr)
+        print('twin: %d devices in one process; at most %d: start more processes' % (len(ids), MAX_PER_PROCESS),
+              file=sys.stderr)
         return 2
+    import resource                     # a paho client holds 3 descriptors (its socket, a wake-up pair)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4 * len(ids) + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4 * len(ids) + 256, hard), hard))
     bad = set(x for x in a.bad_key.split(',') if x)
     mute = set(x for x in a.mute.split(',') if x)
     twins = [Twin(i, devs[i]['password'], ('00' * 32) if i in bad else devs[i]['hmac_key'], a.host, a.port,
