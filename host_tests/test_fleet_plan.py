@@ -76,13 +76,21 @@ def test_every_site_gets_a_schedule_the_device_accepts_and_the_fleet_is_summed(t
     assert by['s2']['reserve_bp'] and any(i.get('reserve_soc_bp') == by['s2']['reserve_bp'] for i in iv)
 
 
-def test_a_heat_advisory_raises_the_reserve(tmp_path):
+def test_a_heat_advisory_raises_the_reserve_from_2_pm(tmp_path):
     _, normal = _plan(tmp_path)
     (tmp_path / 'r').mkdir()
     _, risky = _plan(tmp_path / 'r', risk=True)
     for a, b in zip(normal, risky):
         if a['reserve_bp'] is not None:
             assert b['reserve_bp'] > a['reserve_bp']
+            # held in the intervals from 14:00 local (utc_offset_s 7200: 12:00 UTC) on
+            at14 = DAY0 - 7200 + 14 * 3600
+
+            def at(sch, t):
+                iv = [i for i in sch['intervals'] if i['start'] <= t < i['start'] + i['duration_s']]
+                return iv[0].get('reserve_soc_bp', 0) if iv else sch['default'].get('reserve_soc_bp', 0)
+            assert at(b['schedule'], at14) >= b['reserve_bp']
+            assert at(b['schedule'], at14 - 3 * 3600) < b['reserve_bp']      # raised from 14:00, not all day
 
 
 def test_process_pool_and_dask_give_the_same_schedules(tmp_path):

@@ -116,8 +116,13 @@ def _local_step(hhmm, utc_offset_s, t0, step_s):
 
 
 def tasks(sites, day, forecasts, prices_dir, soc=None, risk=False, window=('16:00', '20:00'), events=(),
-          history=None, created=None, version=None):
-    """One task per site (see job()); FleetPlanError listing every site whose inputs are missing."""
+          history=None, created=None, version=None, risk_from='14:00'):
+    """One task per site (see job()); FleetPlanError listing every site whose inputs are missing.
+    On a high-risk day (a heat advisory) the elevated reserve is held from risk_from (the seed:
+    "increase all fleet SOC reserves to the elevated threshold by 2 PM"), reached by charging in
+    the hour before, and arbitrage discharge is suspended (tools/planner.py)."""
+    if risk and risk_from < window[0]:
+        window = (risk_from, window[1])
     errs, out = [], []
     soc = soc or {}
     day0 = int(datetime.datetime.strptime(day, '%Y-%m-%d').replace(tzinfo=datetime.timezone.utc).timestamp())
@@ -225,7 +230,11 @@ def main(argv=None):
     ap.add_argument('--forecasts', help='folder of <id>.csv forecasts')
     ap.add_argument('--prices', required=True, help='folder of <tariff>.csv day-ahead prices')
     ap.add_argument('--soc', help='JSON {id: soc_bp} (latest telemetry); default %d' % DEFAULT_SOC_BP)
-    ap.add_argument('--risk', action='store_true', help='heat advisory: reserve raised, arbitrage suspended')
+    ap.add_argument('--risk', action='store_true', help='heat advisory: reserve raised from --risk-from, '
+                    'arbitrage suspended')
+    ap.add_argument('--risk-from', default='14:00', help='local HH:MM the raised reserve is held from (risk days)')
+    ap.add_argument('--db', help='telemetry store (sqlite:///... or postgresql://...): forecasts for sites '
+                    'without a file, from the same weekday of the last four weeks')
     ap.add_argument('--window', nargs=2, default=('16:00', '20:00'), metavar=('FROM', 'TO'))
     ap.add_argument('--event', nargs=2, action='append', default=[], metavar=('HH:MM', 'DURATION_S'))
     ap.add_argument('--executor', default='process')
@@ -238,8 +247,16 @@ def main(argv=None):
         if a.soc:
             with open(a.soc) as f:
                 soc = json.load(f)
+        history = None
+        if a.db:
+            import store as store_mod
+            st = store_mod.open_store(a.db)
+            day0 = int(datetime.datetime.strptime(a.day, '%Y-%m-%d').replace(tzinfo=datetime.timezone.utc).timestamp())
+            history = {s['id']: st.net_load(s['id'], day0 - 29 * 86400, day0 + 86400) for s in sites}
+            st.close()
         t = time.perf_counter()
-        tl = tasks(sites, a.day, a.forecasts, a.prices, soc, a.risk, tuple(a.window), a.event)
+        tl = tasks(sites, a.day, a.forecasts, a.prices, soc, a.risk, tuple(a.window), a.event, history=history,
+                   risk_from=a.risk_from)
         res = run(tl, a.executor, a.workers)
         wall = time.perf_counter() - t
     except (inventory.InventoryError, FleetPlanError, OSError, ValueError) as e:
