@@ -48,6 +48,9 @@ def _fill(tmp_path, sec_ids):
                                                     'sch': {'id': dev, 'version': 7}}).encode(), now))
     batch.append(('status', 'x09999', b'offline', now))
     batch.append(('schedule', 'x00042', b'{"status": "rejected", "version": 6, "reason": "unauthorized: bad mac"}', now))
+    # what a compromised device may say about itself is shown as text, never as markup
+    batch.append(('telemetry', 'x00043', json.dumps({'v': 2, 'seq': 2, 'ts': now, 'soc_bp': 5000,
+                                                    'alarms': ['<img src=x onerror="window.pwned=1">']}).encode(), now))
     for k in range(200):                                  # a day of one site, 5 min apart
         batch.append(('telemetry', sec_ids[0], json.dumps({'v': 2, 'seq': 10 + k, 'ts': now - 3600 * 17 + 300 * k,
                                                            'gcp_w': 8000 + 50 * (k % 40), 'bat_w': 1000 - 20 * (k % 50),
@@ -112,9 +115,14 @@ def test_the_console_in_chromium(tmp_path, procs, browser):
     q.send_keys('rejected')
     assert wait_for(lambda: b.find_element(By.ID, 'count').text.startswith('1 of'), 5)
     assert 'x00042' in b.find_element(By.ID, 'rows').text
+    q.clear()
+    q.send_keys('x00043')
+    assert wait_for(lambda: 'onerror' in b.find_element(By.ID, 'rows').text, 5)     # shown as text
+    assert not b.execute_script('return window.pwned') and not b.find_elements(By.CSS_SELECTOR, '#rows img')
     # the override form: force the reserve at c1 and c2; the twins ack the new version
-    for _ in range(8):
-        q.send_keys('\b')
+    q.clear()
+    q.send_keys(' ')
+    q.clear()
     f = b.find_element(By.ID, 'ovr')
     f.find_element(By.NAME, 'sites').clear()
     f.find_element(By.NAME, 'sites').send_keys('c1,c2')

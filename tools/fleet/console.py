@@ -83,6 +83,7 @@ FLEET_JS = """<script>
 const COLS=[['dev','device'],['online','online'],['soc_bp','SoC %'],['state','state'],['reserve_bp','reserve %'],
  ['sch_acked','schedule acked'],['sch_status','schedule status'],['last_seen','last seen'],['alarms','alarms']];
 let all=[],view=[],key='dev',dir=1;const RH=22;
+const esc=x=>String(x).replace(/[&<>"']/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c]));
 function fmt(c,v){if(v===null||v===undefined)return'';if(c==='soc_bp'||c==='reserve_bp')return(v/100).toFixed(1);
  if(c==='online')return v?'yes':'NO';if(c==='last_seen')return new Date(v*1000).toISOString().slice(0,19)+'Z';return v;}
 function sortf(){const q=document.getElementById('q').value;view=all.filter(r=>!q||r.dev.includes(q)||
@@ -91,15 +92,15 @@ function sortf(){const q=document.getElementById('q').value;view=all.filter(r=>!
 function draw(){const t=document.getElementById('tbl');const first=Math.max(0,Math.floor(t.scrollTop/RH)-5);
  const n=Math.ceil(t.clientHeight/RH)+10;let h='<tr style="height:'+(first*RH)+'px"></tr>';
  for(const r of view.slice(first,first+n)){h+='<tr style="height:'+RH+'px">'+COLS.map(c=>'<td'+((c[0]==='online'&&!r.online)||
-  (c[0]==='sch_status'&&r.sch_status==='rejected')?' class="bad"':'')+'>'+(c[0]==='dev'?'<a href="/site/'+r.dev+'">'+r.dev+'</a>':
-  fmt(c[0],r[c[0]]))+'</td>').join('')+'</tr>';}
+  (c[0]==='sch_status'&&r.sch_status==='rejected')?' class="bad"':'')+'>'+(c[0]==='dev'?'<a href="/site/'+encodeURIComponent(r.dev)+'">'+esc(r.dev)+'</a>':
+  esc(fmt(c[0],r[c[0]])))+'</td>').join('')+'</tr>';}
  h+='<tr style="height:'+(Math.max(0,view.length-first-n)*RH)+'px"></tr>';document.getElementById('rows').innerHTML=h;}
 async function load(){const d=await (await fetch('/api/fleet')).json();all=d.devices;
  const a=d.aggregates;document.getElementById('agg').innerHTML=a?('committed '+(a.committed_wh/1000).toFixed(1)+
   ' kWh, deliverable '+(a.deliverable_wh/1000).toFixed(1)+' kWh'+(a.shortfall?' <span class="bad" id="short">SHORTFALL '+
   (a.shortfall_wh/1000).toFixed(1)+' kWh at '+a.short_sites.length+' sites</span>':' <span class="ok">no shortfall</span>')):'no plan';
  const p=d.push;document.getElementById('push').innerHTML=p?('push: '+['active','rejected','pending','offline'].map(k=>k+' '+(p.counts[k]||0)).join(', ')+
-  ' of '+p.devices+' &middot; deadline '+(p.deadline_utc||'')+' &middot; '+(p.late?'<span class="bad">LATE</span>':'<span class="ok">on time</span>')):'no push';
+  ' of '+esc(p.devices)+' &middot; deadline '+esc(p.deadline_utc||'')+' &middot; '+(p.late?'<span class="bad">LATE</span>':'<span class="ok">on time</span>')):'no push';
  sortf();}
 document.getElementById('head').innerHTML=COLS.map(c=>'<th data-k="'+c[0]+'">'+c[1]+'</th>').join('');
 document.getElementById('head').onclick=e=>{const k=e.target.dataset.k;if(!k)return;dir=(k===key)?-dir:1;key=k;sortf();};
