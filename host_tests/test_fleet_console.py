@@ -76,7 +76,7 @@ def test_the_console_in_chromium(tmp_path, procs, browser):
                                'counts': {'active': 9990, 'rejected': 3, 'pending': 2, 'offline': 5}}))
     port = free_port()
     srv = console.serve(console.create_app('sqlite:///%s' % (tmp_path / 'fleet.db'), fleet, plan, str(rep),
-                                           mqtt_port=br.port), port)
+                                           mqtt_port=br.port, port=port), port)
     procs.append(_Srv(srv))
     url = 'http://127.0.0.1:%d' % port
     os.makedirs(OUT, exist_ok=True)
@@ -102,7 +102,7 @@ def test_the_console_in_chromium(tmp_path, procs, browser):
     rows = b.find_elements(By.CSS_SELECTOR, '#rows tr')
     assert 10 < len(rows) < 80, len(rows)
     assert 'SHORTFALL 1500.0 kWh at 2 sites' in b.find_element(By.ID, 'agg').text
-    assert 'active 9990, rejected 3, pending 2, offline 5 of 10000' in b.find_element(By.ID, 'push').text
+    assert 'active 9990, fallback 0, rejected 3, pending 2, offline 5 of 10000' in b.find_element(By.ID, 'push').text
     b.save_screenshot(os.path.join(OUT, 'console-fleet.png'))
     # scroll to the end: the last device is drawn
     b.execute_script("const t=document.getElementById('tbl'); t.scrollTop=t.scrollHeight;")
@@ -143,10 +143,22 @@ def test_the_console_in_chromium(tmp_path, procs, browser):
     r = b.execute_script("""const f=new FormData();f.append('kind','dispatch');f.append('value','1000');
         return fetch('/api/override',{method:'POST',body:f}).then(r=>r.status);""")
     assert r == 403
-    # logged out: back to the login
+    # logged out: back to the login, and the old cookie is worth nothing
+    cookie = {c['name']: c['value'] for c in b.get_cookies()}
     b.get(url + '/logout')
     b.get(url + '/')
     assert '/login' in b.current_url
+    import urllib.request
+    import urllib.error
+    req = urllib.request.Request(url + '/api/fleet', headers={'Cookie': '; '.join('%s=%s' % kv for kv in cookie.items())})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 401
+    # another host name (DNS rebinding) is refused
+    req = urllib.request.Request(url + '/login', headers={'Host': 'evil.example:%d' % port})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 400
 
 
 class _Stop:

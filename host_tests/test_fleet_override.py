@@ -22,7 +22,7 @@ def _plan_schedule():
         if k in (1, 5):
             e['power_w'] = 4000                     # economic (arbitrage)
         if k == 3:
-            e.update(power_w=5000, firm=True)       # an obligation
+            e.update(power_w=5000, firm=True, export=True)      # an obligation, as the planner writes it
         iv.append(e)
     return {'v': 1, 'id': 's/day', 'version': 10, 'created': NOW - 60, 'valid_until': NOW + 86400,
             'default': {'objective': 'ss'}, 'intervals': iv}
@@ -34,7 +34,7 @@ def test_suspending_arbitrage_keeps_the_obligation_and_ends_at_the_expiry():
     assert schedule_host.validate(s, COMM, 10) == []
     iv = s['intervals']
     assert 'power_w' not in iv[1] and iv[1]['export'] is False          # arbitrage gone, no export
-    assert iv[3]['power_w'] == 5000 and iv[3]['firm']                  # the obligation stays
+    assert iv[3] == d['intervals'][3] and iv[3]['export'] is True     # the obligation stays, export too
     assert iv[5] == d['intervals'][5]                                  # after the expiry: the plan
     assert d['intervals'][1]['power_w'] == 4000                        # the plan itself is untouched
 
@@ -100,3 +100,20 @@ class _Stop:
     def stop(self):
         self.p.terminate()
         self.p.wait(5)
+
+
+def test_an_override_the_device_would_refuse_changes_nothing(tmp_path):
+    plan = write_plan(tmp_path / 'plan', ['v1', 'v2'], 100)
+    before = {i: open(os.path.join(plan, 'schedules', i + '.json')).read() for i in ('v1', 'v2')}
+    import pytest
+    with pytest.raises(override.OverrideError, match='reserve_soc_bp'):
+        override.schedules(plan, ['v1', 'v2'], 'force_reserve', time.time() + 3600, 20000, version=101)
+    assert {i: open(os.path.join(plan, 'schedules', i + '.json')).read() for i in ('v1', 'v2')} == before
+    override.schedules(plan, ['v1'], 'suspend_arbitrage', time.time() + 3600, version=102)    # still possible
+
+
+def test_command_counters_always_increase(tmp_path):
+    state = str(tmp_path / 'ctr')
+    a = [override._bump(state, 1000) for _ in range(5)]
+    assert a == [1000, 1001, 1002, 1003, 1004]
+    assert override._bump(state, 999) == 1005          # the clock stepped back: still newer

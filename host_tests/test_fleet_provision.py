@@ -84,6 +84,16 @@ def test_provisioning_writes_everything_and_rerunning_keeps_the_credentials(tmp_
     assert set(sec2['devices']) == {'site-002', 'site-003'}
     assert sec2['devices']['site-003'] != sec['devices']['site-001']
     assert sorted(os.listdir(os.path.join(out, 'sites'))) == ['site-002.json', 'site-003.json']
+    assert os.stat(os.path.join(out, 'sites', 'site-002.json')).st_mode & 0o077 == 0
+    # a folder of the user's beside it is never touched; a secrets file of another shape is refused
+    os.makedirs(out + '.old')
+    open(out + '.old/keep-me', 'w').close()
+    provision.provision(_write(tmp_path, GOOD), out, '127.0.0.1')
+    assert os.path.exists(out + '.old/keep-me')
+    with open(os.path.join(out, 'secrets.json'), 'w') as f:
+        json.dump({'devices': []}, f)
+    with pytest.raises(provision.ProvisionError, match='not a provisioning secrets file'):
+        provision.provision(_write(tmp_path, GOOD), out, '127.0.0.1')
 
 
 def test_bad_input_changes_nothing_and_says_why(tmp_path):

@@ -42,7 +42,7 @@ def test_push_acks_and_the_deadline_report(tmp_path, procs):
     finally:
         p.close()
     by = {r['id']: r for r in rep['rows']}
-    assert rep['counts'] == {'active': 15, 'rejected': 1, 'pending': 1, 'offline': 3}, push.table(rep)
+    assert rep['counts'] == {'active': 15, 'fallback': 0, 'rejected': 1, 'pending': 1, 'offline': 3}, push.table(rep)
     assert all(by[i]['state'] == 'active' and by[i]['acked_version'] == 4242 for i in NORMAL)
     assert by[BAD]['state'] == 'rejected' and 'mac' in by[BAD]['reason']
     assert by[MUTE]['state'] == 'pending' and by[MUTE]['tries'] == 3        # retried, then left
@@ -52,7 +52,7 @@ def test_push_acks_and_the_deadline_report(tmp_path, procs):
     assert first[-1] - first[0] >= 19 * 0.05 * 0.9
     assert time.time() - t < 14                 # the deadline ended it (the mute one never acks)
     txt = push.table(rep)
-    assert 'active 15, rejected 1, pending 1, offline 3' in txt and BAD in txt and NEVER in txt
+    assert 'active 15, fallback 0, rejected 1, pending 1, offline 3' in txt and BAD in txt and NEVER in txt
     # a device that comes online after the deadline gets the retained schedule and acks it
     late = twins(br.port, secrets_path, [NEVER])
     procs.append(_Proc(late))
@@ -74,7 +74,7 @@ def test_the_command_line_reports_and_exits_1_when_not_all_acked(tmp_path, procs
                         '--port', str(br.port), '--deadline', '+4', '--report', rep_path],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert 'active 1, rejected 0, pending 0, offline 1' in r.stdout and 'e2' in r.stdout
+    assert 'active 1, fallback 0, rejected 0, pending 0, offline 1' in r.stdout and 'e2' in r.stdout
     rep = json.load(open(rep_path))
     assert rep['counts']['active'] == 1 and rep['deadline_utc']
     # bad input: nothing sent, says why
@@ -97,3 +97,38 @@ class _Proc:
             self.p.wait(5)
         except subprocess.TimeoutExpired:
             self.p.kill()
+
+
+class _Msg:
+    def __init__(self, topic, payload, retain=False):
+        self.topic, self.payload, self.retain = topic, payload, retain
+
+
+def _push_without_broker(version=9):
+    import threading
+    p = push.Push.__new__(push.Push)
+    p.devs = {'a': push.Device('a', b'{}', version)}
+    p.lock, p.prefix, p.t0, p.published = threading.Lock(), 'bess', 0.0, 1
+    p.devs['a'].sent.append(0.0)
+    return p
+
+
+def test_what_the_firmware_says_is_counted_as_it_is():
+    """The firmware's own status messages (firmware/plan_side.py): a schedule it could not read
+    (too large, out of memory: no version known) is a rejection of ours when said live after the
+    publish; the new version running its default block (no clock, expired) is "fallback", not
+    "active"; a stale retained one changes nothing."""
+    p = _push_without_broker()
+    rej = {'status': 'rejected', 'reason': 'too large: 30000 bytes > max_bytes 24576', 'id': 's/day', 'version': 8,
+           'last_rejected': {'reason': 'too large: 30000 bytes > max_bytes 24576', 'id': None, 'version': 0}}
+    p._on_message(None, None, _Msg('bess/a/schedule/status', json.dumps(rej).encode(), retain=True))
+    assert p.devs['a'].state() != 'rejected'                  # retained: from before our publish
+    p._on_message(None, None, _Msg('bess/a/schedule/status', json.dumps(rej).encode()))
+    assert p.devs['a'].state() == 'rejected' and 'too large' in p.devs['a'].rejected
+    p = _push_without_broker()
+    fb = {'status': 'fallback', 'reason': 'no_clock', 'id': 's/day', 'version': 9}
+    p._on_message(None, None, _Msg('bess/a/schedule/status', json.dumps(fb).encode()))
+    rep = p.report()
+    assert rep['counts']['fallback'] == 1 and rep['rows'][0]['reason'] == 'fallback (no_clock)'
+    p._on_message(None, None, _Msg('bess/a/schedule/status', json.dumps(dict(fb, status='active')).encode()))
+    assert p.report()['counts']['active'] == 1

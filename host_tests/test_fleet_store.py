@@ -45,7 +45,8 @@ def test_the_store_keeps_telemetry_and_the_latest_of_each_device(st):
                                      b'"last_rejected": {"reason": "unauthorized: bad mac"}}', 0)]) == 5
     assert st.count() == 5 and st.bad == 1
     d = {r['dev']: r for r in st.devices()}
-    assert d['a']['online'] == 1 and d['a']['last_seen'] == 1790000040 and d['a']['gcp_w'] == 5004
+    assert d['a']['online'] is None                      # online / offline: from the status topic only
+    assert d['a']['last_seen'] == 1790000040 and d['a']['gcp_w'] == 5004
     assert d['a']['sch_version'] == 9 and d['a']['sch_status'] == 'rejected' and 'bad mac' in d['a']['sch_reason']
     assert d['b']['online'] == 0 and d['b']['soc_bp'] is None
     st.add([('schedule', 'a', b'{"status": "active", "version": 10}', 0)])
@@ -53,6 +54,54 @@ def test_the_store_keeps_telemetry_and_the_latest_of_each_device(st):
     assert d['a']['sch_status'] == 'active' and d['a']['sch_acked'] == 10 and d['a']['sch_reason'] is None
     assert d['a']['soc_bp'] == 6000                      # a partial update keeps the other columns
     assert st.net_load('a', 1790000000, 1790000030) == [(1790000000, 4900), (1790000010, 4901), (1790000020, 4902)]
+
+
+def test_the_firmwares_record_keeps_its_own_time_and_state_and_is_stored_once(st):
+    """Schema v2 as the firmware sends it (docs/telemetry.md): ts_ms and a state name; a record
+    sent again (store-and-forward after a lost ack) is one row."""
+    rec = json.dumps({'v': 2, 'seq': 7, 'ts_ms': 1790000000123, 'gcp_w': 100, 'bat_w': 50, 'soc_bp': 4000,
+                      'state': 'charging', 'err': {'meter': 0}}).encode()
+    st.add([('telemetry', 'fw', rec, 1790003600)])        # received an hour later (a backlog)
+    st.add([('telemetry', 'fw', rec, 1790003601)])        # and again
+    assert st.count() == 1
+    d = {r['dev']: r for r in st.devices()}
+    assert d['fw']['last_seen'] == 1790000000 and d['fw']['state'] == 'charging' and d['fw']['alarms'] is None
+    assert st.net_load('fw', 1789999999, 1790000001) == [(1790000000, 150)]
+
+
+def test_a_devices_malformed_payload_never_stops_the_store(st):
+    """Text a database refuses, numbers beyond its columns, odd shapes: cleaned, or the one message
+    is refused -- the others of its batch are stored."""
+    bad = [('schedule', 'p', b'{"status": "\\ud800x\\u0000y", "last_rejected": "x"}', 0),
+           ('telemetry', 'p', json.dumps({'seq': 1, 'ts': 1790000000, 'gcp_w': 2 ** 31, 'state': '\x00\ud800',
+                                          'alarms': {'\x00': '\ud800'}}).encode(), 0),
+           ('telemetry', 'p', json.dumps({'seq': 2, 'ts': 1790000001, 'gcp_w': 2 ** 70}).encode(), 0)]
+    assert st.add(bad + _batch('q', 3)) == 5
+    d = {r['dev']: r for r in st.devices()}
+    assert d['p']['sch_status'] == '?xy' and d['q']['gcp_w'] == 5002      # no NUL, no lone surrogate
+    assert [r[1] for r in st.history('p', 0, 2 ** 40)] == [2 ** 31, None]     # beyond 2**62: no value
+
+
+def test_ingest_drops_only_what_the_store_refuses(tmp_path):
+    class Picky:                            # a store that refuses one device's messages
+        def __init__(self):
+            self.rows = []
+
+        def add(self, batch):
+            if any(m[1] == 'evil' for m in batch):
+                raise ValueError('refused')
+            self.rows += batch
+
+        def ping(self):
+            return True
+    ing = ingest.Ingest.__new__(ingest.Ingest)
+    ing.st, ing.dropped = Picky(), 0
+    assert ing._one_by_one([('telemetry', 'ok1', b'{}', 0), ('telemetry', 'evil', b'{}', 0),
+                            ('telemetry', 'ok2', b'{}', 0)], ValueError()) == []
+    assert [m[1] for m in ing.st.rows] == ['ok1', 'ok2'] and ing.dropped == 1
+    assert ing._one_by_one([('telemetry', 'evil', b'{}', 0)], ValueError()) == [] and ing.dropped == 2
+    ing.st.ping = lambda: False             # the database is down: everything is kept
+    assert len(ing._one_by_one([('telemetry', 'evil', b'{}', 0)], OSError())) == 1
 
 
 def test_two_ingest_instances_split_the_fleet_through_a_shared_subscription(tmp_path, procs):

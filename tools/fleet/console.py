@@ -6,6 +6,8 @@
 
 Login required (fleet/console_users, written by provision.py; its password is in secrets.json
 "console"); every page and API call without a session goes to the login form (401 for the API).
+A login lasts 8 h and ends at logout (a nonce kept here: a copied cookie is then worth nothing);
+requests naming another host are refused (DNS rebinding); one override runs at a time.
 Pages: the fleet table (online, SoC, state, reserve in force, schedule version acked and status,
 last seen, alarms; sorted and filtered in the browser, drawn a screenful at a time so 10 000 rows
 stay usable), the fleet's aggregates and the event shortfall (plan.json), the push status against
@@ -99,7 +101,7 @@ async function load(){const d=await (await fetch('/api/fleet')).json();all=d.dev
  const a=d.aggregates;document.getElementById('agg').innerHTML=a?('committed '+(a.committed_wh/1000).toFixed(1)+
   ' kWh, deliverable '+(a.deliverable_wh/1000).toFixed(1)+' kWh'+(a.shortfall?' <span class="bad" id="short">SHORTFALL '+
   (a.shortfall_wh/1000).toFixed(1)+' kWh at '+a.short_sites.length+' sites</span>':' <span class="ok">no shortfall</span>')):'no plan';
- const p=d.push;document.getElementById('push').innerHTML=p?('push: '+['active','rejected','pending','offline'].map(k=>k+' '+(p.counts[k]||0)).join(', ')+
+ const p=d.push;document.getElementById('push').innerHTML=p?('push: '+['active','fallback','rejected','pending','offline'].map(k=>k+' '+(p.counts[k]||0)).join(', ')+
   ' of '+esc(p.devices)+' &middot; deadline '+esc(p.deadline_utc||'')+' &middot; '+(p.late?'<span class="bad">LATE</span>':'<span class="ok">on time</span>')):'no push';
  sortf();}
 document.getElementById('head').innerHTML=COLS.map(c=>'<th data-k="'+c[0]+'">'+c[1]+'</th>').join('');
@@ -128,7 +130,10 @@ async function load(){const d=await (await fetch('/api/site/'+%(dev)s)).json();
 load();</script>"""
 
 
-def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1', mqtt_port=1883):
+SESSION_S = 8 * 3600                # a login lasts a working day
+
+
+def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1', mqtt_port=1883, port=None):
     app = Flask(__name__, static_folder=assets(), static_url_path='/static')
     app.secret_key = secrets.token_bytes(32)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE='Strict')
@@ -141,6 +146,9 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
                 u, h = ln.strip().split(':', 1)
                 users[u] = h
     jobs = {}
+    live = {}                               # session nonce -> login time: logout and age end it
+    job_lock = threading.Lock()             # one override at a time (one service username)
+    hosts = ('127.0.0.1:%d' % port, 'localhost:%d' % port) if port else None
 
     def page(title, body, script):
         return PAGE % {'title': title, 'body': body, 'script': script, 'user': session.get('user'),
@@ -148,8 +156,14 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
 
     @app.before_request
     def need_login():
-        if request.endpoint in ('login', 'static') or session.get('user') in users:
+        if hosts and request.host not in hosts:     # a page of another site (DNS rebinding)
+            return Response('unknown host', status=400)
+        if request.endpoint in ('login', 'static'):
             return None
+        t = live.get(session.get('nonce'))
+        if t is not None and time.time() - t < SESSION_S and session.get('user') in users:
+            return None
+        live.pop(session.get('nonce'), None)
         if request.path.startswith('/api/'):
             return jsonify({'error': 'login required'}), 401
         return redirect('/login')
@@ -163,6 +177,8 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
                 session.clear()
                 session['user'] = u
                 session['csrf'] = secrets.token_urlsafe(16)
+                session['nonce'] = n = secrets.token_urlsafe(16)
+                live[n] = time.time()
                 return redirect('/')
             msg = '<p class="bad" id="err">wrong user or password</p>'
             time.sleep(0.5)                 # a little friction for guessing
@@ -172,6 +188,7 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
 
     @app.route('/logout')
     def logout():
+        live.pop(session.get('nonce'), None)        # the cookie is worth nothing from now on
         session.clear()
         return redirect('/login')
 
@@ -209,7 +226,10 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
 
     @app.route('/api/site/<dev>')
     def api_site(dev):
-        hours = min(168, max(1, int(request.args.get('hours', 24))))
+        try:
+            hours = min(168, max(1, int(request.args.get('hours', 24))))
+        except ValueError:
+            return jsonify({'error': 'hours must be an integer'}), 400
         t1 = int(time.time()) + 60
         with lock:
             rows = st.history(dev, t1 - hours * 3600, t1)
@@ -248,13 +268,21 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
             return jsonify({'error': 'minutes and value must be numbers'}), 400
         if kind not in override.KINDS or not 1 <= minutes <= 24 * 60 or (kind != 'suspend_arbitrage' and value is None):
             return jsonify({'error': 'kind, value and 1..1440 minutes needed'}), 400
+        if kind == 'force_reserve' and not 0 <= value <= 10000:
+            return jsonify({'error': 'a reserve is 0..10000 bp'}), 400
+        if kind == 'dispatch' and not -10 ** 7 <= value <= 10 ** 7:
+            return jsonify({'error': 'a dispatch is -10 MW..10 MW'}), 400
+        if job_lock.locked():
+            return jsonify({'error': 'an override is still running; try again when it is done'}), 409
         with open(os.path.join(fleet_dir, 'secrets.json')) as fh:
             sec = json.load(fh)
+        svc = sec['services'][-1]           # the console's own username (the CLI's is another)
         ids = sorted(sec['devices']) if f.get('sites', 'all').strip() == 'all' else \
             [x.strip() for x in f['sites'].split(',') if x.strip()]
         unknown = [i for i in ids if i not in sec['devices']]
         if unknown or not ids:
             return jsonify({'error': 'unknown sites: %s' % ', '.join(unknown[:10]) if unknown else 'no sites'}), 400
+        job_lock.acquire()
         n = len(jobs) + 1
         jobs[n] = {'done': False, 'result': None, 'by': session['user']}
         until = time.time() + minutes * 60
@@ -263,13 +291,12 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
             try:
                 if kind == 'dispatch':
                     acks = override.dispatch(sec, ids, value, minutes * 60, mqtt_host, mqtt_port, time.time() + 30,
-                                             user=sec['services'][-1]['user'])
+                                             user=svc['user'])
                     ok = sum(1 for a in acks.values() if a and a.get('ok'))
                     res = 'dispatch %d W: %d of %d acked ok' % (value, ok, len(ids))
                 else:
-                    override.schedules(plan_dir, ids, kind, until, value)
+                    override.schedules(plan_dir, ids, kind, until, value, fleet_dir=fleet_dir)
                     devs = push.load_plan(plan_dir, sec)
-                    svc = sec['services'][-1]
                     p = push.Push({i: devs[i] for i in ids}, mqtt_host, mqtt_port, svc['user'], svc['password'])
                     try:
                         rep = p.run(time.time() + 60)
@@ -278,6 +305,8 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
                     res = '%s: %s' % (kind.replace('_', ' '), ', '.join('%s %d' % kv for kv in rep['counts'].items()))
             except Exception as e:
                 res = 'failed: %s' % e
+            finally:
+                job_lock.release()
             jobs[n].update(done=True, result=res)
         threading.Thread(target=run, daemon=True).start()
         return jsonify({'job': n})
@@ -309,7 +338,7 @@ def main(argv=None):
     ap.add_argument('--port', type=int, default=8080)
     ap.add_argument('--mqtt-port', type=int, default=1883)
     a = ap.parse_args(argv)
-    srv = serve(create_app(a.db, a.fleet, a.plan, a.report, mqtt_port=a.mqtt_port), a.port)
+    srv = serve(create_app(a.db, a.fleet, a.plan, a.report, mqtt_port=a.mqtt_port, port=a.port), a.port)
     print('console: http://127.0.0.1:%d/ (user and password: %s/secrets.json "console")' % (a.port, a.fleet),
           flush=True)
     try:

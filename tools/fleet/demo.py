@@ -100,7 +100,7 @@ def main(argv=None):
         pdir = os.path.join(a.out, 'plan')
         plan_fleet.write(pdir, res, agg, {'day': day, 'risk': True})
         report = os.path.join(a.out, 'push.json')
-        srv = console.serve(console.create_app(db, fleet, pdir, report, mqtt_port=br.port), a.port)
+        srv = console.serve(console.create_app(db, fleet, pdir, report, mqtt_port=br.port, port=a.port), a.port)
         print('fleet: mosquitto on 127.0.0.1:%d, %d twins + %d firmware instances' % (br.port, len(ids), len(fw)))
         print('fleet: planned %d sites for %s (heat advisory): committed %.1f kWh, deliverable %.1f kWh%s'
               % (agg['planned'], day, agg['committed_wh'] / 1000, agg['deliverable_wh'] / 1000,

@@ -9,8 +9,9 @@ Scaling out: every instance subscribes through an MQTT 5 shared subscription
 ($share/<group>/bess/+/telemetry, ...): the broker hands each message to one instance of the
 group, so N instances split the load (mosquitto here; EMQX, VerneMQ or HiveMQ clusters beyond one
 broker: docs/fleet.md). A thread writes batches (one transaction each) so the MQTT thread only
-queues. Online / offline (retained, the last will) also needs a plain subscription on one
-instance to see the retained state at start: --status-owner.
+queues. Online / offline (retained, the last will) and the schedule status go to one instance
+(plain subscriptions, in order; --no-status on the others). A message the store refuses (a
+device's malformed record) is dropped and counted; the rest of its batch is stored.
 """
 import argparse
 import json
@@ -43,6 +44,7 @@ class Ingest:
         self.status_owner = status_owner
         self.q = queue.Queue()
         self.received = 0
+        self.dropped = 0
         self.stop_ev = threading.Event()
         self.w = threading.Thread(target=self._writer, daemon=True)
         self.w.start()
@@ -59,10 +61,11 @@ class Ingest:
     def _on_connect(self, c, u, flags, rc, props=None):
         if rc.is_failure:
             return
-        g = '$share/%s/%s/+/' % (self.group, self.prefix)
-        subs = [(g + 'telemetry', 0), (g + 'schedule/status', 1)]
-        if self.status_owner:               # retained online/offline, once (not shared)
-            subs.append(('%s/+/status' % self.prefix, 1))
+        subs = [('$share/%s/%s/+/telemetry' % (self.group, self.prefix), 0)]
+        if self.status_owner:
+            # online / offline (retained, the will) and the schedule status: one instance, in
+            # order (a shared subscription would let two instances commit them in either order)
+            subs += [('%s/+/status' % self.prefix, 1), ('%s/+/schedule/status' % self.prefix, 1)]
         c.subscribe(subs)
         self.connected.set()
 
@@ -86,13 +89,34 @@ class Ingest:
             if buf and (len(buf) >= self.batch or time.monotonic() >= nxt or self.stop_ev.is_set()):
                 try:
                     self.st.add(buf)
-                except Exception as e:      # the database is down: keep the batch, try again
-                    print('ingest: store failed (%r): %d messages kept' % (e, len(buf)), file=sys.stderr)
-                    time.sleep(1)
-                    continue
+                except Exception as e:
+                    buf = self._one_by_one(buf, e)
+                    if buf:                 # the database is down: keep them, try again
+                        time.sleep(1)
+                        continue
                 buf = []
             if time.monotonic() >= nxt:
                 nxt = time.monotonic() + self.flush_s
+
+    def _one_by_one(self, buf, e):
+        """A batch failed: each message alone. One that fails while others go in is dropped and
+        counted (one device's payload must not stop the fleet's ingest); if none goes in, the
+        database is down: all are kept."""
+        kept, ok = [], 0
+        for m in buf:
+            try:
+                self.st.add([m])
+                ok += 1
+            except Exception:
+                kept.append(m)
+        if kept and (ok or self.st.ping()):
+            self.dropped += len(kept)
+            print('ingest: %d message(s) the store refused dropped (%r), %d stored'
+                  % (len(kept), e, ok), file=sys.stderr)
+            return []
+        if kept:
+            print('ingest: store failed (%r): %d messages kept' % (e, len(kept)), file=sys.stderr)
+        return kept
 
     def close(self):
         self.c.disconnect()

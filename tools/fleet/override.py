@@ -6,12 +6,12 @@ each signed with the device's key.
         --sites all|id,id --until +3600|HH:MM [--utc-offset-s S] \\
         (--suspend-arbitrage | --force-reserve BP | --dispatch W) [--deadline +60]
 
-- suspend arbitrage: the plan's schedule again, as a new version, without economic power
-  (power_w that is not firm) and without battery export, in the intervals that start before the
-  expiry;
+- suspend arbitrage: the plan's schedule again, as a new version, without economic power and
+  without battery export in the intervals that start before the expiry; firm intervals (the
+  obligation) stay as planned, their export included;
 - force the reserve: reserve_soc_bp = BP (never below the plan's) in those intervals;
 - dispatch: a signed `dispatch` command (docs/telemetry.md: power_w, duration_ms until the
-  expiry, ctr = ms since 1970: always newer than the last) on bess/<id>/cmd/dispatch; the device
+  expiry, ctr: ms since 1970 or the last one + 1, kept on this host) on bess/<id>/cmd/dispatch; the device
   acks it on bess/<id>/cmd/ack and returns to its plan by itself at the end.
 Schedule overrides go out through tools/fleet/push.py (acks, report); the plan's schedules
 folder keeps the overridden versions (the next plan replaces them). After the expiry the device
@@ -52,8 +52,9 @@ def override_schedule(d, kind, until_s, version, reserve_bp=None):
         if iv['start'] >= until_s:
             continue
         if kind == 'suspend_arbitrage':
-            if 'power_w' in iv and not iv.get('firm'):
-                del iv['power_w']
+            if iv.get('firm'):
+                continue                # an obligation: its power and its export stay as planned
+            iv.pop('power_w', None)
             iv['export'] = False
         elif kind == 'force_reserve':
             iv['reserve_soc_bp'] = max(reserve_bp, iv.get('reserve_soc_bp', 0))
@@ -62,19 +63,53 @@ def override_schedule(d, kind, until_s, version, reserve_bp=None):
     return s
 
 
+def next_ctr(state=None):
+    """A command counter above every one this host issued: ms since 1970, or the last one + 1
+    (two commands in one ms, a clock stepped back). Kept in a file beside the planner's versions,
+    under a lock (the console's jobs and the command line may sign at once)."""
+    state = state or os.path.join(os.path.dirname(planner_version_file()), 'fleet-ctr')
+    return _bump(state, int(time.time() * 1000))
+
+
+def planner_version_file():
+    import planner
+    return planner.version_file()
+
+
+def _bump(state, at_least):
+    """max(at_least, the value in state + 1), written back; one process at a time (flock)."""
+    import fcntl
+    os.makedirs(os.path.dirname(state), exist_ok=True)
+    with open(state + '.lock', 'a') as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        try:
+            with open(state) as f:
+                v = max(at_least, int(f.read().strip()) + 1)
+        except (OSError, ValueError):
+            v = at_least
+        with open(state + '.new', 'w') as f:
+            f.write('%d\n' % v)
+        os.replace(state + '.new', state)
+    return v
+
+
 def dispatch_payload(key_hex, dev, power_w, duration_s, prefix='bess', ctr=None, req_id=None):
     """(topic, signed payload) of a dispatch command for one device."""
     topic = '%s/%s/cmd/dispatch' % (prefix, dev)
     body = {'power_w': int(power_w), 'duration_ms': int(duration_s * 1000),
-            'ctr': int(time.time() * 1000) if ctr is None else ctr}
+            'ctr': next_ctr() if ctr is None else ctr}
     if req_id:
         body['id'] = req_id
     raw = json.dumps(body, separators=(',', ':')).encode()
     return topic, commands.sign(bytes.fromhex(key_hex), topic, raw)
 
 
-def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None):
-    """Override the plan's schedules of ids in plan_dir/schedules (rewritten); returns the ids."""
+def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None, fleet_dir=None):
+    """Override the plan's schedules of ids in plan_dir/schedules (rewritten); returns the ids.
+    Each new schedule is checked by the device's rules first (lib/schedule_host.py, against the
+    site's commissioned config in fleet_dir/sites/<id>.json when given): one that a device would
+    refuse changes nothing, anywhere."""
+    import schedule_host
     d = os.path.join(plan_dir, 'schedules')
     version = version or plan_fleet.next_version()
     errs, done = [], []
@@ -87,21 +122,41 @@ def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None):
             errs.append('%s: %s' % (i, e))
             continue
         new = override_schedule(s, kind, until_s, version, reserve_bp)
+        comm = None
+        if fleet_dir:
+            try:
+                with open(os.path.join(fleet_dir, 'sites', i + '.json')) as f:
+                    comm = json.load(f).get('control')
+            except (OSError, ValueError):
+                comm = None
+        bad = schedule_host.validate(new, comm, 0)
+        if bad:
+            errs.append('%s: %s' % (i, '; '.join(bad[:3])))
+            continue
         with open(p + '.new', 'w') as f:
             json.dump(new, f, separators=(',', ':'))
         done.append((p, i))
     if errs:
         for p, _ in done:
             os.remove(p + '.new')
-        raise OverrideError('no schedule for:\n  ' + '\n  '.join(errs))
+        raise OverrideError('nothing overridden:\n  ' + '\n  '.join(errs))
     for p, _ in done:
         os.replace(p + '.new', p)
     return [i for _, i in done]
 
 
+def service_user(secrets, user=None):
+    """The service username for an override: its own (the push holds the first, ingest the
+    next ones; one username is one client: docs/fleet.md)."""
+    svcs = secrets['services']
+    if user is not None:
+        return [x for x in svcs if x['user'] == user][0]
+    return svcs[-2] if len(svcs) >= 4 else svcs[-1]
+
+
 def dispatch(secrets, ids, power_w, duration_s, host, port, deadline_s, user=None):
     """Send a signed dispatch to each device; {id: ack dict or None} by the deadline."""
-    svc = secrets['services'][-1] if user is None else [x for x in secrets['services'] if x['user'] == user][0]
+    svc = service_user(secrets, user)
     import paho.mqtt.client as mqtt
     acks, lock, ready = {}, threading.Lock(), threading.Event()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=svc['user'], protocol=mqtt.MQTTv5)
@@ -177,10 +232,11 @@ def main(argv=None):
                 print('  %s: %s' % (i, (a_ or {}).get('reason', 'no ack')))
             return 0 if not bad else 1
         kind = 'suspend_arbitrage' if a.suspend_arbitrage else 'force_reserve'
-        schedules(a.plan, ids, kind, until, a.force_reserve)
+        schedules(a.plan, ids, kind, until, a.force_reserve, fleet_dir=os.path.dirname(os.path.abspath(a.secrets)))
         devs = push.load_plan(a.plan, sec)
         devs = {i: devs[i] for i in ids}
-        p = push.Push(devs, a.host, a.port, sec['service']['user'], sec['service']['password'])
+        svc = service_user(sec)
+        p = push.Push(devs, a.host, a.port, svc['user'], svc['password'])
     except (OSError, ValueError, KeyError) as e:
         print('override: nothing sent: %s' % e, file=sys.stderr)
         return 2

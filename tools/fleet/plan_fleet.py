@@ -161,19 +161,11 @@ def tasks(sites, day, forecasts, prices_dir, soc=None, risk=False, window=('16:0
 def next_version(now_s=None, state=None):
     """One version for the whole run: seconds since 2020 (planner.VERSION_EPOCH_S), above the
     last one this host issued (state: a file holding it; default beside the planner's)."""
+    import override                     # its _bump: read, raise, write back under a lock
     state = state or os.path.join(os.path.dirname(planner.version_file()), 'fleet-version')
-    v = int((time.time() if now_s is None else now_s) - planner.VERSION_EPOCH_S)
-    try:
-        with open(state) as f:
-            v = max(v, int(f.read().strip()) + 1)
-    except (OSError, ValueError):
-        pass
+    v = override._bump(state, int((time.time() if now_s is None else now_s) - planner.VERSION_EPOCH_S))
     if not 1 <= v <= planner.VERSION_MAX:
         raise FleetPlanError('version %d outside 1..2**30-1' % v)
-    os.makedirs(os.path.dirname(state), exist_ok=True)
-    with open(state + '.new', 'w') as f:
-        f.write('%d\n' % v)
-    os.replace(state + '.new', state)
     return v
 
 

@@ -120,6 +120,10 @@ def provision(sites_path, out, mqtt_server, mqtt_port=1883, ntp_host=None, servi
         pass
     except ValueError as e:
         raise ProvisionError('%s/secrets.json is not valid JSON (%s): fix or remove it; nothing changed' % (out, e))
+    if not (isinstance(old, dict) and isinstance(old.get('devices', {}), dict)
+            and isinstance(old.get('services', []), list)):
+        raise ProvisionError('%s/secrets.json is not a provisioning secrets file: fix or remove it; nothing changed'
+                             % out)
     sec = _secrets(old, sites, users)
     configs, errs = {}, []
     for s in sites:
@@ -153,14 +157,19 @@ def provision(sites_path, out, mqtt_server, mqtt_port=1883, ntp_host=None, servi
         fd = os.open(os.path.join(tmp, 'secrets.json'), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, 'w') as f:
             json.dump(sec, f, indent=1, sort_keys=True)
-        for i, c in configs.items():
-            with open(os.path.join(tmp, 'sites', i + '.json'), 'w') as f:
+        for i, c in configs.items():            # passwords and keys: the owner only
+            fd = os.open(os.path.join(tmp, 'sites', i + '.json'), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, 'w') as f:
                 json.dump(c, f, indent=1, sort_keys=True)
         if os.path.isdir(out):
-            gone = out.rstrip('/') + '.old'
-            shutil.rmtree(gone, ignore_errors=True)
+            gone = tempfile.mkdtemp(prefix='.provision-old-', dir=parent)     # never a name of the user's
+            os.rmdir(gone)
             os.rename(out, gone)
-            os.rename(tmp, out)
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                os.rename(gone, out)        # the old folder back, as it was
+                raise
             shutil.rmtree(gone)
         else:
             os.rename(tmp, out)

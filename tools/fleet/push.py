@@ -12,7 +12,8 @@ device's ack: active on a version, or rejected with a reason) and bess/+/status 
 last will "offline"). A device that is online and has not acked the new version --retry-s after
 its publish gets it again (a device that was offline gets the retained copy when it connects, and
 again on reconnect). At the deadline, or once every device is done, the report: per device
-active / rejected (reason) / pending (online, no ack yet) / offline, as a table and JSON.
+active / fallback (it has the new version but runs its default block: no clock, expired; with
+the reason) / rejected (reason) / pending (online, no ack yet) / offline, as a table and JSON.
 """
 import argparse
 import datetime
@@ -32,7 +33,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 
 import schedule_host  # noqa: E402
 
-STATES = ('active', 'rejected', 'pending', 'offline')
+STATES = ('active', 'fallback', 'rejected', 'pending', 'offline')
 
 
 class PushError(ValueError):
@@ -48,11 +49,12 @@ class Device:
         self.sent = []                  # monotonic s of each publish
         self.acked_s = None             # monotonic s of the ack of this version
         self.rejected = None            # reason
+        self.fallback = None            # received, but running its default block: the reason
         self.acked_version = None       # the version the device says is in force
 
     def state(self):
         if self.acked_s is not None:
-            return 'active'
+            return 'fallback' if self.fallback else 'active'
         if self.rejected is not None:
             return 'rejected'
         return 'pending' if self.online else 'offline'
@@ -139,12 +141,16 @@ class Push:
                         d.acked_s = time.monotonic()
                     d.acked_version = d.version
                     d.rejected = None
+                    # received, but not running it (no clock, expired): said as such, not "active"
+                    d.fallback = None if s['status'] == 'active' else '%s (%s)' % (s['status'], s.get('reason', ''))
                 elif s.get('status') == 'rejected' and d.sent and d.acked_s is None:
-                    # this version's rejection: named in last_rejected, or (a status without it)
-                    # said live after our publish, not a retained one from an earlier rollout
+                    # this version's rejection: named in last_rejected; or said live after our
+                    # publish (not a retained one from an earlier rollout) without a version
+                    # (too large, out of memory, not stored: the device could not read it)
                     lr = s.get('last_rejected')
-                    if (isinstance(lr, dict) and lr.get('version') == d.version) or (lr is None and not m.retain):
-                        d.rejected = s.get('reason') or 'rejected'
+                    lv = lr.get('version') if isinstance(lr, dict) else None
+                    if lv == d.version or (not m.retain and lv in (None, 0)):
+                        d.rejected = s.get('reason') or (lr or {}).get('reason') or 'rejected'
                 elif isinstance(s.get('version'), int):
                     d.acked_version = s['version']
 
@@ -182,12 +188,12 @@ class Push:
             rows = []
             for d in sorted(self.devs.values(), key=lambda d: d.id):
                 rows.append({'id': d.id, 'state': d.state(), 'version': d.version, 'acked_version': d.acked_version,
-                             'tries': len(d.sent), 'reason': d.rejected,
+                             'tries': len(d.sent), 'reason': d.rejected or d.fallback,
                              'ack_s': round(d.acked_s - self.t0, 3) if d.acked_s is not None else None})
         counts = {s: sum(1 for r in rows if r['state'] == s) for s in STATES}
         acks = [r['ack_s'] for r in rows if r['ack_s'] is not None]
         return {'deadline': deadline_s, 'devices': len(rows), 'counts': counts, 'published': self.published,
-                'all_acked_s': max(acks) if acks and counts['active'] == len(rows) else None,
+                'all_acked_s': max(acks) if acks and counts['active'] + counts['fallback'] == len(rows) else None,
                 'last_ack_s': max(acks) if acks else None, 'rows': rows}
 
     def close(self):
@@ -198,8 +204,8 @@ class Push:
 def table(rep):
     """The report as text: counts, then every device not active."""
     c = rep['counts']
-    out = ['devices %d: active %d, rejected %d, pending %d, offline %d; published %d%s' % (
-        rep['devices'], c['active'], c['rejected'], c['pending'], c['offline'], rep['published'],
+    out = ['devices %d: active %d, fallback %d, rejected %d, pending %d, offline %d; published %d%s' % (
+        rep['devices'], c['active'], c['fallback'], c['rejected'], c['pending'], c['offline'], rep['published'],
         '; all acked after %.1f s' % rep['all_acked_s'] if rep['all_acked_s'] is not None else '')]
     out.append('%-24s %-9s %8s %8s %5s  %s' % ('device', 'state', 'version', 'acked', 'tries', 'reason'))
     for r in rep['rows']:

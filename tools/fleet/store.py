@@ -9,8 +9,12 @@ where configured. One interface, the same tables:
 
 kind: 'telemetry' (bess/<id>/telemetry), 'status' (bess/<id>/status: online / offline, the will),
 'schedule' (bess/<id>/schedule/status). Telemetry rows keep the record's main fields as columns
-(docs/telemetry.md: W, bp, uptime-based seq) and the whole record as JSON; a record that is not
-JSON is counted, not stored. The devices table is updated from the same batch (latest wins).
+(docs/telemetry.md: W, bp, the record's own time from ts_ms, state) and the whole record as JSON,
+once per (device, time, seq); a record that is not JSON is counted, not stored; device text is
+cut and cleaned (no NUL, no lone surrogate) before a database sees it. The devices table is updated
+from the same batch: telemetry columns from the newest record only; online / offline only from
+the status topic (the will), schedule status only from its topic, each in arrival order (one
+ingest instance holds those subscriptions: tools/fleet/ingest.py).
 """
 import json
 import os
@@ -23,17 +27,36 @@ DEVICE_COLS = ('dev', 'online', 'last_seen', 'soc_bp', 'state', 'gcp_w', 'bat_w'
 LATEST_COLS = ('last_seen', 'soc_bp', 'state', 'gcp_w', 'bat_w', 'reserve_bp', 'sch_version')
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS telemetry (dev TEXT NOT NULL, seq BIGINT, ts BIGINT NOT NULL,
-       gcp_w INTEGER, bat_w INTEGER, soc_bp INTEGER, state INTEGER, reserve_bp INTEGER, sch_version BIGINT,
+       gcp_w BIGINT, bat_w BIGINT, soc_bp BIGINT, state TEXT, reserve_bp BIGINT, sch_version BIGINT,
        rec TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS telemetry_dev_ts ON telemetry (dev, ts)",
+    # one row per record: a store-and-forward backlog sent again after a lost ack is not doubled
+    "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_dev_ts_seq ON telemetry (dev, ts, seq)",
     """CREATE TABLE IF NOT EXISTS devices (dev TEXT PRIMARY KEY, online INTEGER, last_seen BIGINT,
-       soc_bp INTEGER, state INTEGER, gcp_w INTEGER, bat_w INTEGER, reserve_bp INTEGER, sch_version BIGINT,
+       soc_bp BIGINT, state TEXT, gcp_w BIGINT, bat_w BIGINT, reserve_bp BIGINT, sch_version BIGINT,
        sch_status TEXT, sch_acked BIGINT, sch_reason TEXT, alarms TEXT)""",
 ]
 
 
 def _int(v):
     return v if isinstance(v, int) and not isinstance(v, bool) and -2 ** 62 < v < 2 ** 62 else None
+
+
+def _text(v, n):
+    """A device-supplied value as text a database takes: at most n characters, no NUL, no lone
+    surrogate (it arrived as JSON: anything goes)."""
+    if v is None:
+        return None
+    t = v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))
+    return t[:n].replace('\x00', '').encode('utf-8', 'replace').decode('utf-8')
+
+
+def _ts(r, t):
+    """The record's time, unix s: ts_ms (the firmware's records, docs/telemetry.md) or ts; the
+    time it was received when it has neither (a store-and-forward backlog keeps its own times)."""
+    ms = _int(r.get('ts_ms'))
+    if ms is not None and ms > 10 ** 11:
+        return ms // 1000
+    return _int(r.get('ts')) or int(t)
 
 
 def rows(batch):
@@ -53,23 +76,21 @@ def rows(batch):
             continue
         if kind == 'telemetry':
             sch = r.get('sch') if isinstance(r.get('sch'), dict) else {}
-            ts = _int(r.get('ts')) or int(t)
+            ts = _ts(r, t)
+            st = r.get('state')
             row = (d, _int(r.get('seq')), ts, _int(r.get('gcp_w')), _int(r.get('bat_w')), _int(r.get('soc_bp')),
-                   _int(r.get('state')), _int(r.get('reserve_bp')), _int(sch.get('version')),
-                   json.dumps(r, separators=(',', ':')))
+                   _text(st, 20) if isinstance(st, (str, int)) else None, _int(r.get('reserve_bp')),
+                   _int(sch.get('version')), json.dumps(r, separators=(',', ':')))     # (ASCII: \u escapes)
             tel.append(row)
             if u.get('last_seen') is None or ts >= u['last_seen']:      # the newest record wins
                 u.update(last_seen=ts, soc_bp=row[5], state=row[6], gcp_w=row[3], bat_w=row[4], reserve_bp=row[7],
-                         sch_version=row[8])
-            u['online'] = 1
-            al = r.get('alarms') or r.get('err')
-            if al:
-                u['alarms'] = json.dumps(al, separators=(',', ':'))[:500]
+                         sch_version=row[8], alarms=_text(r.get('alarms'), 500) if r.get('alarms') else None)
         elif kind == 'schedule':
-            u['sch_status'] = str(r.get('status'))[:20]
+            u['sch_status'] = _text(r.get('status'), 20)
             u['sch_acked'] = _int(r.get('version'))
-            reason = r.get('reason') or (r.get('last_rejected') or {}).get('reason')
-            u['sch_reason'] = str(reason)[:200] if reason else None
+            lr = r.get('last_rejected') if isinstance(r.get('last_rejected'), dict) else {}
+            reason = r.get('reason') or lr.get('reason')
+            u['sch_reason'] = _text(reason, 200) if reason else None
     return tel, dev, bad
 
 
@@ -95,8 +116,8 @@ class _Store:
         self.bad += bad
         with self._tx() as cur:
             if tel:
-                cur.executemany('INSERT INTO telemetry (%s) VALUES (%s)' % (', '.join(TELEMETRY_COLS),
-                                                                           ', '.join([self.ph] * len(TELEMETRY_COLS))), tel)
+                cur.executemany('INSERT INTO telemetry (%s) VALUES (%s) ON CONFLICT DO NOTHING'
+                                % (', '.join(TELEMETRY_COLS), ', '.join([self.ph] * len(TELEMETRY_COLS))), tel)
             groups = {}
             for d, u in dev.items():
                 if u:
@@ -121,6 +142,15 @@ class _Store:
 
     def net_load(self, dev, t0, t1):
         return [(ts, (g or 0) + (b or 0)) for ts, g, b, *_ in self.history(dev, t0, t1) if g is not None]
+
+    def ping(self):
+        """True if the database answers (a refused message is then the message's fault)."""
+        try:
+            with self._tx() as cur:
+                cur.execute('SELECT 1')
+                return cur.fetchone()[0] == 1
+        except Exception:
+            return False
 
     def count(self):
         with self._tx() as cur:
