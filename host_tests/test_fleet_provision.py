@@ -71,7 +71,7 @@ def test_provisioning_writes_everything_and_rerunning_keeps_the_credentials(tmp_
     assert not provision.verify_password('wrong', h)
     assert os.stat(os.path.join(out, 'secrets.json')).st_mode & 0o077 == 0
     users = [ln.split(':')[0] for ln in open(os.path.join(out, 'passwd'))]
-    assert users == ['fleet', 'fleet-2', 'fleet-3', 'fleet-4', 'site-001', 'site-002']
+    assert users == ['fleet', 'fleet-2', 'fleet-3', 'fleet-4', 'fleet-5', 'fleet-6', 'site-001', 'site-002']
     cfg = json.load(open(os.path.join(out, 'sites', 'site-002.json')))
     assert cfg['mqtt']['client_id'] == cfg['mqtt']['user'] == 'site-002'
     assert cfg['mqtt']['password'] == sec['devices']['site-002']['password']

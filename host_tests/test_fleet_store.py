@@ -128,3 +128,48 @@ def test_two_ingest_instances_split_the_fleet_through_a_shared_subscription(tmp_
     assert a.received > n and b.received > n                   # and both took a share
     d = {r['dev']: r for r in st.devices()}
     assert len(d) == 10 and d['t00']['online'] == 1 and d['t05']['gcp_w'] == n - 1
+
+
+def test_a_database_of_another_store_version_is_refused_untouched(tmp_path):
+    import sqlite3
+    p = str(tmp_path / 'old.db')
+    c = sqlite3.connect(p)
+    c.execute('CREATE TABLE telemetry (dev TEXT, seq BIGINT, ts BIGINT, state INTEGER, rec TEXT)')
+    c.execute("INSERT INTO telemetry VALUES ('a', 1, 1, 1, '{}')")
+    c.commit()
+    c.close()
+    with pytest.raises(store.StoreError, match='another version'):
+        store.open_store('sqlite:///' + p)
+    c = sqlite3.connect(p)
+    assert c.execute('SELECT COUNT(*) FROM telemetry').fetchone()[0] == 1      # nothing lost
+    assert c.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'schema_version'").fetchone()[0] == 0
+
+
+def test_alarms_are_the_error_counters_that_are_not_zero_and_the_newest_wins(st):
+    rec = {'v': 2, 'seq': 1, 'ts_ms': 1790000000000, 'state': 'idle', 'err': {'meter': 3, 'battery': 0}}
+    st.add([('telemetry', 'a', json.dumps(rec).encode(), 0)])
+    old = dict(rec, seq=0, ts_ms=1789999990000, err={'meter': 0})
+    st.add([('telemetry', 'a', json.dumps(old).encode(), 0)])     # an older record, committed later
+    d = {r['dev']: r for r in st.devices()}
+    assert json.loads(d['a']['alarms']) == {'meter': 3}
+
+
+def test_a_locked_database_keeps_the_messages(tmp_path):
+    import sqlite3
+    p = str(tmp_path / 'l.db')
+    st = store.open_store('sqlite:///' + p)
+    st.conn.execute('PRAGMA busy_timeout = 200')
+    other = sqlite3.connect(p)
+    other.execute('BEGIN IMMEDIATE')                      # another writer holds the lock
+    ing = ingest.Ingest.__new__(ingest.Ingest)
+    ing.st, ing.dropped = st, 0
+    buf = _batch('a', 3)
+    try:
+        st.add(buf)
+        raise AssertionError('the add should have failed')
+    except sqlite3.OperationalError as e:
+        kept = ing._one_by_one(buf, e)
+    assert len(kept) == 3 and ing.dropped == 0
+    other.rollback()
+    other.close()
+    assert st.add(kept) == 3

@@ -174,6 +174,9 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
         if request.method == 'POST':
             u, pw = request.form.get('user', ''), request.form.get('password', '')
             if u in users and provision.verify_password(pw, users[u]):
+                live.pop(session.get('nonce'), None)            # a login again ends the one before
+                for k in [k for k, t in live.items() if time.time() - t >= SESSION_S]:
+                    live.pop(k, None)
                 session.clear()
                 session['user'] = u
                 session['csrf'] = secrets.token_urlsafe(16)
@@ -272,8 +275,6 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
             return jsonify({'error': 'a reserve is 0..10000 bp'}), 400
         if kind == 'dispatch' and not -10 ** 7 <= value <= 10 ** 7:
             return jsonify({'error': 'a dispatch is -10 MW..10 MW'}), 400
-        if job_lock.locked():
-            return jsonify({'error': 'an override is still running; try again when it is done'}), 409
         with open(os.path.join(fleet_dir, 'secrets.json')) as fh:
             sec = json.load(fh)
         svc = sec['services'][-1]           # the console's own username (the CLI's is another)
@@ -282,7 +283,8 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
         unknown = [i for i in ids if i not in sec['devices']]
         if unknown or not ids:
             return jsonify({'error': 'unknown sites: %s' % ', '.join(unknown[:10]) if unknown else 'no sites'}), 400
-        job_lock.acquire()
+        if not job_lock.acquire(blocking=False):      # released by the job's thread when it ends
+            return jsonify({'error': 'an override is still running; try again when it is done'}), 409
         n = len(jobs) + 1
         jobs[n] = {'done': False, 'result': None, 'by': session['user']}
         until = time.time() + minutes * 60

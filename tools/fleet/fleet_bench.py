@@ -222,6 +222,9 @@ def run(n, k_fw, plan_sites, ingest_s, rate_per_min, out, pg=True):
             json.dump(rep, f)
         # ingest: SQLite, then PostgreSQL
         fig['ingest'] = {}
+        for f in ('fleet.db', 'fleet.db-wal', 'fleet.db-shm'):       # the bench's own, thrown away
+            if os.path.exists(os.path.join(out, f)):
+                os.remove(os.path.join(out, f))
         dbs = [('sqlite', 'sqlite:///%s' % os.path.join(out, 'fleet.db'))]
         pgc = None
         if pg:

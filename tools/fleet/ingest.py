@@ -102,6 +102,9 @@ class Ingest:
         """A batch failed: each message alone. One that fails while others go in is dropped and
         counted (one device's payload must not stop the fleet's ingest); if none goes in, the
         database is down: all are kept."""
+        if type(e).__name__ in store_mod.DOWN or not self.st.ping():
+            print('ingest: store failed (%r): %d messages kept' % (e, len(buf)), file=sys.stderr)
+            return buf                      # the database's trouble: everything is kept
         kept, ok = [], 0
         for m in buf:
             try:
@@ -149,7 +152,8 @@ def main(argv=None):
     print('ingest: up (%s, group %s)' % (a.db, a.group), flush=True)
     try:
         while not done.wait(10):
-            print('ingest: %d received, %d stored, %d not JSON' % (ing.received, st.stored, st.bad), flush=True)
+            print('ingest: %d received, %d stored, %d not JSON, %d refused by the store'
+                  % (ing.received, st.stored, st.bad, ing.dropped), flush=True)
     except KeyboardInterrupt:
         pass
     ing.close()

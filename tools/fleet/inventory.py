@@ -28,7 +28,7 @@ COLUMNS = {
 ID_RE = re.compile(r'^[A-Za-z0-9_-]{1,40}$')
 NAME_RE = re.compile(r'^[A-Za-z0-9_.-]{1,40}$')
 # usernames the broker's ACL gives other rights (docs/mosquitto-example.acl, tools/fleet/provision.py)
-RESERVED = ('operator', 'monitor', 'homeassistant', 'fleet', 'fleet-2', 'fleet-3', 'fleet-4')
+RESERVED = ('operator', 'monitor', 'homeassistant') + tuple(['fleet'] + ['fleet-%d' % k for k in range(2, 7)])
 
 
 class InventoryError(ValueError):

@@ -151,7 +151,10 @@ def service_user(secrets, user=None):
     svcs = secrets['services']
     if user is not None:
         return [x for x in svcs if x['user'] == user][0]
-    return svcs[-2] if len(svcs) >= 4 else svcs[-1]
+    if len(svcs) < 4:
+        raise OverrideError('the secrets hold %d service users; provision with --service-users 6 (push, '
+                            'ingest, the command line and the console each need their own)' % len(svcs))
+    return svcs[-2]
 
 
 def dispatch(secrets, ids, power_w, duration_s, host, port, deadline_s, user=None):

@@ -101,7 +101,7 @@ def site_values(site, cred, mqtt_server, mqtt_port, ntp_host=None):
     return v
 
 
-def provision(sites_path, out, mqtt_server, mqtt_port=1883, ntp_host=None, service_user='fleet', n_service=4):
+def provision(sites_path, out, mqtt_server, mqtt_port=1883, ntp_host=None, service_user='fleet', n_service=6):
     """Write the fleet's files into out (see the module's doc); returns the secrets dict."""
     try:
         sites = inventory.load(sites_path)
@@ -187,8 +187,9 @@ def main(argv=None):
     ap.add_argument('--mqtt-port', type=int, default=1883)
     ap.add_argument('--ntp-host', help='NTP server for the devices\' wall clock (schedules need one)')
     ap.add_argument('--service-user', default='fleet', help='the fleet service\'s MQTT username')
-    ap.add_argument('--service-users', type=int, default=4, help='how many (fleet, fleet-2, ...): one per '
-                    'connection at once (push, each ingest instance, the console)')
+    ap.add_argument('--service-users', type=int, default=6, help='how many (fleet, fleet-2, ...): one per '
+                    'connection at once: push fleet, ingest fleet-2 (and fleet-3, fleet-4 for more instances), '
+                    'override.py the one before last, the console the last')
     a = ap.parse_args(argv)
     try:
         sec = provision(a.sites, a.out, a.mqtt_server, a.mqtt_port, a.ntp_host, a.service_user, a.service_users)

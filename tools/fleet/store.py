@@ -24,8 +24,10 @@ TELEMETRY_COLS = ('dev', 'seq', 'ts', 'gcp_w', 'bat_w', 'soc_bp', 'state', 'rese
 DEVICE_COLS = ('dev', 'online', 'last_seen', 'soc_bp', 'state', 'gcp_w', 'bat_w', 'reserve_bp', 'sch_version',
                'sch_status', 'sch_acked', 'sch_reason', 'alarms')
 
-LATEST_COLS = ('last_seen', 'soc_bp', 'state', 'gcp_w', 'bat_w', 'reserve_bp', 'sch_version')
+LATEST_COLS = ('last_seen', 'soc_bp', 'state', 'gcp_w', 'bat_w', 'reserve_bp', 'sch_version', 'alarms')
+SCHEMA_VERSION = 2
 SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS schema_version (v INTEGER NOT NULL)",
     """CREATE TABLE IF NOT EXISTS telemetry (dev TEXT NOT NULL, seq BIGINT, ts BIGINT NOT NULL,
        gcp_w BIGINT, bat_w BIGINT, soc_bp BIGINT, state TEXT, reserve_bp BIGINT, sch_version BIGINT,
        rec TEXT NOT NULL)""",
@@ -48,6 +50,16 @@ def _text(v, n):
         return None
     t = v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))
     return t[:n].replace('\x00', '').encode('utf-8', 'replace').decode('utf-8')
+
+
+def _alarms(r):
+    """What needs an operator's eye in a record: its "alarms", else the error counters that are
+    not zero (the firmware's "err": failed meter / battery calls, ...), else None."""
+    a = r.get('alarms')
+    if not a:
+        e = r.get('err')
+        a = {k: v for k, v in e.items() if v} if isinstance(e, dict) else None
+    return _text(a, 500) if a else None
 
 
 def _ts(r, t):
@@ -84,7 +96,7 @@ def rows(batch):
             tel.append(row)
             if u.get('last_seen') is None or ts >= u['last_seen']:      # the newest record wins
                 u.update(last_seen=ts, soc_bp=row[5], state=row[6], gcp_w=row[3], bat_w=row[4], reserve_bp=row[7],
-                         sch_version=row[8], alarms=_text(r.get('alarms'), 500) if r.get('alarms') else None)
+                         sch_version=row[8], alarms=_alarms(r))
         elif kind == 'schedule':
             u['sch_status'] = _text(r.get('status'), 20)
             u['sch_acked'] = _int(r.get('version'))
@@ -94,12 +106,38 @@ def rows(batch):
     return tel, dev, bad
 
 
+class StoreError(RuntimeError):
+    pass
+
+
+DOWN = ('OperationalError', 'InterfaceError')  # the database's trouble, not the message's (retry)
+
+
 class _Store:
     ph = '?'                        # the driver's parameter placeholder
 
     def __init__(self):
         self.bad = 0
         self.stored = 0
+
+    def _schema(self, cur, have_telemetry):
+        """Create the tables; refuse a database an older store made (its rows are kept as they
+        are: move it away or point --db elsewhere)."""
+        if have_telemetry:
+            try:
+                cur.execute('SELECT v FROM schema_version')
+                row = cur.fetchone()
+            except Exception:
+                row = None
+            if row is None or row[0] != SCHEMA_VERSION:
+                raise StoreError('the database was made by another version of tools/fleet/store.py (schema %s, '
+                                 'this one is %d): nothing changed; move it away or use another --db'
+                                 % (row[0] if row else 1, SCHEMA_VERSION))
+        for q in SCHEMA:
+            cur.execute(q)
+        cur.execute('SELECT COUNT(*) FROM schema_version')
+        if cur.fetchone()[0] == 0:
+            cur.execute('INSERT INTO schema_version (v) VALUES (%d)' % SCHEMA_VERSION)
 
     def _upsert_sql(self, cols):
         """One device row: the telemetry columns only from a record newer than the stored one
@@ -144,11 +182,11 @@ class _Store:
         return [(ts, (g or 0) + (b or 0)) for ts, g, b, *_ in self.history(dev, t0, t1) if g is not None]
 
     def ping(self):
-        """True if the database answers (a refused message is then the message's fault)."""
+        """True if the database takes a write now (a refused message is then the message's fault)."""
         try:
             with self._tx() as cur:
-                cur.execute('SELECT 1')
-                return cur.fetchone()[0] == 1
+                self._write_probe(cur)
+            return True
         except Exception:
             return False
 
@@ -180,9 +218,13 @@ class SQLiteStore(_Store):
         self.conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
         self.conn.execute('PRAGMA journal_mode=WAL')         # readers never block the writer
         self.conn.execute('PRAGMA synchronous=NORMAL')       # durable at checkpoints, fast commits
-        for s in SCHEMA:
-            self.conn.execute(s)
+        cur = self.conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'telemetry'")
+        self._schema(cur, cur.fetchone()[0] > 0)
         self.conn.commit()
+
+    def _write_probe(self, cur):
+        cur.execute('UPDATE schema_version SET v = v')       # takes the write lock (busy: an error)
 
     def _tx(self):
         return _Tx(self.conn)
@@ -197,12 +239,19 @@ class PgStore(_Store):
     def __init__(self, dsn):
         super().__init__()
         import psycopg
+        self.dsn = dsn
         self.conn = psycopg.connect(dsn)
         with self._tx() as cur:
-            for s in SCHEMA:
-                cur.execute(s)
+            cur.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'telemetry'")
+            self._schema(cur, cur.fetchone()[0] > 0)
+
+    def _write_probe(self, cur):
+        cur.execute('UPDATE schema_version SET v = v')
 
     def _tx(self):
+        if self.conn.closed:                # the server restarted: connect again (raises while it is down)
+            import psycopg
+            self.conn = psycopg.connect(self.dsn)
         return _Tx(self.conn)
 
     def close(self):
