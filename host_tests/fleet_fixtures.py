@@ -7,11 +7,12 @@ import subprocess
 import sys
 import time
 
-from mqtt_fixtures import Broker, ROOT
+from mqtt_fixtures import ROOT
 
 FLEET = os.path.join(ROOT, 'tools', 'fleet')
 if FLEET not in sys.path:
     sys.path.insert(0, FLEET)
+import loopback  # noqa: E402
 import provision  # noqa: E402
 
 
@@ -25,24 +26,30 @@ def provisioned_broker(tmp_path, ids):
     (tmp_path / 'sites.csv').write_text(sites_csv(ids))
     out = str(tmp_path / 'fleet')
     sec = provision.provision(str(tmp_path / 'sites.csv'), out, '127.0.0.1')
-    br = Broker(tmp_path, extra=['allow_anonymous false', 'password_file %s' % os.path.join(out, 'passwd'),
-                                 'acl_file %s' % os.path.join(out, 'bess.acl')])
-    lines = open(br.conf).read().splitlines()
-    i = [k for k, ln in enumerate(lines) if ln.startswith('listener')][0]
-    lines.insert(i + 1, 'use_username_as_clientid true')     # after its listener (docs/telemetry.md)
-    open(br.conf, 'w').write('\n'.join(lines) + '\n')
-    br.start()
-    return br, sec, out
+    return loopback.broker(out, str(tmp_path)), sec, out
 
 
 def twins(port, secrets_path, ids, *extra):
     """A twin process for ids; returns the Popen once it has started."""
-    p = subprocess.Popen([sys.executable, os.path.join(FLEET, 'twin.py'), '--port', str(port), '--secrets',
-                          secrets_path, '--ids', ','.join(ids)] + list(extra),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    line = p.stdout.readline()
-    assert line.startswith('twin: '), line
-    return p
+    return loopback.twins(port, secrets_path, ids, *extra, wait=True)
+
+
+class Stopper:
+    """Something a test started (a process, a server), for the procs fixture: stop()."""
+
+    def __init__(self, thing):
+        self.thing = thing
+
+    def stop(self):
+        t = self.thing
+        if hasattr(t, 'terminate'):
+            t.terminate()
+            try:
+                t.wait(5)
+            except subprocess.TimeoutExpired:
+                t.kill()
+        else:
+            t.shutdown()
 
 
 def simple_schedule(dev_id, version, now=None):

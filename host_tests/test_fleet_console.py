@@ -11,7 +11,7 @@ import time
 import pytest
 
 from mqtt_fixtures import wait_for, free_port, procs, ROOT  # noqa: F401
-from fleet_fixtures import provisioned_broker, twins, write_plan
+from fleet_fixtures import Stopper, provisioned_broker, twins, write_plan
 
 import console  # noqa: E402  (tools/fleet)
 import store  # noqa: E402
@@ -65,7 +65,7 @@ def test_the_console_in_chromium(tmp_path, procs, browser):
     br, sec, fleet = provisioned_broker(tmp_path, ids)
     procs.append(br)
     t = twins(br.port, os.path.join(fleet, 'secrets.json'), ids)
-    procs.append(_Stop(t))
+    procs.append(Stopper(t))
     plan = write_plan(tmp_path / 'plan', ids, 7)
     with open(os.path.join(plan, 'plan.json'), 'w') as f:
         json.dump({'aggregates': {'committed_wh': 20000000, 'deliverable_wh': 18500000, 'shortfall_wh': 1500000,
@@ -77,7 +77,7 @@ def test_the_console_in_chromium(tmp_path, procs, browser):
     port = free_port()
     srv = console.serve(console.create_app('sqlite:///%s' % (tmp_path / 'fleet.db'), fleet, plan, str(rep),
                                            mqtt_port=br.port, port=port), port)
-    procs.append(_Srv(srv))
+    procs.append(Stopper(srv))
     url = 'http://127.0.0.1:%d' % port
     os.makedirs(OUT, exist_ok=True)
     from selenium.webdriver.common.by import By
@@ -160,19 +160,3 @@ def test_the_console_in_chromium(tmp_path, procs, browser):
         urllib.request.urlopen(req)
     assert e.value.code == 400
 
-
-class _Stop:
-    def __init__(self, p):
-        self.p = p
-
-    def stop(self):
-        self.p.terminate()
-        self.p.wait(5)
-
-
-class _Srv:
-    def __init__(self, s):
-        self.s = s
-
-    def stop(self):
-        self.s.shutdown()

@@ -6,7 +6,7 @@ import os
 import time
 
 from mqtt_fixtures import Device, wait_for, procs  # noqa: F401
-from fleet_fixtures import provisioned_broker, twins, write_plan, simple_schedule
+from fleet_fixtures import Stopper, provisioned_broker, twins, write_plan, simple_schedule
 
 import override  # noqa: E402  (tools/fleet)
 import schedule_host  # noqa: E402
@@ -52,7 +52,7 @@ def test_a_schedule_override_goes_out_as_a_new_version_and_is_acked(tmp_path, pr
     br, sec, fleet = provisioned_broker(tmp_path, ids)
     procs.append(br)
     t = twins(br.port, os.path.join(fleet, 'secrets.json'), ids)
-    procs.append(_Stop(t))
+    procs.append(Stopper(t))
     plan = write_plan(tmp_path / 'plan', ids, 100)
     r = override.main(['--plan', plan, '--secrets', os.path.join(fleet, 'secrets.json'), '--port', str(br.port),
                        '--sites', 'o1,o3', '--until', '+1800', '--force-reserve', '7000', '--deadline', '+20'])
@@ -91,15 +91,6 @@ def test_a_dispatch_reaches_the_real_firmware_signed_and_is_acked(tmp_path, proc
     c.disconnect()
     c.loop_stop()
     assert acks2['a']['ok'] is False and 'replay' in acks2['a']['reason']
-
-
-class _Stop:
-    def __init__(self, p):
-        self.p = p
-
-    def stop(self):
-        self.p.terminate()
-        self.p.wait(5)
 
 
 def test_an_override_the_device_would_refuse_changes_nothing(tmp_path):

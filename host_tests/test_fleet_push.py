@@ -9,7 +9,7 @@ import sys
 import time
 
 from mqtt_fixtures import Collector, wait_for, procs  # noqa: F401
-from fleet_fixtures import FLEET, provisioned_broker, twins, write_plan
+from fleet_fixtures import Stopper, FLEET, provisioned_broker, twins, write_plan
 
 import push  # noqa: E402  (tools/fleet, on the path through fleet_fixtures)
 
@@ -23,7 +23,7 @@ def test_push_acks_and_the_deadline_report(tmp_path, procs):
     secrets_path = os.path.join(fleet, 'secrets.json')
     a = twins(br.port, secrets_path, NORMAL + [BAD, MUTE], '--bad-key', BAD, '--mute', MUTE)
     b = twins(br.port, secrets_path, KILLED)
-    procs.extend([_Proc(a)])
+    procs.extend([Stopper(a)])
     other = sec['services'][1]              # not the push's username: one username, one client
     mon = Collector(br.port, topics=('bess/+/status',), user=other['user'], password=other['password'])
     procs.append(mon)
@@ -55,7 +55,7 @@ def test_push_acks_and_the_deadline_report(tmp_path, procs):
     assert 'active 15, fallback 0, rejected 1, pending 1, offline 3' in txt and BAD in txt and NEVER in txt
     # a device that comes online after the deadline gets the retained schedule and acks it
     late = twins(br.port, secrets_path, [NEVER])
-    procs.append(_Proc(late))
+    procs.append(Stopper(late))
     col = Collector(br.port, topics=('bess/%s/schedule/status' % NEVER,), user=sec['services'][2]['user'],
                     password=sec['services'][2]['password'])
     procs.append(col)
@@ -67,7 +67,7 @@ def test_the_command_line_reports_and_exits_1_when_not_all_acked(tmp_path, procs
     br, sec, fleet = provisioned_broker(tmp_path, ids)
     procs.append(br)
     secrets_path = os.path.join(fleet, 'secrets.json')
-    procs.append(_Proc(twins(br.port, secrets_path, ['e1'])))
+    procs.append(Stopper(twins(br.port, secrets_path, ['e1'])))
     plan = write_plan(tmp_path / 'plan', ids, 7)
     rep_path = str(tmp_path / 'report.json')
     r = subprocess.run([sys.executable, os.path.join(FLEET, 'push.py'), '--plan', plan, '--secrets', secrets_path,
@@ -83,20 +83,6 @@ def test_the_command_line_reports_and_exits_1_when_not_all_acked(tmp_path, procs
     r = subprocess.run([sys.executable, os.path.join(FLEET, 'push.py'), '--plan', plan, '--secrets', secrets_path,
                         '--port', str(br.port), '--deadline', '+1'], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "no HMAC key for device 'zz'" in r.stderr
-
-
-class _Proc:
-    """A Popen the procs fixture stops."""
-
-    def __init__(self, p):
-        self.p = p
-
-    def stop(self):
-        self.p.terminate()
-        try:
-            self.p.wait(5)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
 
 
 class _Msg:

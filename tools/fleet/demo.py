@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 
@@ -32,11 +31,12 @@ import fleet_bench  # noqa: E402
 import console  # noqa: E402
 import ingest as ingest_mod  # noqa: E402
 import inventory  # noqa: E402
+import loopback  # noqa: E402
 import plan_fleet  # noqa: E402
 import provision  # noqa: E402
 import push  # noqa: E402
 import store as store_mod  # noqa: E402
-from broker import Broker, wait_for  # noqa: E402
+from broker import wait_for  # noqa: E402
 
 
 def main(argv=None):
@@ -57,39 +57,18 @@ def main(argv=None):
             f.write('%s,%d,%d,40000,%d,7200\n' % (i, (10, 20)[k % 2], (5, 10)[k % 2], (2500, 5000, 6000)[k % 3]))
     fleet = os.path.join(a.out, 'fleet')
     sec = provision.provision(os.path.join(a.out, 'sites.csv'), fleet, '127.0.0.1', n_service=6)
-    work = tempfile.mkdtemp(prefix='fleet-demo-')
-    br = Broker(work, extra=['allow_anonymous false', 'password_file %s' % os.path.join(fleet, 'passwd'),
-                             'acl_file %s' % os.path.join(fleet, 'bess.acl')])
-    lines = open(br.conf).read().splitlines()
-    j = [k for k, ln in enumerate(lines) if ln.startswith('listener')][0]
-    lines.insert(j + 1, 'use_username_as_clientid true')
-    open(br.conf, 'w').write('\n'.join(lines) + '\n')
-    br.start()
+    br = loopback.broker(fleet)
     svc = sec['services']
     db = 'sqlite:///%s' % os.path.join(a.out, 'fleet.db')
     st = store_mod.open_store(db)
     ing = ingest_mod.Ingest(st, '127.0.0.1', br.port, svc[1]['user'], svc[1]['password'], group='demo')
-    import subprocess
-    tw = subprocess.Popen([sys.executable, os.path.join(HERE, 'twin.py'), '--port', str(br.port), '--secrets',
-                           os.path.join(fleet, 'secrets.json'), '--ids', ','.join(ids), '--telemetry-s', '5'],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tw = loopback.twins(br.port, os.path.join(fleet, 'secrets.json'), ids, '--telemetry-s', '5')
     rigs, ntp = [], None
     try:
         if fw:
-            from fil import Rig
             from ntp_server import NtpServer
             ntp = NtpServer().start()
-            for i in fw:
-                d = sec['devices'][i]
-                r = Rig({'import_limit_w': 40000, 'max_charge_w': 10000, 'max_discharge_w': 10000},
-                        period_ms=1000, workdir=tempfile.mkdtemp(prefix='fleet-fw-'),
-                        battery_kw={'capacity_wh': 20000, 'soc_bp': 6000, 'max_chg_w': 10000, 'max_dis_w': 10000},
-                        mqtt={'client_id': i, 'server': '127.0.0.1', 'port': br.port, 'user': i,
-                              'password': d['password'], 'hmac_key': d['hmac_key'], 'telemetry_ms': 5000})
-                r.site['schedule'] = {'ntp_host': '127.0.0.1', 'ntp_port': ntp.port, 'ntp_period_s': 60,
-                                      'ntp_retry_s': 2, 'path': os.path.join(r.dir, 'schedule.json')}
-                r.site['log_cycles'] = 0
-                rigs.append(r.start())
+            rigs = [loopback.firmware(sec, i, br.port, ntp.port, telemetry_ms=5000) for i in fw]
         # the heat-advisory day, planned for every site from its local midnight
         sites = inventory.load(os.path.join(a.out, 'sites.csv'))
         day = time.strftime('%Y-%m-%d', time.gmtime(time.time() + 7200))

@@ -23,9 +23,7 @@ import json
 import math
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,9 +35,10 @@ for p in (TOOLS, HERE):
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from broker import Broker, wait_for  # noqa: E402
+from broker import wait_for  # noqa: E402
 import ingest as ingest_mod  # noqa: E402
 import inventory  # noqa: E402
+import loopback  # noqa: E402
 import plan_fleet  # noqa: E402
 import provision  # noqa: E402
 import push  # noqa: E402
@@ -135,15 +134,7 @@ def run(n, k_fw, plan_sites, ingest_s, rate_per_min, out, pg=True):
     fleet = os.path.join(out, 'fleet')
     sec = provision.provision(os.path.join(out, 'sites.csv'), fleet, '127.0.0.1', n_service=6)
     fig['provision_s'] = round(time.perf_counter() - t, 2)
-    work = tempfile.mkdtemp(prefix='fleet-bench-')
-    br = Broker(work, extra=['allow_anonymous false', 'password_file %s' % os.path.join(fleet, 'passwd'),
-                             'acl_file %s' % os.path.join(fleet, 'bess.acl'), 'max_queued_messages 100000',
-                             'max_inflight_messages 1000'])
-    lines = open(br.conf).read().splitlines()
-    i = [j for j, ln in enumerate(lines) if ln.startswith('listener')][0]
-    lines.insert(i + 1, 'use_username_as_clientid true')
-    open(br.conf, 'w').write('\n'.join(lines) + '\n')
-    br.start()
+    br = loopback.broker(fleet, extra=['max_queued_messages 100000', 'max_inflight_messages 1000'])
     bpid = br.proc.pid
     procs, rigs, ntp = [], [], None
     svc = sec['services']
@@ -152,29 +143,16 @@ def run(n, k_fw, plan_sites, ingest_s, rate_per_min, out, pg=True):
         # twins, TWINS_PER_PROC per process (one thread each serves them all)
         t = time.perf_counter()
         for j in range(0, n, TWINS_PER_PROC):
-            procs.append(subprocess.Popen(
-                [sys.executable, os.path.join(HERE, 'twin.py'), '--port', str(br.port), '--secrets',
-                 os.path.join(fleet, 'secrets.json'), '--ids', ','.join(ids[j:j + TWINS_PER_PROC]),
-                 '--telemetry-s', '10'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(loopback.twins(br.port, os.path.join(fleet, 'secrets.json'), ids[j:j + TWINS_PER_PROC],
+                                        '--telemetry-s', '10'))
         ok = wait_for(lambda: len(mon.online & set(ids)) == n, 300, step=0.5)
         fig['twins_online_s'] = round(time.perf_counter() - t, 2) if ok else None
         fig['twins_online'] = len(mon.online & set(ids))
         # real firmware instances (MicroPython unix port + pty Modbus simulator), NTP for their clock
         if k_fw:
-            from fil import Rig
             from ntp_server import NtpServer
             ntp = NtpServer().start()
-            for i in fw_ids:
-                d = sec['devices'][i]
-                r = Rig({'import_limit_w': 40000, 'max_charge_w': 10000, 'max_discharge_w': 10000},
-                        period_ms=1000, workdir=tempfile.mkdtemp(prefix='fleet-fw-'),
-                        battery_kw={'capacity_wh': 20000, 'soc_bp': 6000, 'max_chg_w': 10000, 'max_dis_w': 10000},
-                        mqtt={'client_id': i, 'server': '127.0.0.1', 'port': br.port, 'user': i,
-                              'password': d['password'], 'hmac_key': d['hmac_key'], 'telemetry_ms': 10000})
-                r.site['schedule'] = {'ntp_host': '127.0.0.1', 'ntp_port': ntp.port, 'ntp_period_s': 60,
-                                      'ntp_retry_s': 2, 'path': os.path.join(r.dir, 'schedule.json')}
-                r.site['log_cycles'] = 0
-                rigs.append(r.start())
+            rigs = [loopback.firmware(sec, i, br.port, ntp.port) for i in fw_ids]
             fig['firmware_online'] = bool(wait_for(lambda: set(fw_ids) <= mon.online, 60, step=0.5))
         # planning
         sites = inventory.load(os.path.join(out, 'sites.csv'))[:plan_sites]
