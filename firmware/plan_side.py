@@ -149,8 +149,11 @@ class PlanSide:
         if lk is None or p.k == -2:     # -2: put in force, not ticked yet: said after the next cycle
             return
         s = p.s
-        if self.rej_key is not None and self.rej_key == (p.src, p.k):
-            status = 'rejected'         # the schedule in force (if any) is unchanged
+        if self.rej_key is not None and self.rej_key == (p.src, p.k) and p.src != SRC_FALLBACK:
+            # the schedule in force (if any) is unchanged. (In fallback the status says so, with
+            # its reason -- no clock, expired: what the device runs matters more than what it
+            # refused, which last_rejected still tells.)
+            status = 'rejected'
             reason = self.rej['reason']
         elif s is None:
             status = 'none'

@@ -37,9 +37,11 @@ def statuses(col):
     return [json.loads(m[1]) for m in col.get('bess/site1/schedule/status')]
 
 
-def sp_near(col, w, tol=600, **sch):
+def sp_near(col, w, tol=600, after=None, **sch):
+    """One of the last 3 records (received after the monotonic time `after`, when given) has the
+    battery setpoint within tol of w and the schedule fields sch."""
     def f():
-        t = col.telemetry('site1')
+        t = [json.loads(m[1]) for m in col.get('bess/site1/telemetry') if after is None or m[3] > after]
         return [r for r in t[-3:] if abs(r['bat_sp_w'] - w) <= tol
                 and all(r['sch'][k] == v for k, v in sch.items())]
     return f
@@ -77,9 +79,11 @@ def test_schedule_push_ack_behaviour_reboot_clock_loss_fallback(tmp_path):
         time.sleep(2)
         assert wait_for(sp_near(col, 30000, source='schedule', version=5), 5)
         # 3. reboot mid-schedule: the persisted schedule applies again once the clock is valid
+        t_boot = time.monotonic()
         r.restart_firmware()
         assert wait_for(lambda: any('schedule: site1/test version 5 loaded' in ln for ln in r.lines), 20), r.lines[-20:]
-        assert wait_for(sp_near(col, 30000, source='schedule', version=5), 30), col.telemetry('site1')[-3:]
+        # (records from after the restart: the ones before it said the same)
+        assert wait_for(sp_near(col, 30000, source='schedule', version=5, after=t_boot), 30), col.telemetry('site1')[-3:]
         # 4. clock lost (the NTP server goes silent past clock_max_age_s): the default block
         ntp.configure(mode='silent')
         assert wait_for(lambda: [s for s in statuses(col) if s['status'] == 'fallback'
