@@ -258,7 +258,9 @@ def flood_run(workdir, n=2000, qos=0, dev_id='devF', timeout=45, procs=None,
         ok = wait_for(acked, timeout)
         t_ack = time.monotonic()
         applied = ok and wait_for(lambda: col.telemetry(dev_id)[-1]['import_limit_w'] == 9000, 3)
-        time.sleep(0.5)
+        # the device's own counters: its stats line may come a little after the ack (under load)
+        wait_for(lambda: not ok or d.last().get('accepted', 0) >= 1, 5)
+        time.sleep(0.2)
         s = d.last()
         recs = col.telemetry(dev_id)
         acks = [json.loads(m[1]) for m in col.get('bess/%s/cmd/ack' % dev_id)]
