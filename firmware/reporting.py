@@ -32,6 +32,7 @@ class Reporter:
         t = int(time.time())            # once: the wall clock at uptime 0 (a heap int on 32-bit)
         link.epoch_s = t if t > 946684800 else 0    # before 2000-01-01: no clock (telemetry ts 0-based)
         self.heap_free = 0
+        self._ep = 0                    # the wall clock's epoch_changed that link.epoch_s follows
 
     def start(self):
         """Allocate the ring (from the heap boot left) and hook capture() into the cycle."""
@@ -68,6 +69,13 @@ class Reporter:
 
     def after_cycle(self, now):
         link = self.link
+        c = self.rt.clock
+        if c is not None and c.valid and c.epoch_changed != self._ep:
+            # a wall-clock sync (NTP): records hold uptime, so the wall clock at uptime 0 follows it
+            # (a board's time.time() is no wall clock before then: ts would count from 2000 or 0)
+            self._ep = c.epoch_changed
+            link.epoch_s = c.base_epoch_s + (time.ticks_diff(self.t_prev, c.base_ticks_ms) - self.up_ms) // 1000 \
+                - self.up_s
         if self.state_changed:
             self.state_changed = 0
             d = telemetry.state_dict(self.rt.ctl, (link.epoch_s + self.up_s) * 1000 + self.up_ms)

@@ -103,6 +103,27 @@ def test_an_override_the_device_would_refuse_changes_nothing(tmp_path):
     override.schedules(plan, ['v1'], 'suspend_arbitrage', time.time() + 3600, version=102)    # still possible
 
 
+def test_a_site_without_its_commissioned_config_is_refused_and_nothing_changes(tmp_path):
+    # the override must be checked against the site's commissioned limits: without them it is not
+    # waved through (review finding), and the other sites of the same override stay as they were
+    plan = write_plan(tmp_path / 'plan', ['v1', 'v2'], 100)
+    fleet = tmp_path / 'fleet'
+    (fleet / 'sites').mkdir(parents=True)
+    (fleet / 'sites' / 'v1.json').write_text(json.dumps({'control': COMM}))
+    before = {i: open(os.path.join(plan, 'schedules', i + '.json')).read() for i in ('v1', 'v2')}
+    import pytest
+    with pytest.raises(override.OverrideError, match='v2: its commissioned site config'):
+        override.schedules(plan, ['v1', 'v2'], 'suspend_arbitrage', time.time() + 3600, version=103,
+                           fleet_dir=str(fleet))
+    assert {i: open(os.path.join(plan, 'schedules', i + '.json')).read() for i in ('v1', 'v2')} == before
+    (fleet / 'sites' / 'v2.json').write_text('{"control": 5}')
+    with pytest.raises(override.OverrideError, match='"control" is not an object'):
+        override.schedules(plan, ['v2'], 'suspend_arbitrage', time.time() + 3600, version=104, fleet_dir=str(fleet))
+    (fleet / 'sites' / 'v2.json').write_text(json.dumps({'control': COMM}))
+    assert override.schedules(plan, ['v1', 'v2'], 'suspend_arbitrage', time.time() + 3600, version=105,
+                              fleet_dir=str(fleet)) == ['v1', 'v2']
+
+
 def test_command_counters_always_increase(tmp_path):
     state = str(tmp_path / 'ctr')
     a = [override._bump(state, 1000) for _ in range(5)]

@@ -105,3 +105,38 @@ def test_schedule_push_ack_behaviour_reboot_clock_loss_fallback(tmp_path):
         col.close()
         ntp.stop()
         broker.stop()
+
+
+def test_telemetry_time_follows_the_wall_clock_once_it_syncs(tmp_path):
+    # records hold uptime; their ts_ms is the wall clock at uptime 0 plus uptime. Before a sync that
+    # is the device's time.time() at boot (a board without a set RTC: no wall time at all), after
+    # it the NTP time, followed at every sync (make fleet's accelerated day relies on it).
+    broker = Broker(tmp_path).start()
+    ahead_s = 2 * 86400
+    ntp = NtpServer(offset_s=ahead_s, mode='silent').start()
+    col = Collector(broker.port)
+    mq = {'client_id': 'site1', 'server': '127.0.0.1', 'port': broker.port, 'telemetry_ms': 1000}
+    r = Rig(dict(CONTROL), scenario=Scenario(SITE), period_ms=500, mqtt=mq, workdir=str(tmp_path))
+    r.site['schedule'] = {'ntp_host': '127.0.0.1', 'ntp_port': ntp.port, 'ntp_period_s': 10, 'ntp_retry_s': 1,
+                          'path': str(tmp_path / 'schedule.json')}
+
+    mono0, wall0 = time.monotonic(), time.time()
+
+    def offsets(after):
+        """ts - the host's wall clock when the record came, for the records received after `after`."""
+        return [json.loads(m[1])['ts_ms'] / 1000 - (wall0 + m[3] - mono0) for m in col.get('bess/site1/telemetry')
+                if m[3] > after]
+    try:
+        r.start()
+        assert wait_for(lambda: len(offsets(mono0)) >= 2, 30), r.lines[-20:]
+        assert all(-10 < x < 2 for x in offsets(mono0)), offsets(mono0)     # no sync yet: the host's clock (records may wait for the link)
+        ntp.configure(mode='ok')
+        assert wait_for(lambda: any(-10 < x - ahead_s < 2 for x in offsets(mono0)), 20), offsets(mono0)[-3:]
+        t2 = time.monotonic()
+        assert wait_for(lambda: len(offsets(t2)) >= 3, 20)
+        assert all(-10 < x - ahead_s < 2 for x in offsets(t2)), offsets(t2)
+    finally:
+        r.stop()
+        col.close()
+        ntp.stop()
+        broker.stop()

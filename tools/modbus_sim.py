@@ -627,11 +627,11 @@ class SiteSimulator:
         raise KeyError(unit_id)
 
     # physics
-    def step_physics(self, dt_ms):
+    def step_physics(self, dt_ms, real_ms=None):
         with self.lock:
             self.t_ms += dt_ms
             if dt_ms:
-                self.bat.step(dt_ms)
+                self.bat.step(dt_ms, real_ms)
             t_s = self.t_ms // 1000
             l1, l2, l3, tot = self.site.phases(t_s, self.bat.actual_w)
             if self.meter and not self.meter.frozen:
@@ -654,7 +654,7 @@ class SiteSimulator:
             dt = int(carry)
             carry -= dt
             if dt > 0 and not self.physics_paused:
-                self.step_physics(dt)
+                self.step_physics(dt, int(dt / self.speed))     # the revert timer counts real time
 
     def start(self):
         for ln in self.lines:

@@ -3,7 +3,7 @@
 the firmware's firmware/wallclock.py asks it for the time, and it can be told to misbehave.
 
 Behaviours (`mode`, or one per request through `plan`):
-    ok          a proper mode-4 answer: server time = host time + offset_s
+    ok          a proper mode-4 answer: server time = host time (or `clock()`) + offset_s
     silent      no answer (a lost request, a server gone)
     garbage     48 random bytes
     short       the first 20 bytes of a proper answer
@@ -45,13 +45,14 @@ def ntp_timestamp(t):
 
 class NtpServer:
     def __init__(self, host='127.0.0.1', port=0, offset_s=0.0, mode='ok', late_ms=0, stratum=2,
-                 kod_code='RATE'):
+                 kod_code='RATE', clock=None):
         self.host = host
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
         self.sock.settimeout(0.05)
         self.port = self.sock.getsockname()[1]
         self.offset_s = offset_s
+        self.clock = clock              # callable -> unix s (e.g. an accelerated demo clock); None: host time
         self.mode = mode
         self.plan = []                  # modes for the next requests, one each, before `mode`
         self.late_ms = late_ms
@@ -66,7 +67,7 @@ class NtpServer:
 
     def now(self):
         """The server's time (unix seconds, float)."""
-        return time.time() + self.offset_s
+        return (self.clock() if self.clock is not None else time.time()) + self.offset_s
 
     def start(self):
         self._thread = threading.Thread(target=self.serve, name='ntp_server', daemon=True)

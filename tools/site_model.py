@@ -41,9 +41,11 @@ class Battery:
         self.setpoint_w = setpoint_w
         self.since_cmd_ms = 0
 
-    def step(self, dt_ms):
-        """Advance dt_ms: follow the setpoint within ramp and limits, integrate energy."""
-        self.since_cmd_ms += dt_ms
+    def step(self, dt_ms, real_ms=None):
+        """Advance dt_ms: follow the setpoint within ramp and limits, integrate energy. real_ms: the
+        real time that passed, when the simulation runs faster than real time (the revert timer is
+        the battery's own watchdog on the controller: it counts real time)."""
+        self.since_cmd_ms += dt_ms if real_ms is None else real_ms
         want = self.setpoint_w
         if self.revert_ms and self.since_cmd_ms > self.revert_ms:
             want = 0                        # controller went quiet: the battery reverts to idle

@@ -103,6 +103,8 @@ async function load(){const d=await (await fetch('/api/fleet')).json();all=d.dev
   (a.shortfall_wh/1000).toFixed(1)+' kWh at '+a.short_sites.length+' sites</span>':' <span class="ok">no shortfall</span>')):'no plan';
  const p=d.push;document.getElementById('push').innerHTML=p?('push: '+['active','fallback','rejected','pending','offline'].map(k=>k+' '+(p.counts[k]||0)).join(', ')+
   ' of '+esc(p.devices)+' &middot; deadline '+esc(p.deadline_utc||'')+' &middot; '+(p.late?'<span class="bad">LATE</span>':'<span class="ok">on time</span>')):'no push';
+ document.getElementById('push').innerHTML+=' &middot; fleet time <span id="now">'+new Date(d.now*1000).toISOString().slice(0,16)+
+  'Z</span>'+(d.speed!==1?' (&times;'+esc(d.speed)+')':'');
  sortf();}
 document.getElementById('head').innerHTML=COLS.map(c=>'<th data-k="'+c[0]+'">'+c[1]+'</th>').join('');
 document.getElementById('head').onclick=e=>{const k=e.target.dataset.k;if(!k)return;dir=(k===key)?-dir:1;key=k;sortf();};
@@ -133,7 +135,12 @@ load();</script>"""
 SESSION_S = 8 * 3600                # a login lasts a working day
 
 
-def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1', mqtt_port=1883, port=None):
+def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1', mqtt_port=1883, port=None,
+               clock=time.time, speed=1.0):
+    """clock: the fleet's time (unix s; the devices' clocks, the records' ts, the push report's
+    deadline, an override's end); `make fleet` passes its accelerated day (tools/fleet/demo_clock.py),
+    running speed times real time: a dispatch of N fleet minutes then lasts N / speed real minutes
+    on the devices (their command timers count real time). Logins always age in real time."""
     app = Flask(__name__, static_folder=assets(), static_url_path='/static')
     app.secret_key = secrets.token_bytes(32)
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE='Strict')
@@ -217,9 +224,9 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
         if rep is not None:
             rep = {k: rep.get(k) for k in ('counts', 'devices', 'deadline', 'deadline_utc', 'all_acked_s')}
             rep['late'] = rep['counts'] is not None and rep['counts'].get('active') != rep['devices'] and \
-                rep['deadline'] is not None and time.time() > rep['deadline']
+                rep['deadline'] is not None and clock() > rep['deadline']
         return jsonify({'devices': devs, 'aggregates': plan and plan.get('aggregates'), 'push': rep,
-                        'now': time.time()})
+                        'now': clock(), 'speed': speed})
 
     @app.route('/site/<dev>')
     def site(dev):
@@ -233,7 +240,7 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
             hours = min(168, max(1, int(request.args.get('hours', 24))))
         except ValueError:
             return jsonify({'error': 'hours must be an integer'}), 400
-        t1 = int(time.time()) + 60
+        t1 = int(clock()) + 60
         with lock:
             rows = st.history(dev, t1 - hours * 3600, t1)
         sch = _json(plan_dir and os.path.join(plan_dir, 'schedules', dev + '.json')) or {}
@@ -287,12 +294,13 @@ def create_app(db, fleet_dir, plan_dir=None, report=None, mqtt_host='127.0.0.1',
             return jsonify({'error': 'an override is still running; try again when it is done'}), 409
         n = len(jobs) + 1
         jobs[n] = {'done': False, 'result': None, 'by': session['user']}
-        until = time.time() + minutes * 60
+        until = clock() + minutes * 60
 
         def run():
             try:
                 if kind == 'dispatch':
-                    acks = override.dispatch(sec, ids, value, minutes * 60, mqtt_host, mqtt_port, time.time() + 30,
+                    acks = override.dispatch(sec, ids, value, max(1, int(minutes * 60 / speed)), mqtt_host,
+                                             mqtt_port, time.time() + 30,
                                              user=svc['user'])
                     ok = sum(1 for a in acks.values() if a and a.get('ok'))
                     res = 'dispatch %d W: %d of %d acked ok' % (value, ok, len(ids))

@@ -42,17 +42,21 @@ def twins(port, secrets_path, ids, *extra, wait=False):
     return p
 
 
-def firmware(secrets, dev, port, ntp_port, telemetry_ms=10000):
+def firmware(secrets, dev, port, ntp_port, telemetry_ms=10000, speed=1.0, scenario=None, ntp_period_s=60):
     """A real firmware instance for device dev, started: its credentials and key, MQTT to port,
-    the wall clock from the NTP server on ntp_port, a 20 kWh / 10 kW battery on its simulator."""
+    the wall clock from the NTP server on ntp_port (synced every ntp_period_s), a 20 kWh / 10 kW
+    battery on its simulator. speed, scenario: the simulator's physics (battery energy, the site's
+    load and PV from the scenario, modbus_sim.Scenario, its time 0 = now) run speed times real time:
+    `make fleet`'s accelerated day, with an NTP server that serves the same accelerated clock."""
     from fil import Rig
     d = secrets['devices'][dev]
     r = Rig({'import_limit_w': 40000, 'max_charge_w': 10000, 'max_discharge_w': 10000},
-            period_ms=1000, workdir=tempfile.mkdtemp(prefix='fleet-fw-'),
+            period_ms=1000, workdir=tempfile.mkdtemp(prefix='fleet-fw-'), speed=speed, scenario=scenario,
             battery_kw={'capacity_wh': 20000, 'soc_bp': 6000, 'max_chg_w': 10000, 'max_dis_w': 10000},
             mqtt={'client_id': dev, 'server': '127.0.0.1', 'port': port, 'user': dev, 'password': d['password'],
                   'hmac_key': d['hmac_key'], 'telemetry_ms': telemetry_ms})
-    r.site['schedule'] = {'ntp_host': '127.0.0.1', 'ntp_port': ntp_port, 'ntp_period_s': 60, 'ntp_retry_s': 2,
+    r.site['schedule'] = {'ntp_host': '127.0.0.1', 'ntp_port': ntp_port, 'ntp_period_s': ntp_period_s,
+                          'ntp_retry_s': min(2, ntp_period_s),
                           'path': os.path.join(r.dir, 'schedule.json')}
     r.site['log_cycles'] = 0
     return r.start()

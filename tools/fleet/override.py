@@ -107,8 +107,8 @@ def dispatch_payload(key_hex, dev, power_w, duration_s, prefix='bess', ctr=None,
 def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None, fleet_dir=None):
     """Override the plan's schedules of ids in plan_dir/schedules (rewritten); returns the ids.
     Each new schedule is checked by the device's rules first (lib/schedule_host.py, against the
-    site's commissioned config in fleet_dir/sites/<id>.json when given): one that a device would
-    refuse changes nothing, anywhere."""
+    site's commissioned config in fleet_dir/sites/<id>.json when given; a site whose config is
+    missing or unreadable is refused too): one that a device would refuse changes nothing, anywhere."""
     import schedule_host
     d = os.path.join(plan_dir, 'schedules')
     version = version or plan_fleet.next_version()
@@ -124,11 +124,14 @@ def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None, fleet
         new = override_schedule(s, kind, until_s, version, reserve_bp)
         comm = None
         if fleet_dir:
-            try:
+            try:                        # no commissioned limits, no check: refused, not waved through
                 with open(os.path.join(fleet_dir, 'sites', i + '.json')) as f:
-                    comm = json.load(f).get('control')
-            except (OSError, ValueError):
-                comm = None
+                    comm = json.load(f)['control']
+                if not isinstance(comm, dict):
+                    raise ValueError('"control" is not an object')
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                errs.append('%s: its commissioned site config (sites/%s.json) cannot be read: %s' % (i, i, e))
+                continue
         bad = schedule_host.validate(new, comm, 0)
         if bad:
             errs.append('%s: %s' % (i, '; '.join(bad[:3])))

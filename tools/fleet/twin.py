@@ -11,7 +11,8 @@ A schedule is checked as the firmware checks it: lib/schedule_load.load_stream w
 (lib/schedule_mac, the device's key) and the version as the replay guard; the retained status on
 bess/<id>/schedule/status says active (id, version, superseded) or rejected (reason). The same
 payload again (the broker's retained copy at a reconnect) changes nothing. With --telemetry-s,
-each twin publishes a telemetry record (schema v2's main fields) that often.
+each twin publishes a telemetry record (schema v2's main fields) that often, stamped with the real
+clock or, with --clock T0,AT,SPEED, with `make fleet`'s accelerated day (tools/fleet/demo_clock.py).
 
 All twins of a process share one thread and one epoll set over their sockets (paho's external
 loop: loop_read / loop_write / loop_misc). Not paho's loop() per client: that serves a socket
@@ -37,6 +38,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import schedule  # noqa: E402
 import schedule_host  # noqa: E402
 import schedule_mac  # noqa: E402
+from demo_clock import DemoClock  # noqa: E402
 
 
 MAX_PER_PROCESS = 2000           # descriptors: 3 a client (the process raises its limit)
@@ -136,7 +138,7 @@ class Twin:
             return None
 
 
-def serve(twins, telemetry_s=0, stop=lambda: False):
+def serve(twins, telemetry_s=0, stop=lambda: False, clock=time.time):
     """Serve every twin in one thread until stop(): one epoll set over all their sockets and
     paho's external-loop calls (loop_read / loop_write / loop_misc), so a process holds
     thousands of devices and sleeps while nothing happens (no thread, no select() per client)."""
@@ -169,7 +171,7 @@ def serve(twins, telemetry_s=0, stop=lambda: False):
             key.data.c.loop_read()
         if telemetry_s and now >= nxt_tel:
             nxt_tel += telemetry_s
-            wall = time.time()
+            wall = clock()
             for t in twins:
                 if t.c.is_connected():
                     t.telemetry(wall)
@@ -187,7 +189,12 @@ def main(argv=None):
     ap.add_argument('--bad-key', default='', help='comma-separated ids that hold a wrong HMAC key')
     ap.add_argument('--mute', default='', help='comma-separated ids that never answer a schedule')
     ap.add_argument('--telemetry-s', type=float, default=0)
+    ap.add_argument('--clock', help='T0,AT,SPEED: telemetry stamped with this accelerated clock (demo_clock.py)')
     a = ap.parse_args(argv)
+    try:
+        clock = DemoClock.parse(a.clock) if a.clock else time.time
+    except ValueError as e:
+        ap.error(str(e))
     with open(a.secrets) as f:
         devs = json.load(f)['devices']
     ids = a.ids.split(',') if a.ids else sorted(devs)
@@ -207,7 +214,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *x: done.append(1))
     print('twin: %d devices' % len(twins), flush=True)
     try:
-        serve(twins, a.telemetry_s, lambda: bool(done))
+        serve(twins, a.telemetry_s, lambda: bool(done), clock)
     except KeyboardInterrupt:
         pass
     for t in twins:
