@@ -57,6 +57,7 @@ class FakeRuntime:
         self.write_errors = 0
         self.last_cycle_us = 0
         self.capture = None
+        self.clock = None               # no wall clock (cycle.Runtime has one when a schedule section is set)
 
 
 rt = FakeRuntime(ctl)
