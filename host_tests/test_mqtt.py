@@ -15,6 +15,7 @@ import pytest
 import commands
 import faults_mqtt
 import telemetry
+import telemetry_schema
 from faults_mqtt import TricklingBroker
 from figures import record
 from mqtt_fixtures import Broker, Collector, Device, wait_for, ROOT, MICROPYPATH, micropython_exe, procs  # noqa: F401
@@ -23,9 +24,9 @@ KEY = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff'
 
 
 def check_schema(r):
-    assert set(r) == set(telemetry.SCHEMA_V2), set(r) ^ set(telemetry.SCHEMA_V2)
+    assert set(r) == set(telemetry_schema.SCHEMA_V2), set(r) ^ set(telemetry_schema.SCHEMA_V2)
     assert r['v'] == telemetry.SCHEMA_VERSION == 2
-    for k, t in telemetry.SCHEMA_V2.items():
+    for k, t in telemetry_schema.SCHEMA_V2.items():
         v = r[k]
         if t == 'int':
             assert isinstance(v, int) and not isinstance(v, bool), (k, v)
@@ -34,10 +35,10 @@ def check_schema(r):
         elif t == 'str':
             assert isinstance(v, str), (k, v)
         elif k == 'sch':
-            assert set(v) == set(telemetry.SCH_KEYS) and v['source'] in telemetry.SOURCE_NAMES, (k, v)
+            assert set(v) == set(telemetry_schema.SCH_KEYS) and v['source'] in telemetry.SOURCE_NAMES, (k, v)
             assert v['id'] is None or isinstance(v['id'], str)
         else:
-            assert isinstance(v, dict) and set(v) == set(telemetry.ERR_KEYS), (k, v)
+            assert isinstance(v, dict) and set(v) == set(telemetry_schema.ERR_KEYS), (k, v)
             assert all(isinstance(x, int) for x in v.values())
 
 

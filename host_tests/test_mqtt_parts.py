@@ -14,6 +14,7 @@ import bess_core
 import commands
 from bess_config import validate
 import telemetry
+import telemetry_schema
 from mqtt_fixtures import MICROPYPATH, ROOT, micropython_exe
 
 import persist  # noqa: E402
@@ -121,7 +122,7 @@ def test_ring_overflow_drops_oldest_and_counts(cap):
     assert [len(c) for c in r.chunks] == sizes and len(r) == cap and r.dropped == 3
     assert seqs(r) == list(range(3, cap + 3))
     rec = r.record_dict(cap - 1)
-    assert set(rec) == set(telemetry.SCHEMA_V2) and rec['err']['ring_dropped'] == 3
+    assert set(rec) == set(telemetry_schema.SCHEMA_V2) and rec['err']['ring_dropped'] == 3
     assert rec['ts_ms'] == (1700000000 + cap + 2) * 1000 and rec['state'] == 'discharging'
     assert r.record_dict(cap - 1, epoch_s=1000)['ts_ms'] == rec['ts_ms'] + 1000000
 

@@ -17,42 +17,48 @@
 
 from array import array
 
+try:
+    from micropython import const
+except ImportError:             # CPython
+    def const(x):
+        return x
+
 SCHEMA_VERSION = 2         # 2: the schedule in force, reserve, DLM limit (docs/telemetry.md)
 
 # field order inside one ring slot
-F_SEQ = 0
-F_TS_S = 1          # uptime, seconds: a small int (epoch seconds are heap ints on 32-bit boards);
+F_SEQ = const(0)
+_F_TS_S = const(1)          # uptime, seconds: a small int (epoch seconds are heap ints on 32-bit boards);
                     # record_dict adds the wall clock at uptime 0 (epoch_s)
-F_TS_MS = 2         # milliseconds part 0..999
-F_GCP = 3
-F_L1 = 4
-F_L2 = 5
-F_L3 = 6
-F_PHASES = 7        # per-phase values valid
-F_LIMIT = 8         # import_limit_w in force
-F_SP = 9            # battery setpoint, + discharge
-F_BAT = 10          # battery actual, + discharge
-F_SOC = 11
-F_OBJ = 12          # objective code (bess_config.OBJECTIVES)
-F_STATE = 13        # bess_core.STATE_NAMES index
-F_BIND = 14         # bess_core.BINDING_NAMES index
-F_FLAGS = 15
-F_AV_CHG = 16
-F_AV_DIS = 17
-F_E_METER = 18      # error counters (cumulative since boot)
-F_E_BAT = 19
-F_E_CMD = 20        # rejected commands
-F_E_MQTT = 21       # MQTT connection losses
-F_E_DROP = 22       # telemetry records dropped by ring overflow
-F_HEAP = 23         # free heap, bytes
-F_CYC_MAX = 24      # longest cycle since the previous record, us
-F_DISP_LEFT = 25
-F_OVR_LEFT = 26
-F_RESERVE = 27      # reserve SoC in force, bp
-F_EV_LIM = 28       # DLM: import the site may draw now (bess_core Outputs.ev_limit_w)
-F_SCH_VER = 29      # schedule version in force (0: none)
-F_SCH_K = 30        # its interval index (-1: default block / none)
-F_SCH_SRC = 31      # plan source (lib/plan.py SOURCE_NAMES)
+_F_TS_MS = const(2)         # milliseconds part 0..999
+_F_GCP = const(3)
+_F_L1 = const(4)
+_F_L2 = const(5)
+_F_L3 = const(6)
+_F_PHASES = const(7)        # per-phase values valid
+_F_LIMIT = const(8)         # import_limit_w in force
+_F_SP = const(9)            # battery setpoint, + discharge
+_F_BAT = const(10)          # battery actual, + discharge
+_F_SOC = const(11)
+_F_OBJ = const(12)          # objective code (bess_config.OBJECTIVES)
+_F_STATE = const(13)        # bess_core.STATE_NAMES index
+_F_BIND = const(14)         # bess_core.BINDING_NAMES index
+_F_FLAGS = const(15)
+_F_AV_CHG = const(16)
+_F_AV_DIS = const(17)
+_F_E_METER = const(18)      # error counters (cumulative since boot)
+_F_E_BAT = const(19)
+_F_E_CMD = const(20)        # rejected commands
+_F_E_MQTT = const(21)       # MQTT connection losses
+_F_E_DROP = const(22)       # telemetry records dropped by ring overflow
+_F_HEAP = const(23)         # free heap, bytes
+_F_CYC_MAX = const(24)      # longest cycle since the previous record, us
+_F_DISP_LEFT = const(25)
+_F_OVR_LEFT = const(26)
+_F_RESERVE = const(27)      # reserve SoC in force, bp
+_F_EV_LIM = const(28)       # DLM: import the site may draw now (bess_core Outputs.ev_limit_w)
+_F_SCH_VER = const(29)      # schedule version in force (0: none)
+_F_SCH_K = const(30)        # its interval index (-1: default block / none)
+_F_SCH_SRC = const(31)      # plan source (lib/plan.py SOURCE_NAMES)
 NFIELDS = 32
 RECORD_BYTES = NFIELDS * 4     # one ring slot ('l' = 32 bit on ESP32 / RP2040)
 
@@ -141,38 +147,38 @@ class Ring:
         i = ctl.inp
         out = ctl.out
         b[o] = self.seq
-        b[o + F_TS_S] = ts_s
-        b[o + F_TS_MS] = ts_ms
-        b[o + F_GCP] = i.gcp_w
-        b[o + F_L1] = i.gcp_l1_w
-        b[o + F_L2] = i.gcp_l2_w
-        b[o + F_L3] = i.gcp_l3_w
-        b[o + F_PHASES] = 1 if i.phases_valid else 0
-        b[o + F_LIMIT] = out.import_limit_w
-        b[o + F_SP] = out.setpoint_w
-        b[o + F_BAT] = i.bat_w
-        b[o + F_SOC] = i.soc_bp
-        b[o + F_OBJ] = out.objective
-        b[o + F_STATE] = out.state
-        b[o + F_BIND] = out.binding
-        b[o + F_FLAGS] = out.flags
-        b[o + F_AV_CHG] = out.avail_chg_w
-        b[o + F_AV_DIS] = out.avail_dis_w
-        b[o + F_E_METER] = st.meter_err
-        b[o + F_E_BAT] = st.bat_err
-        b[o + F_E_CMD] = st.cmd_rejected
-        b[o + F_E_MQTT] = st.mqtt_lost
-        b[o + F_E_DROP] = self.dropped
-        b[o + F_HEAP] = st.heap_free
-        b[o + F_CYC_MAX] = st.cycle_max_us
+        b[o + _F_TS_S] = ts_s
+        b[o + _F_TS_MS] = ts_ms
+        b[o + _F_GCP] = i.gcp_w
+        b[o + _F_L1] = i.gcp_l1_w
+        b[o + _F_L2] = i.gcp_l2_w
+        b[o + _F_L3] = i.gcp_l3_w
+        b[o + _F_PHASES] = 1 if i.phases_valid else 0
+        b[o + _F_LIMIT] = out.import_limit_w
+        b[o + _F_SP] = out.setpoint_w
+        b[o + _F_BAT] = i.bat_w
+        b[o + _F_SOC] = i.soc_bp
+        b[o + _F_OBJ] = out.objective
+        b[o + _F_STATE] = out.state
+        b[o + _F_BIND] = out.binding
+        b[o + _F_FLAGS] = out.flags
+        b[o + _F_AV_CHG] = out.avail_chg_w
+        b[o + _F_AV_DIS] = out.avail_dis_w
+        b[o + _F_E_METER] = st.meter_err
+        b[o + _F_E_BAT] = st.bat_err
+        b[o + _F_E_CMD] = st.cmd_rejected
+        b[o + _F_E_MQTT] = st.mqtt_lost
+        b[o + _F_E_DROP] = self.dropped
+        b[o + _F_HEAP] = st.heap_free
+        b[o + _F_CYC_MAX] = st.cycle_max_us
         st.cycle_max_us = 0         # the next record reports the longest cycle after this one
-        b[o + F_DISP_LEFT] = out.dispatch_left_ms
-        b[o + F_OVR_LEFT] = out.override_left_ms
-        b[o + F_RESERVE] = out.reserve_bp
-        b[o + F_EV_LIM] = out.ev_limit_w
-        b[o + F_SCH_VER] = ctl.plan_version
-        b[o + F_SCH_K] = ctl.plan_k
-        b[o + F_SCH_SRC] = ctl.plan_src
+        b[o + _F_DISP_LEFT] = out.dispatch_left_ms
+        b[o + _F_OVR_LEFT] = out.override_left_ms
+        b[o + _F_RESERVE] = out.reserve_bp
+        b[o + _F_EV_LIM] = out.ev_limit_w
+        b[o + _F_SCH_VER] = ctl.plan_version
+        b[o + _F_SCH_K] = ctl.plan_k
+        b[o + _F_SCH_SRC] = ctl.plan_src
         self.count += 1
         self.seq += 1
         return self.seq - 1
@@ -245,46 +251,46 @@ def record_dict(buf, o, epoch_s=0, sch_id=None, sch_version=0):
     seconds) at uptime 0, so ts_ms = (epoch_s + uptime s) * 1000 + ms. sch_id: the id of the
     schedule with version sch_version (the one in force now): a record of another version gets
     a null id (an older record still queued)."""
-    ver = buf[o + F_SCH_VER]
+    ver = buf[o + _F_SCH_VER]
     sn, bn, on = _names()
-    ph = buf[o + F_PHASES]
-    ts = (epoch_s + buf[o + F_TS_S]) * 1000 + buf[o + F_TS_MS]
+    ph = buf[o + _F_PHASES]
+    ts = (epoch_s + buf[o + _F_TS_S]) * 1000 + buf[o + _F_TS_MS]
     return {
         'v': SCHEMA_VERSION,
         'seq': buf[o],
         'ts_ms': ts,
-        'gcp_w': buf[o + F_GCP],
-        'gcp_l1_w': buf[o + F_L1] if ph else None,
-        'gcp_l2_w': buf[o + F_L2] if ph else None,
-        'gcp_l3_w': buf[o + F_L3] if ph else None,
-        'import_limit_w': buf[o + F_LIMIT],
-        'bat_sp_w': buf[o + F_SP],
-        'bat_w': buf[o + F_BAT],
-        'soc_bp': buf[o + F_SOC],
-        'objective': _name(on, buf[o + F_OBJ]),
-        'state': _name(sn, buf[o + F_STATE]),
-        'binding': _name(bn, buf[o + F_BIND]),
-        'flags': buf[o + F_FLAGS],
-        'avail_chg_w': buf[o + F_AV_CHG],
-        'avail_dis_w': buf[o + F_AV_DIS],
-        'dispatch_left_ms': buf[o + F_DISP_LEFT],
-        'override_left_ms': buf[o + F_OVR_LEFT],
+        'gcp_w': buf[o + _F_GCP],
+        'gcp_l1_w': buf[o + _F_L1] if ph else None,
+        'gcp_l2_w': buf[o + _F_L2] if ph else None,
+        'gcp_l3_w': buf[o + _F_L3] if ph else None,
+        'import_limit_w': buf[o + _F_LIMIT],
+        'bat_sp_w': buf[o + _F_SP],
+        'bat_w': buf[o + _F_BAT],
+        'soc_bp': buf[o + _F_SOC],
+        'objective': _name(on, buf[o + _F_OBJ]),
+        'state': _name(sn, buf[o + _F_STATE]),
+        'binding': _name(bn, buf[o + _F_BIND]),
+        'flags': buf[o + _F_FLAGS],
+        'avail_chg_w': buf[o + _F_AV_CHG],
+        'avail_dis_w': buf[o + _F_AV_DIS],
+        'dispatch_left_ms': buf[o + _F_DISP_LEFT],
+        'override_left_ms': buf[o + _F_OVR_LEFT],
         'err': {
-            'meter': buf[o + F_E_METER],
-            'battery': buf[o + F_E_BAT],
-            'cmd_rejected': buf[o + F_E_CMD],
-            'mqtt_lost': buf[o + F_E_MQTT],
-            'ring_dropped': buf[o + F_E_DROP],
+            'meter': buf[o + _F_E_METER],
+            'battery': buf[o + _F_E_BAT],
+            'cmd_rejected': buf[o + _F_E_CMD],
+            'mqtt_lost': buf[o + _F_E_MQTT],
+            'ring_dropped': buf[o + _F_E_DROP],
         },
-        'heap_free': buf[o + F_HEAP],
-        'cycle_max_us': buf[o + F_CYC_MAX],
-        'reserve_bp': buf[o + F_RESERVE],
-        'ev_limit_w': buf[o + F_EV_LIM],
+        'heap_free': buf[o + _F_HEAP],
+        'cycle_max_us': buf[o + _F_CYC_MAX],
+        'reserve_bp': buf[o + _F_RESERVE],
+        'ev_limit_w': buf[o + _F_EV_LIM],
         'sch': {
             'id': sch_id if ver and ver == sch_version else None,
             'version': ver,
-            'interval': buf[o + F_SCH_K],
-            'source': _name(SOURCE_NAMES, buf[o + F_SCH_SRC]),
+            'interval': buf[o + _F_SCH_K],
+            'source': _name(SOURCE_NAMES, buf[o + _F_SCH_SRC]),
         },
     }
 
@@ -294,18 +300,3 @@ def state_dict(ctl, ts_ms):
     sn, bn, on = _names()
     return {'v': SCHEMA_VERSION, 'ts_ms': ts_ms, 'state': _name(sn, ctl.out.state),
             'objective': _name(on, ctl.out.objective)}
-
-
-# Field list of schema v1 (for consumers and tests): name -> type ('int', 'int|null', 'str', 'obj').
-SCHEMA_V1 = {
-    'v': 'int', 'seq': 'int', 'ts_ms': 'int', 'gcp_w': 'int', 'gcp_l1_w': 'int|null',
-    'gcp_l2_w': 'int|null', 'gcp_l3_w': 'int|null', 'import_limit_w': 'int', 'bat_sp_w': 'int',
-    'bat_w': 'int', 'soc_bp': 'int', 'objective': 'str', 'state': 'str', 'binding': 'str',
-    'flags': 'int', 'avail_chg_w': 'int', 'avail_dis_w': 'int', 'dispatch_left_ms': 'int',
-    'override_left_ms': 'int', 'err': 'obj', 'heap_free': 'int', 'cycle_max_us': 'int',
-}
-# v2 adds the schedule in force (sch: id str|null, version, interval -1 = none / default block,
-# source), the reserve in force and the DLM limit
-SCHEMA_V2 = dict(SCHEMA_V1, reserve_bp='int', ev_limit_w='int', sch='obj')
-SCH_KEYS = ('id', 'version', 'interval', 'source')
-ERR_KEYS = ('meter', 'battery', 'cmd_rejected', 'mqtt_lost', 'ring_dropped')
