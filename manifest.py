@@ -7,6 +7,7 @@
 # data (profiles, board file, site config). Frozen code runs from flash: no .mpy on the filesystem,
 # less RAM for the module bytecode. Paths below are relative to this file.
 include("$(PORT_DIR)/boards/manifest.py")
+module("boot_strip.py", base_path="firmware")
 module("bus.py", base_path="firmware")
 module("cmd_handler.py", base_path="firmware")
 module("cycle.py", base_path="firmware")

@@ -397,6 +397,12 @@ def run_job(job, cycles=0):
             print('MQTT DISABLED (OUT OF MEMORY for the telemetry ring: %r; %s): the controller runs '
                   'without telemetry and commands (docs/resources.md)' % (e, heap_text()))
             rep = None
+    try:                                # every resident object is built: constructors leave the heap
+        import boot_strip
+        boot_strip.strip()
+    except MemoryError:
+        pass                            # they stay (docs/resources.md)
+    unload(('boot_strip',))
     wdt = machine.WDT(timeout=job.wdt_ms)
     after = rep.after_cycle if rep is not None else None
     if ps is not None:

@@ -1,0 +1,70 @@
+"""firmware/boot_strip.py takes boot-only methods out of the resident classes once the loop
+starts. The table must name methods that exist, and every call of a stripped constructor (or
+method) must sit in code that runs before the strip: boot-only modules, or stripped methods
+themselves. A new call site elsewhere would build an object without its attributes."""
+import ast
+import os
+
+from mqtt_fixtures import ROOT
+
+import boot_strip
+
+# code that runs before cycle.run_job strips: whole boot-only modules, and (module, function)
+BOOT_MODULES = {'startup', 'safe_state', 'sched_boot', 'profile_compiled', 'devprofile', 'net'}
+BOOT_FUNCTIONS = {('cycle', 'run_job')}     # it calls Reporter.start() before it strips
+DEVICE_DIRS = ('firmware', 'lib')
+HOST_ONLY = {'schedule_host', 'reserve'}        # lib modules the device never loads
+
+
+def _path(mod):
+    for d in DEVICE_DIRS:
+        p = os.path.join(ROOT, d, mod + '.py')
+        if os.path.exists(p):
+            return p
+    raise AssertionError('no module %s' % mod)
+
+
+def _sources():
+    for d in DEVICE_DIRS:
+        for f in sorted(os.listdir(os.path.join(ROOT, d))):
+            if f.endswith('.py') and f[:-3] not in HOST_ONLY:
+                with open(os.path.join(ROOT, d, f)) as fh:
+                    yield f[:-3], ast.parse(fh.read())
+
+
+def test_the_table_names_methods_that_exist():
+    for mod, cls, names in boot_strip.STRIP:
+        tree = ast.parse(open(_path(mod)).read())
+        c = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls]
+        assert c, (mod, cls)
+        defs = {n.name for n in c[0].body if isinstance(n, ast.FunctionDef)}
+        assert set(names) <= defs, (mod, cls, set(names) - defs)
+
+
+def test_stripped_code_is_only_called_before_the_strip():
+    stripped = {}                       # class -> stripped names; __init__ = the constructor
+    for mod, cls, names in boot_strip.STRIP:
+        stripped.setdefault(cls, set()).update(names)
+    ctors = {c for c, n in stripped.items() if '__init__' in n}
+    methods = {n for ns in stripped.values() for n in ns if n != '__init__'}
+    bad = []
+    for mod, tree in _sources():
+        if mod in BOOT_MODULES:
+            continue
+
+        def walk(node, where):
+            for ch in ast.iter_child_nodes(node):
+                w = where
+                if isinstance(ch, (ast.FunctionDef, ast.ClassDef)):
+                    w = where + (ch.name,)
+                if isinstance(ch, ast.Call):
+                    f = ch.func
+                    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+                    if name in ctors or name in methods:
+                        # allowed: inside a stripped method of a stripped class (boot-time itself)
+                        inside = len(w) >= 2 and w[-2] in stripped and w[-1] in stripped[w[-2]]
+                        if not inside and (mod,) + w[:1] not in BOOT_FUNCTIONS:
+                            bad.append('%s.%s: %s()' % (mod, '.'.join(w) or '<module>', name))
+                walk(ch, w)
+        walk(tree, ())
+    assert not bad, bad
