@@ -129,6 +129,7 @@ class MqttLink:
         self.puback = bytearray(b'\x40\x02\0\0')
         self.tele_ms = c['telemetry_ms']
         self.epoch_s = 0            # wall clock at uptime 0 (records hold uptime; see telemetry.py)
+        self.epoch_rem_ms = 0       # ... and its milliseconds (0..999), from a wall-clock sync
         self.sch_id = None          # the schedule in force (id, version): telemetry's sch.id
         self.sch_version = 0
         self.disc_next = -1         # next HA discovery message to send; -1: none
@@ -497,7 +498,7 @@ class MqttLink:
             if k < 0:
                 break
             try:                        # encode before anything goes on the wire
-                payload = json.dumps(ring.record_dict(k, self.epoch_s, self.sch_id, self.sch_version)).encode()
+                payload = json.dumps(ring.record_dict(k, self.epoch_s, self.sch_id, self.sch_version, self.epoch_rem_ms)).encode()
             except MemoryError:         # the record stays unsent: tried again next poll
                 self._oom('telemetry deferred')
                 break

@@ -74,11 +74,12 @@ class Reporter:
             # a wall-clock sync (NTP): records hold uptime, so the wall clock at uptime 0 follows it
             # (a board's time.time() is no wall clock before then: ts would count from 2000 or 0)
             self._ep = c.epoch_changed
-            link.epoch_s = c.base_epoch_s + (time.ticks_diff(self.t_prev, c.base_ticks_ms) - self.up_ms) // 1000 \
-                - self.up_s
+            d = time.ticks_diff(self.t_prev, c.base_ticks_ms) - self.up_ms
+            link.epoch_s = c.base_epoch_s + d // 1000 - self.up_s
+            link.epoch_rem_ms = d % 1000
         if self.state_changed:
             self.state_changed = 0
-            d = telemetry.state_dict(self.rt.ctl, (link.epoch_s + self.up_s) * 1000 + self.up_ms)
+            d = telemetry.state_dict(self.rt.ctl, (link.epoch_s + self.up_s) * 1000 + self.up_ms + link.epoch_rem_ms)
             if link.notice:
                 d['notice'] = link.notice
             link.set_state(d)

@@ -119,6 +119,13 @@ def test_a_site_without_its_commissioned_config_is_refused_and_nothing_changes(t
     (fleet / 'sites' / 'v2.json').write_text('{"control": 5}')
     with pytest.raises(override.OverrideError, match='"control" is not an object'):
         override.schedules(plan, ['v2'], 'suspend_arbitrage', time.time() + 3600, version=104, fleet_dir=str(fleet))
+    for bad in ({}, {'import_limit_w': '20000'}):          # no limits, or not the device's kind of limits
+        (fleet / 'sites' / 'v2.json').write_text(json.dumps({'control': bad}))
+        with pytest.raises(override.OverrideError, match='v2: its commissioned site config'):
+            override.schedules(plan, ['v1', 'v2'], 'suspend_arbitrage', time.time() + 3600, version=104,
+                               fleet_dir=str(fleet))
+        assert {i: open(os.path.join(plan, 'schedules', i + '.json')).read() for i in ('v1', 'v2')} == before
+        assert not [f for f in os.listdir(os.path.join(plan, 'schedules')) if f.endswith('.new')]
     (fleet / 'sites' / 'v2.json').write_text(json.dumps({'control': COMM}))
     assert override.schedules(plan, ['v1', 'v2'], 'suspend_arbitrage', time.time() + 3600, version=105,
                               fleet_dir=str(fleet)) == ['v1', 'v2']

@@ -154,6 +154,25 @@ def test_alarms_are_the_error_counters_that_are_not_zero_and_the_newest_wins(st)
     assert json.loads(d['a']['alarms']) == {'meter': 3}
 
 
+def test_a_clock_stepped_back_at_a_sync_does_not_freeze_the_devices_row(st):
+    # a device that booted on a clock an hour ahead of NTP: its first sync moves ts back, seq goes
+    # on. The row follows the records (review finding: it stayed on the last pre-sync record).
+    t = 1790000000000
+    recs = [dict(seq=3, ts_ms=t, soc_bp=5000), dict(seq=4, ts_ms=t - 3600000 + 1000, soc_bp=5100),
+            dict(seq=5, ts_ms=t - 3600000 + 2000, soc_bp=5200)]
+    st.add([('telemetry', 'a', json.dumps(dict(r, v=2, state='idle')).encode(), 0) for r in recs[:2]])
+    st.add([('telemetry', 'a', json.dumps(dict(recs[2], v=2, state='idle')).encode(), 0)])
+    d = {r['dev']: r for r in st.devices()}['a']
+    assert d['soc_bp'] == 5200 and d['last_seen'] == (t - 3600000 + 2000) // 1000
+    # an older record arriving late (a backlog) still changes nothing: its time and seq are older
+    st.add([('telemetry', 'a', json.dumps(dict(seq=2, ts_ms=t - 3600000, soc_bp=4000, v=2, state='idle')).encode(), 0)])
+    assert {r['dev']: r for r in st.devices()}['a']['soc_bp'] == 5200
+    # a reboot: seq starts again, time goes on
+    st.add([('telemetry', 'a', json.dumps(dict(seq=0, ts_ms=t - 3600000 + 60000, soc_bp=5300, v=2,
+                                               state='idle')).encode(), 0)])
+    assert {r['dev']: r for r in st.devices()}['a']['soc_bp'] == 5300
+
+
 def test_a_locked_database_keeps_the_messages(tmp_path):
     import sqlite3
     p = str(tmp_path / 'l.db')

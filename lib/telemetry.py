@@ -195,9 +195,9 @@ class Ring:
         b, o = self.slot(k)
         return b[o + field]
 
-    def record_dict(self, k, epoch_s=0, sch_id=None, sch_version=0):
+    def record_dict(self, k, epoch_s=0, sch_id=None, sch_version=0, rem_ms=0):
         b, o = self.slot(k)
-        return record_dict(b, o, epoch_s, sch_id, sch_version)
+        return record_dict(b, o, epoch_s, sch_id, sch_version, rem_ms)
 
     def next_unsent(self):
         """Index (from the oldest held) of the oldest unpublished record, or -1."""
@@ -246,15 +246,16 @@ def _name(names, i):
 SOURCE_NAMES = ('config', 'schedule', 'default', 'fallback')     # = plan.SOURCE_NAMES
 
 
-def record_dict(buf, o, epoch_s=0, sch_id=None, sch_version=0):
+def record_dict(buf, o, epoch_s=0, sch_id=None, sch_version=0, rem_ms=0):
     """The schema-v2 record (a dict) at offset o of a ring buffer; epoch_s: wall clock (unix
-    seconds) at uptime 0, so ts_ms = (epoch_s + uptime s) * 1000 + ms. sch_id: the id of the
+    seconds) at uptime 0 and rem_ms its milliseconds, so ts_ms = (epoch_s + uptime s) * 1000 + ms +
+    rem_ms. sch_id: the id of the
     schedule with version sch_version (the one in force now): a record of another version gets
     a null id (an older record still queued)."""
     ver = buf[o + _F_SCH_VER]
     sn, bn, on = _names()
     ph = buf[o + _F_PHASES]
-    ts = (epoch_s + buf[o + _F_TS_S]) * 1000 + buf[o + _F_TS_MS]
+    ts = (epoch_s + buf[o + _F_TS_S]) * 1000 + buf[o + _F_TS_MS] + rem_ms
     return {
         'v': SCHEMA_VERSION,
         'seq': buf[o],

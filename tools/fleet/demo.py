@@ -27,6 +27,7 @@ import calendar
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -92,8 +93,12 @@ def progress(st, fw, clk):
     return 'fleet %s local: %d of %d online; %s' % (local(clk()), on, len(devs), '; '.join(parts) or 'no firmware')
 
 
+MIN_PUSH_S = 60                     # real seconds from the start to the deadline: boot, connect, push, acks
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="make fleet: the whole VPP on one machine, the seed's heat-advisory "
+                                             "day at accelerated time")
     ap.add_argument('--twins', type=int, default=50)
     ap.add_argument('--firmware', type=int, default=2)
     ap.add_argument('--port', type=int, default=8080)
@@ -103,10 +108,18 @@ def main(argv=None):
     ap.add_argument('--start', type=_hhmm, default='05:00', help='the fleet clock starts at this local time, today')
     ap.add_argument('--deadline', type=_hhmm, default='07:00', help='the push deadline, local fleet time')
     a = ap.parse_args(argv)
+    if a.twins < 0 or a.firmware < 0 or a.twins + a.firmware < 1:
+        ap.error('--twins and --firmware: 0 or more each, at least one device in all')
+    if not a.seconds >= 0:
+        ap.error('--seconds must be >= 0')
     if not 1 <= a.speed <= 3600:
         ap.error('--speed must be in 1..3600')
     if a.deadline <= a.start:
         ap.error('--deadline must come after --start')
+    if (a.deadline - a.start) / a.speed < MIN_PUSH_S:
+        ap.error('--speed %g leaves %.0f s of real time from --start to --deadline; the devices need about %d s to '
+                 'start and ack: lower --speed or move --start earlier' % (a.speed, (a.deadline - a.start) / a.speed,
+                                                                         MIN_PUSH_S))
     shutil.rmtree(a.out, ignore_errors=True)
     os.makedirs(a.out)
     ids = ['tw%03d' % i for i in range(a.twins)]
@@ -114,56 +127,65 @@ def main(argv=None):
     with open(os.path.join(a.out, 'sites.csv'), 'w') as f:
         f.write('id,capacity_kwh,power_kw,import_limit_w,committed_w,utc_offset_s\n')
         for k, i in enumerate(ids + fw):
-            f.write('%s,%d,%d,40000,%d,%d\n' % (i, (10, 20)[k % 2], (5, 10)[k % 2], (2500, 5000, 6000)[k % 3],
-                                                UTC_OFFSET_S))
+            kwh, kw = (20, 10) if i in fw else ((10, 20)[k % 2], (5, 10)[k % 2])   # fw: the simulator's battery
+            f.write('%s,%d,%d,40000,%d,%d\n' % (i, kwh, kw, (2500, 5000, 6000)[k % 3], UTC_OFFSET_S))
     day = time.strftime('%Y-%m-%d', time.gmtime(time.time() + UTC_OFFSET_S))
     midnight = calendar.timegm(time.strptime(day, '%Y-%m-%d')) - UTC_OFFSET_S     # local midnight, unix s
-    clk = DemoClock(t0=midnight + a.start, speed=a.speed)
+    clk = DemoClock(t0=midnight + a.start, speed=a.speed)      # anchored below, once the service is up
     fleet = os.path.join(a.out, 'fleet')
     sec = provision.provision(os.path.join(a.out, 'sites.csv'), fleet, '127.0.0.1', n_service=6)
-    br = loopback.broker(fleet)
     svc = sec['services']
     db = 'sqlite:///%s' % os.path.join(a.out, 'fleet.db')
-    st = store_mod.open_store(db)
-    ing = ingest_mod.Ingest(st, '127.0.0.1', br.port, svc[1]['user'], svc[1]['password'], group='demo')
-    tw = loopback.twins(br.port, os.path.join(fleet, 'secrets.json'), ids, '--telemetry-s', '5', '--clock', clk.arg())
-    rigs, ntp = [], None
+    pdir = os.path.join(a.out, 'plan')
+    report = os.path.join(a.out, 'push.json')
+
+    def term(*_):
+        raise KeyboardInterrupt         # SIGTERM stops everything as Ctrl-C does
+    signal.signal(signal.SIGTERM, term)
+    br = ing = tw = ntp = srv = None
+    rigs = []
     try:
+        br = loopback.broker(fleet)
+        st = store_mod.open_store(db)
+        ing = ingest_mod.Ingest(st, '127.0.0.1', br.port, svc[1]['user'], svc[1]['password'], group='demo')
         # the heat-advisory day, planned for every site from its local midnight
         sites = inventory.load(os.path.join(a.out, 'sites.csv'))
         fc, pr = fleet_bench._forecasts(sites, day, os.path.join(a.out, 'inputs'))
-        if fw:
-            from ntp_server import NtpServer
-            ntp = NtpServer(clock=clk).start()
-            rigs = [loopback.firmware(sec, i, br.port, ntp.port, telemetry_ms=5000, speed=a.speed, ntp_period_s=10,
-                                      scenario=scenario_from(os.path.join(fc, i + '.csv'), clk()))
-                    for i in fw]
         tl = plan_fleet.tasks(sites, day, fc, pr, risk=True, events=[('17:00', 3600)])
         res = plan_fleet.run(tl, 'process')
         agg = plan_fleet.aggregates(res)
-        pdir = os.path.join(a.out, 'plan')
         plan_fleet.write(pdir, res, agg, {'day': day, 'risk': True})
-        report = os.path.join(a.out, 'push.json')
         srv = console.serve(console.create_app(db, fleet, pdir, report, mqtt_port=br.port, port=a.port, clock=clk,
                                                speed=a.speed), a.port)
+        # fleet time starts now at --start: the devices come up in it
+        clk.anchor()
+        if fw:
+            from ntp_server import NtpServer
+            ntp = NtpServer(clock=clk).start()
+            for i in fw:
+                rigs.append(loopback.firmware(sec, i, br.port, ntp.port, telemetry_ms=5000, speed=a.speed,
+                                              ntp_period_s=10, scenario=scenario_from(os.path.join(fc, i + '.csv'),
+                                                                                      clk())))
+        if ids:
+            tw = loopback.twins(br.port, os.path.join(fleet, 'secrets.json'), ids, '--telemetry-s', '5',
+                                '--clock', clk.arg())
         print('fleet: mosquitto on 127.0.0.1:%d, %d twins + %d firmware instances' % (br.port, len(ids), len(fw)))
         print('fleet: planned %d sites for %s (heat advisory): committed %.1f kWh, deliverable %.1f kWh%s'
               % (agg['planned'], day, agg['committed_wh'] / 1000, agg['deliverable_wh'] / 1000,
                  ', SHORTFALL at %d sites' % len(agg['short_sites']) if agg['shortfall'] else ''))
         print('fleet: console http://127.0.0.1:%d/  user %s  password %s' % (a.port, sec['console']['user'],
                                                                               sec['console']['password']))
-        rel = lambda hhmm: (clk.real_at(midnight + _hhmm(hhmm)) - time.time()) / 60  # noqa: E731
+        rel = lambda t: (clk.real_at(midnight + t) - time.time()) / 60  # noqa: E731
         print('fleet: fleet time runs x%g from %s local (now %s): deadline %s in %.1f min, reserve raised by 14:00 '
               'in %.1f min, the capacity event 17:00-18:00 in %.1f min, midnight in %.1f min'
-              % (a.speed, local(clk.t0), local(clk()), local(midnight + a.deadline),
-                 (clk.real_at(midnight + a.deadline) - time.time()) / 60, rel('14:00'), rel('17:00'),
-                 (clk.real_at(midnight + 86400) - time.time()) / 60))
+              % (a.speed, local(clk.t0), local(clk()), local(midnight + a.deadline), rel(a.deadline),
+                 rel(14 * 3600), rel(17 * 3600), rel(86400)))
         print('fleet: files in %s (plan/, push.json, fleet.db); Ctrl-C stops everything' % a.out, flush=True)
         rd = store_mod.open_store(db)       # this thread's own connection (the ingest thread writes on st's)
-        wait_for(lambda: len(rd.devices()) >= len(ids) + len(fw), 60, step=1)
+        wait_for(lambda: len(rd.devices()) >= len(ids) + len(fw) or time.time() > clk.real_at(midnight + a.deadline),
+                 60, step=1)
         devs = push.load_plan(pdir, sec)
         p = push.Push(devs, '127.0.0.1', br.port, svc[0]['user'], svc[0]['password'], rate_per_min=6000, retry_s=20)
-        holder = {}
 
         def do_push():
             try:
@@ -173,7 +195,6 @@ def main(argv=None):
                 rep['deadline_utc'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(rep['deadline']))
                 with open(report, 'w') as f:
                     json.dump(rep, f)
-                holder['rep'] = rep
                 print(push.table(rep), flush=True)
             finally:
                 p.close()
@@ -185,17 +206,26 @@ def main(argv=None):
             if int(clk() // 3600) != hour:
                 hour = int(clk() // 3600)
                 print(progress(rd, fw, clk), flush=True)
-        srv.shutdown()
     except KeyboardInterrupt:
         pass
     finally:
-        ing.close()
-        tw.terminate()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if srv is not None:
+            srv.shutdown()
+        if ing is not None:
+            ing.close()
+        if tw is not None:
+            tw.terminate()
+            try:
+                tw.wait(10)
+            except Exception:
+                tw.kill()
         for r in rigs:
             r.stop()
-        if ntp:
+        if ntp is not None:
             ntp.stop()
-        br.stop()
+        if br is not None:
+            br.stop()
     return 0
 
 

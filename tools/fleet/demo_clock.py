@@ -4,6 +4,7 @@ process of the demo (twins, the NTP server the firmware instances sync from, the
     clk = DemoClock(t0=<epoch s of 05:00 local>, speed=60)   # starts now
     clk()               # the demo's epoch seconds now (float)
     clk.real_at(t)      # the real epoch second at which the demo reaches t
+    clk.anchor()        # the demo is at t0 now (before the clock is handed to another process)
     clk.arg()           # 't0,at,speed': DemoClock.parse(clk.arg()) in another process is the same clock
 
 Demo time = t0 + (real time - at) * speed. Real epoch seconds (time.time) anchor it, so processes
@@ -18,6 +19,11 @@ class DemoClock:
         self.at = time.time() if at is None else float(at)
         self.t0 = self.at if t0 is None else float(t0)
         self.speed = float(speed)
+
+    def anchor(self, at=None):
+        """Fleet time is t0 at real time `at` (default: now): set before the clock is shared with
+        another process (arg()); objects holding this one follow."""
+        self.at = time.time() if at is None else float(at)
 
     def __call__(self):
         return self.t0 + (time.time() - self.at) * self.speed

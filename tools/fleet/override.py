@@ -109,36 +109,46 @@ def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None, fleet
     Each new schedule is checked by the device's rules first (lib/schedule_host.py, against the
     site's commissioned config in fleet_dir/sites/<id>.json when given; a site whose config is
     missing or unreadable is refused too): one that a device would refuse changes nothing, anywhere."""
+    import bess_config
     import schedule_host
     d = os.path.join(plan_dir, 'schedules')
     version = version or plan_fleet.next_version()
     errs, done = [], []
-    for i in ids:
-        p = os.path.join(d, i + '.json')
-        try:
-            with open(p) as f:
-                s = json.load(f)
-        except (OSError, ValueError) as e:
-            errs.append('%s: %s' % (i, e))
-            continue
-        new = override_schedule(s, kind, until_s, version, reserve_bp)
-        comm = None
-        if fleet_dir:
-            try:                        # no commissioned limits, no check: refused, not waved through
-                with open(os.path.join(fleet_dir, 'sites', i + '.json')) as f:
-                    comm = json.load(f)['control']
-                if not isinstance(comm, dict):
-                    raise ValueError('"control" is not an object')
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                errs.append('%s: its commissioned site config (sites/%s.json) cannot be read: %s' % (i, i, e))
+    try:
+        for i in ids:
+            p = os.path.join(d, i + '.json')
+            try:
+                with open(p) as f:
+                    s = json.load(f)
+            except (OSError, ValueError) as e:
+                errs.append('%s: %s' % (i, e))
                 continue
-        bad = schedule_host.validate(new, comm, 0)
-        if bad:
-            errs.append('%s: %s' % (i, '; '.join(bad[:3])))
-            continue
-        with open(p + '.new', 'w') as f:
-            json.dump(new, f, separators=(',', ':'))
-        done.append((p, i))
+            new = override_schedule(s, kind, until_s, version, reserve_bp)
+            comm = None
+            if fleet_dir:
+                try:                        # no commissioned limits, no check: refused, not waved through
+                    with open(os.path.join(fleet_dir, 'sites', i + '.json')) as f:
+                        comm = json.load(f)['control']
+                    if not isinstance(comm, dict):
+                        raise ValueError('"control" is not an object')
+                    comm = bess_config.validate(comm)       # the device's own check: its limits, complete
+                except (OSError, ValueError, KeyError, TypeError, bess_config.ConfigError) as e:
+                    errs.append('%s: its commissioned site config (sites/%s.json) cannot be read: %s' % (i, i, e))
+                    continue
+            bad = schedule_host.validate(new, comm, 0)
+            if bad:
+                errs.append('%s: %s' % (i, '; '.join(bad[:3])))
+                continue
+            done.append((p, i))
+            with open(p + '.new', 'w') as f:
+                json.dump(new, f, separators=(',', ':'))
+    except BaseException:
+        for p, _ in done:                   # nothing half-done: the written copies go
+            try:
+                os.remove(p + '.new')
+            except OSError:
+                pass
+        raise
     if errs:
         for p, _ in done:
             os.remove(p + '.new')

@@ -24,8 +24,8 @@ TELEMETRY_COLS = ('dev', 'seq', 'ts', 'gcp_w', 'bat_w', 'soc_bp', 'state', 'rese
 DEVICE_COLS = ('dev', 'online', 'last_seen', 'soc_bp', 'state', 'gcp_w', 'bat_w', 'reserve_bp', 'sch_version',
                'sch_status', 'sch_acked', 'sch_reason', 'alarms')
 
-LATEST_COLS = ('last_seen', 'soc_bp', 'state', 'gcp_w', 'bat_w', 'reserve_bp', 'sch_version', 'alarms')
-SCHEMA_VERSION = 2
+LATEST_COLS = ('last_seen', 'last_seq', 'soc_bp', 'state', 'gcp_w', 'bat_w', 'reserve_bp', 'sch_version', 'alarms')
+SCHEMA_VERSION = 3                  # 3: devices.last_seq (the newest record: a later seq counts too)
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS schema_version (v INTEGER NOT NULL)",
     """CREATE TABLE IF NOT EXISTS telemetry (dev TEXT NOT NULL, seq BIGINT, ts BIGINT NOT NULL,
@@ -35,7 +35,7 @@ SCHEMA = [
     "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_dev_ts_seq ON telemetry (dev, ts, seq)",
     """CREATE TABLE IF NOT EXISTS devices (dev TEXT PRIMARY KEY, online INTEGER, last_seen BIGINT,
        soc_bp BIGINT, state TEXT, gcp_w BIGINT, bat_w BIGINT, reserve_bp BIGINT, sch_version BIGINT,
-       sch_status TEXT, sch_acked BIGINT, sch_reason TEXT, alarms TEXT)""",
+       sch_status TEXT, sch_acked BIGINT, sch_reason TEXT, alarms TEXT, last_seq BIGINT)""",
 ]
 
 
@@ -60,6 +60,13 @@ def _alarms(r):
         e = r.get('err')
         a = {k: v for k, v in e.items() if v} if isinstance(e, dict) else None
     return _text(a, 500) if a else None
+
+
+def _newer(ts, seq, last_ts, last_seq):
+    """A record is newer than the device row's when its time is not earlier, or its seq is later:
+    a device's clock may step back at a wall-clock sync (a board that booted on a clock ahead of
+    NTP), and its seq keeps counting (docs/fleet.md). A reboot restarts seq and its time goes on."""
+    return last_ts is None or ts >= last_ts or (seq is not None and last_seq is not None and seq > last_seq)
 
 
 def _ts(r, t):
@@ -94,8 +101,8 @@ def rows(batch):
                    _text(st, 20) if isinstance(st, (str, int)) else None, _int(r.get('reserve_bp')),
                    _int(sch.get('version')), json.dumps(r, separators=(',', ':')))     # (ASCII: \u escapes)
             tel.append(row)
-            if u.get('last_seen') is None or ts >= u['last_seen']:      # the newest record wins
-                u.update(last_seen=ts, soc_bp=row[5], state=row[6], gcp_w=row[3], bat_w=row[4], reserve_bp=row[7],
+            if _newer(ts, row[1], u.get('last_seen'), u.get('last_seq')):     # the newest record wins
+                u.update(last_seen=ts, last_seq=row[1], soc_bp=row[5], state=row[6], gcp_w=row[3], bat_w=row[4], reserve_bp=row[7],
                          sch_version=row[8], alarms=_alarms(r))
         elif kind == 'schedule':
             u['sch_status'] = _text(r.get('status'), 20)
@@ -143,7 +150,8 @@ class _Store:
         """One device row: the telemetry columns only from a record newer than the stored one
         (instances of a shared subscription commit their batches in any order)."""
         p = ', '.join([self.ph] * len(cols))
-        newer = 'devices.last_seen IS NULL OR excluded.last_seen >= devices.last_seen'
+        newer = ('devices.last_seen IS NULL OR excluded.last_seen >= devices.last_seen OR '
+                 'excluded.last_seq > devices.last_seq')                  # = _newer()
         upd = ', '.join(('%s = CASE WHEN %s THEN excluded.%s ELSE devices.%s END' % (c, newer, c, c))
                         if 'last_seen' in cols and c in LATEST_COLS else '%s = excluded.%s' % (c, c)
                         for c in cols if c != 'dev')
