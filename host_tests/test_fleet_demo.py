@@ -4,21 +4,13 @@ the real firmware stamp their telemetry with the fleet's clock (the firmware thr
 firmware follows the pushed schedule, and the progress lines report it hour by hour."""
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 
+from broker import free_port
 from mqtt_fixtures import ROOT
-
-
-def _free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def test_the_demo_day_runs_at_accelerated_time(tmp_path):
@@ -26,7 +18,7 @@ def test_the_demo_day_runs_at_accelerated_time(tmp_path):
     speed, seconds = 240, 50
     t_real = time.time()
     p = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'fleet', 'demo.py'), '--twins', '3', '--firmware', '1',
-                        '--speed', str(speed), '--start', '03:00', '--seconds', str(seconds), '--port', str(_free_port()),
+                        '--speed', str(speed), '--start', '03:00', '--seconds', str(seconds), '--port', str(free_port()),
                         '--out', str(out)], capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     lines = p.stdout.splitlines()

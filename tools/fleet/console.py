@@ -28,12 +28,7 @@ import tarfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = os.path.dirname(HERE)
-ROOT = os.path.dirname(TOOLS)
-for p in (TOOLS, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+from fleetpath import ROOT  # noqa: E402 (tools/ and lib/ on sys.path)
 
 from flask import Flask, abort, jsonify, redirect, request, session, Response  # noqa: E402
 

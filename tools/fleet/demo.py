@@ -32,12 +32,7 @@ import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = os.path.dirname(HERE)
-ROOT = os.path.dirname(TOOLS)
-for p in (TOOLS, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+from fleetpath import ROOT  # noqa: E402 (tools/ and lib/ on sys.path)
 
 import fleet_bench  # noqa: E402
 from demo_clock import DemoClock  # noqa: E402

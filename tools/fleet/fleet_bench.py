@@ -26,12 +26,7 @@ import resource
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = os.path.dirname(HERE)
-ROOT = os.path.dirname(TOOLS)
-for p in (TOOLS, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+from fleetpath import ROOT  # noqa: E402 (tools/ and lib/ on sys.path)
 
 import paho.mqtt.client as mqtt  # noqa: E402
 

@@ -15,16 +15,13 @@ device's malformed record) is dropped and counted; the rest of its batch is stor
 """
 import argparse
 import json
-import os
 import queue
 import signal
 import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+import fleetpath  # noqa: E402,F401 (tools/ and lib/ on sys.path)
 
 import paho.mqtt.client as mqtt  # noqa: E402
 

@@ -7,10 +7,7 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = os.path.dirname(HERE)
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
+from fleetpath import HERE  # noqa: E402 (tools/ and lib/ on sys.path)
 
 from broker import Broker  # noqa: E402
 

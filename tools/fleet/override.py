@@ -26,12 +26,7 @@ import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = os.path.dirname(HERE)
-for p in (TOOLS, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-import paths  # noqa: E402,F401 (lib/ on sys.path)
+import fleetpath  # noqa: E402,F401 (tools/ and lib/ on sys.path)
 
 import commands  # noqa: E402
 import plan_fleet  # noqa: E402

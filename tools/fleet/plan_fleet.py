@@ -30,11 +30,7 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = os.path.dirname(HERE)
-for p in (TOOLS, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import fleetpath  # noqa: E402,F401 (tools/ and lib/ on sys.path)
 
 import inventory  # noqa: E402
 import planner  # noqa: E402

@@ -30,12 +30,7 @@ import shutil
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = os.path.dirname(HERE)
-ROOT = os.path.dirname(TOOLS)
-for p in (TOOLS, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+from fleetpath import ROOT  # noqa: E402 (tools/ and lib/ on sys.path)
 
 import inventory  # noqa: E402
 import site_config  # noqa: E402

@@ -23,11 +23,7 @@ import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = os.path.dirname(HERE)
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
-import paths  # noqa: E402,F401 (lib/ on sys.path)
+import fleetpath  # noqa: E402,F401 (tools/ and lib/ on sys.path)
 
 import paho.mqtt.client as mqtt  # noqa: E402
 

@@ -21,17 +21,12 @@ a process could not connect (measured). tools/fleet/fleet_bench.py starts a proc
 """
 import argparse
 import json
-import os
 import random
 import signal
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOOLS = os.path.dirname(HERE)
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
-import paths  # noqa: E402,F401 (lib/ on sys.path)
+import fleetpath  # noqa: E402,F401 (tools/ and lib/ on sys.path)
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
