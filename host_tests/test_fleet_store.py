@@ -43,7 +43,9 @@ def test_the_store_keeps_telemetry_and_the_latest_of_each_device(st):
     assert st.add(_batch('a', 5) + [('status', 'b', b'offline', 1790000000), ('telemetry', 'a', b'not json', 0),
                                     ('schedule', 'a', b'{"status": "rejected", "version": 8, '
                                      b'"last_rejected": {"reason": "unauthorized: bad mac"}}', 0)]) == 5
-    assert st.count() == 5 and st.bad == 1
+    assert st.count() == 5 and st.bad == 1 and st.stored == 5
+    st.add(_batch('a', 5))                               # the same records again (a backlog re-sent)
+    assert st.count() == 5 and st.stored == 5            # stored counts rows added, not duplicates
     d = {r['dev']: r for r in st.devices()}
     assert d['a']['online'] is None                      # online / offline: from the status topic only
     assert d['a']['last_seen'] == 1790000040 and d['a']['gcp_w'] == 5004

@@ -160,10 +160,12 @@ class _Store:
     def add(self, batch):
         tel, dev, bad = rows(batch)
         self.bad += bad
+        new = 0
         with self._tx() as cur:
             if tel:
                 cur.executemany('INSERT INTO telemetry (%s) VALUES (%s) ON CONFLICT DO NOTHING'
                                 % (', '.join(TELEMETRY_COLS), ', '.join([self.ph] * len(TELEMETRY_COLS))), tel)
+                new = cur.rowcount if cur.rowcount >= 0 else len(tel)   # rows added: not the duplicates
             groups = {}
             for d, u in dev.items():
                 if u:
@@ -171,7 +173,7 @@ class _Store:
                     groups.setdefault(cols, []).append((d,) + tuple(u[c] for c in cols[1:]))
             for cols, vals in groups.items():
                 cur.executemany(self._upsert_sql(cols), vals)
-        self.stored += len(tel)
+        self.stored += new
         return len(tel)
 
     def devices(self):
