@@ -2,10 +2,11 @@
 # cycle.run_job calls strip() when the last object of these classes has been built (boot, the
 # schedule side, the telemetry ring) and then drops this module. A method's code stays in the heap
 # as long as its class holds it; constructors run once per object, so after boot they are dead
-# weight: about 3.7 KB of a 32-bit heap. Nothing builds these objects after boot (one built later
-# would have none of its attributes: its first use raises AttributeError); host_tests/
-# test_boot_strip.py checks the table against the source and that every constructor call is in
-# boot-time code. A frozen image keeps its code in flash: nothing to free there, no harm done.
+# weight: about 3.7 KB of a 32-bit heap. Each becomes None in its class: the code is freed, and
+# building such an object or calling such a method after boot raises TypeError (loud, never a
+# half-built object; nothing does it: host_tests/test_boot_strip.py checks the table against the
+# source and that every call of stripped code runs before the strip). A frozen image keeps its code
+# in flash: little to free there, no harm done.
 
 STRIP = (
     ('rtu', 'RtuMaster', ('__init__',)),
@@ -41,8 +42,6 @@ def strip():
         if k is None:
             continue                    # not loaded on this site (no schedule side, no MQTT)
         for n in names:
-            if n in k.__dict__:
-                # a deleted dict slot keeps its value (MicroPython's map): overwrite it first, or
-                # the code would stay referenced
-                setattr(k, n, None)
-                delattr(k, n)
+            # None, not del: a deleted slot of MicroPython's map keeps its value (the code would
+            # stay), and a late call of None fails loudly
+            setattr(k, n, None)

@@ -11,7 +11,7 @@ import boot_strip
 
 # code that runs before cycle.run_job strips: whole boot-only modules, and (module, function)
 BOOT_MODULES = {'startup', 'safe_state', 'sched_boot', 'profile_compiled', 'devprofile', 'net'}
-BOOT_FUNCTIONS = {('cycle', 'run_job')}     # it calls Reporter.start() before it strips
+BOOT_FUNCTIONS = {('cycle', 'run_job')}     # before its boot_strip.strip() line: Reporter.start()
 DEVICE_DIRS = ('firmware', 'lib')
 HOST_ONLY = {'schedule_host', 'reserve'}        # lib modules the device never loads
 
@@ -48,6 +48,16 @@ def test_stripped_code_is_only_called_before_the_strip():
     ctors = {c for c, n in stripped.items() if '__init__' in n}
     methods = {n for ns in stripped.values() for n in ns if n != '__init__'}
     bad = []
+    strip_line = {}                     # (module, function) -> the line of its boot_strip.strip() call
+    for mod, tree in _sources():
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef) and (mod, fn.name) in BOOT_FUNCTIONS:
+                lines = [c.lineno for c in ast.walk(fn) if isinstance(c, ast.Call)
+                         and isinstance(c.func, ast.Attribute) and c.func.attr == 'strip'
+                         and isinstance(c.func.value, ast.Name) and c.func.value.id == 'boot_strip']
+                assert len(lines) == 1, (mod, fn.name, lines)
+                strip_line[(mod, fn.name)] = lines[0]
+    assert set(strip_line) == BOOT_FUNCTIONS
     for mod, tree in _sources():
         if mod in BOOT_MODULES:
             continue
@@ -63,7 +73,8 @@ def test_stripped_code_is_only_called_before_the_strip():
                     if name in ctors or name in methods:
                         # allowed: inside a stripped method of a stripped class (boot-time itself)
                         inside = len(w) >= 2 and w[-2] in stripped and w[-1] in stripped[w[-2]]
-                        if not inside and (mod,) + w[:1] not in BOOT_FUNCTIONS:
+                        before = (mod,) + w[:1] in strip_line and ch.lineno < strip_line[(mod,) + w[:1]]
+                        if not inside and not before:
                             bad.append('%s.%s: %s()' % (mod, '.'.join(w) or '<module>', name))
                 walk(ch, w)
         walk(tree, ())

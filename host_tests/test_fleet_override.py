@@ -127,6 +127,8 @@ def test_a_site_without_its_commissioned_config_is_refused_and_nothing_changes(t
         assert {i: open(os.path.join(plan, 'schedules', i + '.json')).read() for i in ('v1', 'v2')} == before
         assert not [f for f in os.listdir(os.path.join(plan, 'schedules')) if f.endswith('.new')]
     (fleet / 'sites' / 'v2.json').write_text(json.dumps({'control': COMM}))
+    assert override.schedules(plan, ['v2', 'v2'], 'suspend_arbitrage', time.time() + 3600, version=106,
+                              fleet_dir=str(fleet)) == ['v2']          # named twice: once
     assert override.schedules(plan, ['v1', 'v2'], 'suspend_arbitrage', time.time() + 3600, version=105,
                               fleet_dir=str(fleet)) == ['v1', 'v2']
 

@@ -175,6 +175,33 @@ def test_a_clock_stepped_back_at_a_sync_does_not_freeze_the_devices_row(st):
     assert {r['dev']: r for r in st.devices()}['a']['soc_bp'] == 5300
 
 
+def test_in_the_same_second_the_later_seq_wins_and_a_schema_2_database_is_migrated(tmp_path):
+    import sqlite3
+    p = str(tmp_path / 's2.db')
+    c = sqlite3.connect(p)                              # what the store of schema 2 made
+    c.execute('CREATE TABLE schema_version (v INTEGER NOT NULL)')
+    c.execute('INSERT INTO schema_version VALUES (2)')
+    c.execute('CREATE TABLE telemetry (dev TEXT NOT NULL, seq BIGINT, ts BIGINT NOT NULL, gcp_w BIGINT, bat_w BIGINT, '
+              'soc_bp BIGINT, state TEXT, reserve_bp BIGINT, sch_version BIGINT, rec TEXT NOT NULL)')
+    c.execute('CREATE TABLE devices (dev TEXT PRIMARY KEY, online INTEGER, last_seen BIGINT, soc_bp BIGINT, '
+              'state TEXT, gcp_w BIGINT, bat_w BIGINT, reserve_bp BIGINT, sch_version BIGINT, sch_status TEXT, '
+              'sch_acked BIGINT, sch_reason TEXT, alarms TEXT)')
+    c.execute("INSERT INTO devices (dev, last_seen, soc_bp) VALUES ('a', 1790000000, 7000)")
+    c.commit()
+    c.close()
+    st = store.open_store('sqlite:///' + p)
+    assert {r['dev']: r for r in st.devices()}['a']['soc_bp'] == 7000            # kept
+    t = 1790000001000
+
+    def rec(seq, ms, soc):
+        return ('telemetry', 'a', json.dumps({'v': 2, 'seq': seq, 'ts_ms': t + ms, 'soc_bp': soc, 'state': 'idle'}).encode(), 0)
+    st.add([rec(6, 500, 8100)])
+    st.add([rec(5, 100, 8000)])                         # older, late, in the same second: ignored
+    assert {r['dev']: r for r in st.devices()}['a']['soc_bp'] == 8100
+    st.close()
+    assert sqlite3.connect(p).execute('SELECT v FROM schema_version').fetchone()[0] == store.SCHEMA_VERSION
+
+
 def test_a_locked_database_keeps_the_messages(tmp_path):
     import sqlite3
     p = str(tmp_path / 'l.db')

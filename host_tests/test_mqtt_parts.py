@@ -125,6 +125,8 @@ def test_ring_overflow_drops_oldest_and_counts(cap):
     assert set(rec) == set(telemetry_schema.SCHEMA_V2) and rec['err']['ring_dropped'] == 3
     assert rec['ts_ms'] == (1700000000 + cap + 2) * 1000 and rec['state'] == 'discharging'
     assert r.record_dict(cap - 1, epoch_s=1000)['ts_ms'] == rec['ts_ms'] + 1000000
+    # the wall clock at uptime 0 to the millisecond (a sync's remainder, firmware/reporting.py)
+    assert r.record_dict(cap - 1, epoch_s=1000, rem_ms=700)['ts_ms'] == rec['ts_ms'] + 1000700
 
 
 def test_ring_stops_at_the_reserve(monkeypatch):

@@ -99,7 +99,9 @@ def main(argv=None):
     ap.add_argument('--port', type=int, default=8080)
     ap.add_argument('--out', default=os.path.join(ROOT, 'out', 'fleet-demo'))
     ap.add_argument('--seconds', type=float, default=0, help='stop after this long (0: until Ctrl-C)')
-    ap.add_argument('--speed', type=float, default=30, help='fleet time runs this many times real time (1..3600)')
+    ap.add_argument('--speed', type=float, default=30,
+                    help='fleet time runs this many times real time (1..3600; at least %d real seconds must remain '
+                         'from --start to --deadline: at most 120 with the defaults)' % MIN_PUSH_S)
     ap.add_argument('--start', type=_hhmm, default='05:00', help='the fleet clock starts at this local time, today')
     ap.add_argument('--deadline', type=_hhmm, default='07:00', help='the push deadline, local fleet time')
     a = ap.parse_args(argv)
@@ -112,9 +114,12 @@ def main(argv=None):
     if a.deadline <= a.start:
         ap.error('--deadline must come after --start')
     if (a.deadline - a.start) / a.speed < MIN_PUSH_S:
-        ap.error('--speed %g leaves %.0f s of real time from --start to --deadline; the devices need about %d s to '
+        ap.error('--speed %g leaves %.1f s of real time from --start to --deadline; the devices need %d s to '
                  'start and ack: lower --speed or move --start earlier' % (a.speed, (a.deadline - a.start) / a.speed,
                                                                          MIN_PUSH_S))
+    if os.path.isdir(a.out) and os.listdir(a.out) and not os.path.exists(os.path.join(a.out, 'sites.csv')):
+        ap.error('--out %s is a folder with other things in it: a demo starts afresh there (use a new folder)'
+                 % a.out)
     shutil.rmtree(a.out, ignore_errors=True)
     os.makedirs(a.out)
     ids = ['tw%03d' % i for i in range(a.twins)]
@@ -204,7 +209,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second signal must not cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if srv is not None:
             srv.shutdown()
         if ing is not None:

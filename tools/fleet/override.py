@@ -108,6 +108,7 @@ def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None, fleet
     import schedule_host
     d = os.path.join(plan_dir, 'schedules')
     version = version or plan_fleet.next_version()
+    ids = list(dict.fromkeys(ids))      # a site named twice is overridden once
     errs, done = [], []
     try:
         for i in ids:
@@ -148,8 +149,17 @@ def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None, fleet
         for p, _ in done:
             os.remove(p + '.new')
         raise OverrideError('nothing overridden:\n  ' + '\n  '.join(errs))
-    for p, _ in done:
-        os.replace(p + '.new', p)
+    for k, (p, i) in enumerate(done):
+        try:
+            os.replace(p + '.new', p)
+        except OSError as e:            # the file system failed half-way: say exactly where it stands
+            for q, _ in done[k:]:
+                try:
+                    os.remove(q + '.new')
+                except OSError:
+                    pass
+            raise OverrideError('overridden: %s; NOT overridden (%s): %s' % (
+                ', '.join(x for _, x in done[:k]) or 'none', e, ', '.join(x for _, x in done[k:])))
     return [i for _, i in done]
 
 

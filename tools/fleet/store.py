@@ -63,10 +63,15 @@ def _alarms(r):
 
 
 def _newer(ts, seq, last_ts, last_seq):
-    """A record is newer than the device row's when its time is not earlier, or its seq is later:
-    a device's clock may step back at a wall-clock sync (a board that booted on a clock ahead of
-    NTP), and its seq keeps counting (docs/fleet.md). A reboot restarts seq and its time goes on."""
-    return last_ts is None or ts >= last_ts or (seq is not None and last_seq is not None and seq > last_seq)
+    """A record is newer than the device row's when its time is later, or its seq is later: a
+    device's clock may step back at a wall-clock sync (a board that booted on a clock ahead of NTP)
+    and its seq keeps counting; a reboot restarts seq and its time goes on (docs/fleet.md). In the
+    same second (the row keeps whole seconds) the later seq wins, and a record without seq."""
+    if last_ts is None or ts > last_ts:
+        return True
+    if seq is None or last_seq is None:
+        return ts == last_ts
+    return seq > last_seq or (ts == last_ts and seq == last_seq)
 
 
 def _ts(r, t):
@@ -128,14 +133,18 @@ class _Store:
         self.stored = 0
 
     def _schema(self, cur, have_telemetry):
-        """Create the tables; refuse a database an older store made (its rows are kept as they
-        are: move it away or point --db elsewhere)."""
+        """Create the tables; a schema-2 database gains devices.last_seq; refuse one another store
+        made (its rows are kept as they are: move it away or point --db elsewhere)."""
         if have_telemetry:
             try:
                 cur.execute('SELECT v FROM schema_version')
                 row = cur.fetchone()
             except Exception:
                 row = None
+            if row is not None and row[0] == 2:             # 2 -> 3: one column, NULL until a record
+                cur.execute('ALTER TABLE devices ADD COLUMN last_seq BIGINT')
+                cur.execute('UPDATE schema_version SET v = %d' % SCHEMA_VERSION)
+                row = (SCHEMA_VERSION,)
             if row is None or row[0] != SCHEMA_VERSION:
                 raise StoreError('the database was made by another version of tools/fleet/store.py (schema %s, '
                                  'this one is %d): nothing changed; move it away or use another --db'
@@ -150,8 +159,9 @@ class _Store:
         """One device row: the telemetry columns only from a record newer than the stored one
         (instances of a shared subscription commit their batches in any order)."""
         p = ', '.join([self.ph] * len(cols))
-        newer = ('devices.last_seen IS NULL OR excluded.last_seen >= devices.last_seen OR '
-                 'excluded.last_seq > devices.last_seq')                  # = _newer()
+        newer = ('devices.last_seen IS NULL OR excluded.last_seen > devices.last_seen OR '      # = _newer()
+                 '(excluded.last_seen = devices.last_seen AND (excluded.last_seq IS NULL OR devices.last_seq IS NULL '
+                 'OR excluded.last_seq >= devices.last_seq)) OR excluded.last_seq > devices.last_seq')
         upd = ', '.join(('%s = CASE WHEN %s THEN excluded.%s ELSE devices.%s END' % (c, newer, c, c))
                         if 'last_seen' in cols and c in LATEST_COLS else '%s = excluded.%s' % (c, c)
                         for c in cols if c != 'dev')
