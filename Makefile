@@ -19,7 +19,7 @@ help:
 	@echo "make bench-latency  meter step -> new setpoint written, worst timing (firmware on the unix port)"
 	@echo "make bench       scenario benchmark vs comparators and the LP optimum (docs/benchmarks.md)"
 	@echo "make faults      fault-injection suite, full (~25 min): table in out/faults.md (docs/reliability.md)"
-	@echo "make fleet       the whole VPP on one machine: broker, twins, firmware, service, console :8080"
+	@echo "make fleet       the whole VPP on one machine, the heat-advisory day at 30x: broker, twins, firmware, service, console :8080"
 	@echo "make fleet-bench fleet at scale on loopback: twins + real firmware, plan, push, ingest (docs/fleet.md)"
 	@echo "make build BOARD=esp32                 device filesystem in build/device/BOARD, .mpy sizes"
 	@echo "make deploy BOARD=esp32 PORT=/dev/ttyUSB0 [VALUES=site.env] [SITE=site.json] [NAME=VALUE ...]"
