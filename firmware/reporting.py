@@ -74,9 +74,9 @@ class Reporter:
             # a wall-clock sync (NTP): records hold uptime, so the wall clock at uptime 0 follows it
             # (a board's time.time() is no wall clock before then: ts would count from 2000 or 0)
             self._ep = c.epoch_changed
-            d = time.ticks_diff(self.t_prev, c.base_ticks_ms) - self.up_ms
-            link.epoch_s = c.base_epoch_s + d // 1000 - self.up_s
-            link.epoch_rem_ms = d % 1000
+            ms = time.ticks_diff(self.t_prev, c.base_ticks_ms) - self.up_ms
+            link.epoch_s = c.base_epoch_s + ms // 1000 - self.up_s
+            link.epoch_rem_ms = ms % 1000
         if self.state_changed:
             self.state_changed = 0
             d = telemetry.state_dict(self.rt.ctl, (link.epoch_s + self.up_s) * 1000 + self.up_ms + link.epoch_rem_ms)

@@ -131,6 +131,7 @@ def main(argv=None):
             f.write('%s,%d,%d,40000,%d,%d\n' % (i, kwh, kw, (2500, 5000, 6000)[k % 3], UTC_OFFSET_S))
     day = time.strftime('%Y-%m-%d', time.gmtime(time.time() + UTC_OFFSET_S))
     midnight = calendar.timegm(time.strptime(day, '%Y-%m-%d')) - UTC_OFFSET_S     # local midnight, unix s
+    deadline_s = midnight + a.deadline                                            # fleet time, unix s
     clk = DemoClock(t0=midnight + a.start, speed=a.speed)      # anchored below, once the service is up
     fleet = os.path.join(a.out, 'fleet')
     sec = provision.provision(os.path.join(a.out, 'sites.csv'), fleet, '127.0.0.1', n_service=6)
@@ -178,20 +179,20 @@ def main(argv=None):
         rel = lambda t: (clk.real_at(midnight + t) - time.time()) / 60  # noqa: E731
         print('fleet: fleet time runs x%g from %s local (now %s): deadline %s in %.1f min, reserve raised by 14:00 '
               'in %.1f min, the capacity event 17:00-18:00 in %.1f min, midnight in %.1f min'
-              % (a.speed, local(clk.t0), local(clk()), local(midnight + a.deadline), rel(a.deadline),
+              % (a.speed, local(clk.t0), local(clk()), local(deadline_s), rel(a.deadline),
                  rel(14 * 3600), rel(17 * 3600), rel(86400)))
         print('fleet: files in %s (plan/, push.json, fleet.db); Ctrl-C stops everything' % a.out, flush=True)
         rd = store_mod.open_store(db)       # this thread's own connection (the ingest thread writes on st's)
-        wait_for(lambda: len(rd.devices()) >= len(ids) + len(fw) or time.time() > clk.real_at(midnight + a.deadline),
+        wait_for(lambda: len(rd.devices()) >= len(ids) + len(fw) or time.time() > clk.real_at(deadline_s),
                  60, step=1)
         devs = push.load_plan(pdir, sec)
         p = push.Push(devs, '127.0.0.1', br.port, svc[0]['user'], svc[0]['password'], rate_per_min=6000, retry_s=20)
 
         def do_push():
             try:
-                rep = p.run(clk.real_at(midnight + a.deadline))
+                rep = p.run(clk.real_at(deadline_s))
                 rep['deadline_real'] = rep['deadline']
-                rep['deadline'] = midnight + a.deadline             # in fleet time, as the console reads it
+                rep['deadline'] = deadline_s             # in fleet time, as the console reads it
                 rep['deadline_utc'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(rep['deadline']))
                 with open(report, 'w') as f:
                     json.dump(rep, f)
@@ -203,8 +204,9 @@ def main(argv=None):
         hour = int(clk() // 3600)
         while end is None or time.time() < end:
             time.sleep(0.2)
-            if int(clk() // 3600) != hour:
-                hour = int(clk() // 3600)
+            h = int(clk() // 3600)
+            if h != hour:
+                hour = h
                 print(progress(rd, fw, clk), flush=True)
     except KeyboardInterrupt:
         pass

@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import sys
 import time
 
@@ -58,13 +57,6 @@ def _proc_stats(pid):
         return cpu, rss, peak
     except OSError:
         return None, None, None
-
-
-def _raise_nofile(n):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(max(soft, n), hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    return want
 
 
 class Monitor:
@@ -117,7 +109,7 @@ def _forecasts(sites, day, folder):
 def run(n, k_fw, plan_sites, ingest_s, rate_per_min, out, pg=True):
     os.makedirs(out, exist_ok=True)
     fig = {'devices': n, 'firmware': k_fw, 'cores': os.cpu_count()}
-    _raise_nofile(2 * (n + k_fw) + 4096)          # the broker (a child) holds a socket per device
+    loopback.raise_nofile(2 * (n + k_fw) + 4096)          # the broker (a child) holds a socket per device
     ids = ['tw%05d' % i for i in range(n)]
     fw_ids = ['fw%d' % i for i in range(1, k_fw + 1)]
     with open(os.path.join(out, 'sites.csv'), 'w') as f:

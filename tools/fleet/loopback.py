@@ -12,6 +12,15 @@ from fleetpath import HERE  # noqa: E402 (tools/ and lib/ on sys.path)
 from broker import Broker  # noqa: E402
 
 
+def raise_nofile(n):
+    """This process's descriptor limit raised to n (at most the hard limit); the limit now."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(max(soft, n), hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return want
+
+
 def broker(fleet_dir, workdir=None, extra=(), name='mosquitto'):
     """mosquitto with fleet_dir's passwd and bess.acl, use_username_as_clientid after its listener
     (docs/telemetry.md, "Security"); started."""

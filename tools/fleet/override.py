@@ -139,28 +139,28 @@ def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None, fleet
             with open(p + '.new', 'w') as f:
                 json.dump(new, f, separators=(',', ':'))
     except BaseException:
-        for p, _ in done:                   # nothing half-done: the written copies go
-            try:
-                os.remove(p + '.new')
-            except OSError:
-                pass
+        _discard(done)                      # nothing half-done: the written copies go
         raise
     if errs:
-        for p, _ in done:
-            os.remove(p + '.new')
+        _discard(done)
         raise OverrideError('nothing overridden:\n  ' + '\n  '.join(errs))
     for k, (p, i) in enumerate(done):
         try:
             os.replace(p + '.new', p)
         except OSError as e:            # the file system failed half-way: say exactly where it stands
-            for q, _ in done[k:]:
-                try:
-                    os.remove(q + '.new')
-                except OSError:
-                    pass
+            _discard(done[k:])
             raise OverrideError('overridden: %s; NOT overridden (%s): %s' % (
                 ', '.join(x for _, x in done[:k]) or 'none', e, ', '.join(x for _, x in done[k:])))
     return [i for _, i in done]
+
+
+def _discard(done):
+    """Remove the <schedule>.new copies of done ((path, id) pairs) that exist."""
+    for p, _ in done:
+        try:
+            os.remove(p + '.new')
+        except OSError:
+            pass
 
 
 def service_user(secrets, user=None):

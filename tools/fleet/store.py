@@ -205,7 +205,7 @@ class _Store:
         """True if the database takes a write now (a refused message is then the message's fault)."""
         try:
             with self._tx() as cur:
-                self._write_probe(cur)
+                cur.execute('UPDATE schema_version SET v = v')   # takes the write lock (busy: an error)
             return True
         except Exception:
             return False
@@ -243,9 +243,6 @@ class SQLiteStore(_Store):
         self._schema(cur, cur.fetchone()[0] > 0)
         self.conn.commit()
 
-    def _write_probe(self, cur):
-        cur.execute('UPDATE schema_version SET v = v')       # takes the write lock (busy: an error)
-
     def _tx(self):
         return _Tx(self.conn)
 
@@ -264,9 +261,6 @@ class PgStore(_Store):
         with self._tx() as cur:
             cur.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'telemetry'")
             self._schema(cur, cur.fetchone()[0] > 0)
-
-    def _write_probe(self, cur):
-        cur.execute('UPDATE schema_version SET v = v')
 
     def _tx(self):
         if self.conn.closed:                # the server restarted: connect again (raises while it is down)

@@ -34,6 +34,7 @@ import schedule  # noqa: E402
 import schedule_host  # noqa: E402
 import schedule_mac  # noqa: E402
 from demo_clock import DemoClock  # noqa: E402
+import loopback  # noqa: E402
 
 
 MAX_PER_PROCESS = 2000           # descriptors: 3 a client (the process raises its limit)
@@ -197,10 +198,7 @@ def main(argv=None):
         print('twin: %d devices in one process; at most %d: start more processes' % (len(ids), MAX_PER_PROCESS),
               file=sys.stderr)
         return 2
-    import resource                     # a paho client holds 3 descriptors (its socket, a wake-up pair)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 4 * len(ids) + 256:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4 * len(ids) + 256, hard), hard))
+    loopback.raise_nofile(4 * len(ids) + 256)     # a paho client holds 3 descriptors (its socket, a wake-up pair)
     bad = set(x for x in a.bad_key.split(',') if x)
     mute = set(x for x in a.mute.split(',') if x)
     twins = [Twin(i, devs[i]['password'], ('00' * 32) if i in bad else devs[i]['hmac_key'], a.host, a.port,
