@@ -39,9 +39,14 @@ def build(cfg, rt, rep):
     except OSError:
         have = 0                        # nothing persisted: the loader is not needed now
     sched = msg = None
-    if have:
+    if rep is not None or have:
+        # the arrays every schedule compiles into (3.9 K), made now, before the telemetry ring,
+        # even when no schedule is persisted: made with the first schedule received, they landed
+        # among the checker's code and cut the heap into pieces once that code was dropped
+        # (docs/resources.md). Without the link no schedule can arrive: only for a persisted one.
         import sched_rx
         ps.store = sched_rx.store()
+    if have:
         sched, msg = sched_rx.boot_load(cfg['path'], rt.ctl.cfg, ps.store)
         if sched is not None:
             sched_rx.put(ps, sched)
