@@ -15,7 +15,7 @@ STRIP = (
     ('cycle', 'Poller', ('__init__',)),
     ('cycle', 'Runtime', ('__init__',)),
     ('cycle', 'Job', ('__init__',)),
-    ('mqtt_link', 'MqttLink', ('__init__',)),   # not alloc_ring nor Ring(): poll() falls back on them
+    ('mqtt_link', 'MqttLink', ('__init__', '_ssl_params')),   # not alloc_ring nor Ring(): poll() falls back on them
     ('reporting', 'Reporter', ('__init__', 'start')),
     ('reporting', 'CommandHandler', ('__init__',)),
     ('wallclock', 'Clock', ('__init__',)),

@@ -32,8 +32,8 @@
 import time
 import json
 import errno
-import select
-import socket
+import select                       # noqa: F401 (firmware/mqtt_connect.py uses these two through
+import socket                       # noqa: F401  this module: one place for a test to stand in for them)
 try:
     import random
     _rand = random.getrandbits
@@ -44,7 +44,7 @@ except (ImportError, AttributeError):
         return int.from_bytes(os.urandom(4), 'little') & ((1 << bits) - 1)
 
 import telemetry
-from mqtt_sock import Sock, MQTTException, der
+from mqtt_sock import MQTTException, der
 from ondemand import unload
 
 config = {
@@ -222,9 +222,9 @@ class MqttLink:
         st = self.state
         if st == DOWN:
             if self.next_try is None or time.ticks_diff(now_ms, self.next_try) >= 0:
-                self._start_connect(now_ms)
+                self._connect(now_ms)
         elif st != UP:
-            self._continue_connect(now_ms)
+            self._connect(now_ms)
         else:
             try:
                 self._service(now_ms)
@@ -264,18 +264,17 @@ class MqttLink:
             p['server_hostname'] = c['server']
         return p
 
-    def _wrap(self, raw):
-        """The TLS socket, handshake not started (it runs in later polls, non-blocking)."""
-        ssl = self.cfg['ssl']
-        p = self.ssl_params
-        if ssl is True:
-            try:
-                import ssl as _ssl
-            except ImportError:
-                import ussl as _ssl
-            return _ssl.wrap_socket(raw, do_handshake=False, **p)
-        # an SSLContext, configured by the caller (CA, verify_mode)
-        return ssl.wrap_socket(raw, server_hostname=p['server_hostname'], do_handshake_on_connect=False)
+    def _connect(self, now_ms):
+        """A connect step. Its code (firmware/mqtt_connect.py) is loaded while the link is not
+        up and dropped once it is: it is not in the heap while the link runs."""
+        try:
+            import mqtt_connect
+        except MemoryError as e:        # no room for it now: a later try
+            self._fail(now_ms, e)
+            return
+        mqtt_connect.step(self, now_ms)
+        if self.state == UP:
+            unload(('mqtt_connect',))
 
     def _drop(self):
         if self.sock is not None:
@@ -316,134 +315,6 @@ class MqttLink:
     def _lost(self, now_ms, e):
         self.lost += 1
         self._fail(now_ms, e)
-
-    def _start_connect(self, now_ms):
-        try:
-            if self.addr is None:
-                # a hostname costs one blocking DNS lookup, cached afterwards
-                self.addr = socket.getaddrinfo(self.cfg['server'], self.port)[0][-1]
-            s = socket.socket()
-            s.setblocking(False)
-            try:
-                s.connect(self.addr)
-            except OSError as e:
-                if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
-                    s.close()
-                    raise
-            self.sock = Sock(s, self.rbuf, self.rmv, self.wbuf)
-            self.sock.until = self.t_end
-            self.state = CONNECTING
-            self.t_start = now_ms
-        except _ERRS as e:
-            self._fail(now_ms, e)
-
-    def _continue_connect(self, now_ms):
-        try:
-            if time.ticks_diff(now_ms, self.t_start) > self.cfg['connect_timeout_ms']:
-                raise OSError(errno.ETIMEDOUT)
-            if self.state == CONNECTING:
-                ev = self.sock.p.poll(0)
-                if not ev:
-                    return
-                if ev[0][1] & (select.POLLERR | select.POLLHUP):
-                    raise OSError(errno.ECONNREFUSED)
-                self._send_connect()
-            if self.state == TLS:
-                if not self.sock.tls_step():
-                    return
-                self.state = HANDSHAKE
-            if self.state == HANDSHAKE:
-                self._receive(now_ms)       # CONNACK -> _connected(), then whatever follows it
-                if self.state == UP:
-                    self.sock.flush()
-        except _ERRS as e:
-            if self.state == UP:
-                self._lost(now_ms, e)
-            else:
-                self._fail(now_ms, e)
-
-    def _send_connect(self):
-        """TCP is up: CONNECT goes into the write buffer (sent now; with TLS it stays queued and
-        drives the non-blocking handshake: state TLS, Sock.tls_step()); CONNACK is read by the
-        following polls."""
-        c = self.cfg
-        sk = self.sock
-        if c['ssl']:
-            sk.s = self._wrap(sk.raw)
-        cid = self.id.encode()
-        user = c['user']
-        pw = c['password'] if user is not None else None
-        if isinstance(user, str):
-            user = user.encode()
-        if isinstance(pw, str):
-            pw = pw.encode()
-        # flags: will (retained "offline" on status, QoS 0), clean session, user, password
-        f = 0x24 | (0x02 if c['clean_session'] else 0)
-        n = 10 + 2 + len(cid) + 2 + len(self.t_status) + 2 + 7
-        if user is not None:
-            f |= 0x80
-            n += 2 + len(user)
-        if pw is not None:
-            f |= 0x40
-            n += 2 + len(pw)
-        ka = c['keepalive']
-        sk.fixed(0x10, n)
-        sk.write(b'\x00\x04MQTT\x04')
-        h = sk.h
-        h[0] = f
-        h[1] = ka >> 8
-        h[2] = ka & 0xFF
-        sk.write(h, 3)
-        sk.lstr(cid)
-        sk.lstr(self.t_status)
-        sk.lstr(b'offline')
-        if user is not None:
-            sk.lstr(user)
-        if pw is not None:
-            sk.lstr(pw)
-        if c['ssl']:
-            self.state = TLS
-        else:
-            sk.flush()
-            self.state = HANDSHAKE
-
-    def _connected(self, now_ms):
-        sk = self.sock
-        r = sk.rbuf
-        if self.state != HANDSHAKE or sk.prem != 2 or sk.plen != 2:
-            raise MQTTException('bad CONNACK')
-        if r[3] != 0:
-            raise MQTTException(r[3])     # 4 = bad user/password, 5 = not authorised
-        c = self.cfg
-        # SUBSCRIBE cmd/+ at QoS 1: the broker keeps each command until the link acknowledges it
-        # (PUBACK) and sends at most its in-flight window ahead; SUBACK is read by _receive()
-        t = self.t_cmd
-        sk.fixed(0x82, 2 + 2 + len(t) + 1 + 1)
-        sk.write(b'\x00\x01')                    # packet id 1
-        sk.lstr(t + b'+')
-        sk.write(b'\x01')                         # QoS 1
-        if self.on_schedule is not None:
-            # the retained per-device schedule at QoS 0: the broker delivers the one it holds at
-            # every subscribe, so a schedule cut off with the link comes again on the next connect
-            t = self.t_sched
-            sk.fixed(0x82, 2 + 2 + len(t) + 1)
-            sk.write(b'\x00\x02')
-            sk.lstr(t)
-            sk.write(b'\x00')
-        self.state = UP
-        self.connects += 1
-        self.next_try = None
-        self.last_ping = now_ms
-        sk.publish(self.t_status, b'online', True)
-        self.state_dirty = self.state_msg is not None
-        self.config_dirty = self.config_msg is not None
-        sk.flush()
-        if c['ha_discovery'] and not self.disc_done:
-            # HA discovery: one message per slot, after the first connect since boot only (the
-            # configs are retained on the broker; a broker that lost them gets them at the next
-            # boot). Loading the messages' code again at every reconnect fragments a small heap.
-            self.disc_next = 0
-            self.disc_done = True
 
     # --- connected: one bounded service step --------------------------------------------------
     def _service(self, now_ms):
@@ -540,7 +411,11 @@ class MqttLink:
                     self.ping_out = False
                     self.ring.confirm_mark()
             elif t == 0x20:
-                self._connected(now_ms)
+                if self.state != HANDSHAKE:
+                    raise MQTTException('bad CONNACK')
+                import mqtt_connect     # loaded: the link is connecting
+                mqtt_connect.connected(self, now_ms)
+                return                  # the rest is read by the next poll: without the connect code
             elif t == 0x90:             # SUBACK: the granted QoS, or 0x80: refused (the ACL?)
                 if sk.plen >= 3 and r[sk.poff + 2] == 0x80:
                     self.sub_refused += 1

@@ -22,9 +22,9 @@ RX_IDLE = 0
 RX_WRITING = 1          # bytes go to <path>.new
 RX_DISCARD = 2          # too long (or the file could not be opened): read and dropped
 RX_DONE = 3             # complete, to be checked by after_cycle()
-# Free heap a check needs (a full schedule: the loader ~5.5 K and sched_rx ~2.4 K, its data ~2 K,
-# into the store's arrays made at start; plus room for fragmentation: measured 2026-11-28, a check
-# with 15.5 KB free ran out of memory at 114 000 B). With less, the schedule is refused before anything is loaded: a check that runs
+# Free heap a check needs (a full schedule: the loader ~5.5 K, its data ~2 K, the store's arrays
+# 3.9 K the first time, after that reused; plus room for fragmentation: at 110 000 B, 11.8 KB free
+# were not enough). With less, the schedule is refused before anything is loaded: a check that runs
 # out of memory half-way fragments the heap the command path needs (docs/resources.md).
 CHECK_FREE_B = 16000
 

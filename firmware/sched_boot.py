@@ -5,12 +5,34 @@ import os
 from ondemand import unload
 
 MODULES = ('sched_boot', 'sched_rx', 'schedule_load')
+# what the schedule side loads and keeps resident (dropped again when building it runs out of memory)
+SIDE = ('plan_side', 'plan', 'wallclock', 'ntp_exchange', 'schedule')
 
 
 def build(cfg, rt, rep):
     """The schedule side from startup.plan_cfg() (in the loop, after boot's code has left the
     heap): the wall clock, the plan, the persisted schedule, the link's schedule topic. A broken
-    clock setting costs the clock (schedules run their default block), never battery control."""
+    clock setting costs the clock (schedules run their default block), never battery control.
+    Out of memory part way: nothing of it stays wired or loaded (the link does not subscribe to
+    schedules, the ring is sized without their reserve, telemetry names no schedule) and the
+    MemoryError goes on to the caller, which says so (firmware/cycle.py)."""
+    lk = rep.link if rep is not None else None
+    reserve = lk.cfg['ring_reserve_bytes'] if lk is not None else 0
+    try:
+        return _build(cfg, rt, rep)
+    except MemoryError:
+        rt.plan = None
+        rt.clock = None
+        if lk is not None:
+            lk.on_schedule = None
+            lk.cfg['ring_reserve_bytes'] = reserve
+            lk.sch_id = None
+            lk.sch_version = 0
+        unload(SIDE)
+        raise
+
+
+def _build(cfg, rt, rep):
     from plan import Plan
     from plan_side import PlanSide
     sc = cfg['sc']
@@ -39,14 +61,9 @@ def build(cfg, rt, rep):
     except OSError:
         have = 0                        # nothing persisted: the loader is not needed now
     sched = msg = None
-    if rep is not None or have:
-        # the arrays every schedule compiles into (3.9 K), made now, before the telemetry ring,
-        # even when no schedule is persisted: made with the first schedule received, they landed
-        # among the checker's code and cut the heap into pieces once that code was dropped
-        # (docs/resources.md). Without the link no schedule can arrive: only for a persisted one.
+    if have:
         import sched_rx
         ps.store = sched_rx.store()
-    if have:
         sched, msg = sched_rx.boot_load(cfg['path'], rt.ctl.cfg, ps.store)
         if sched is not None:
             sched_rx.put(ps, sched)

@@ -97,10 +97,9 @@ def accept(path, topic, key, commissioned, last_version, current, store=None):
 
 
 def store():
-    """The arrays every schedule is compiled into from now on (schedule_load.store()): made at
-    start (firmware/sched_boot.py), else with the first schedule checked. Checks fill them in
-    place instead of allocating a new set wherever the heap has room, which over days of
-    schedules would leave the free heap in pieces."""
+    """The arrays every schedule is compiled into from now on (schedule_load.store()), made with
+    the first one: later checks fill them in place instead of allocating a new set wherever the
+    heap has room, which over days of schedules would leave the free heap in pieces."""
     import schedule_load
     return schedule_load.store()
 

@@ -23,6 +23,7 @@ import schedule as sc  # noqa: E402
 import schedule_host as sh  # noqa: E402
 import schedule_load as sl  # noqa: E402
 from bess_core import NOT_SET  # noqa: E402
+from oom_inject import call_with_oom_at  # noqa: E402
 
 T0 = 1764300000
 T = 10 * 900 + 5                    # in interval 10
@@ -110,25 +111,8 @@ def consistent(ctl, p, path):
 def run(tmp_path, old, new, inject_at):
     ctl, p, ps, path = device(tmp_path, old)
     open(path + '.new', 'wb').write(new)
-    cnt = [0]
-    files = (sl.__file__, sc.__file__, sched_rx.__file__)
-
-    def tr(frame, ev, arg):
-        if frame.f_code.co_filename not in files:
-            return None
-        if ev == 'line':
-            cnt[0] += 1
-            if cnt[0] == inject_at:
-                raise MemoryError('injected at %d' % inject_at)
-        return tr
-    sys.settrace(tr)
-    try:
-        sched_rx.received(ps)
-    except MemoryError:
-        pass
-    finally:
-        sys.settrace(None)
-    return consistent(ctl, p, path), cnt[0], p
+    _, _, n = call_with_oom_at({sl.__file__, sc.__file__, sched_rx.__file__}, inject_at, sched_rx.received, ps)
+    return consistent(ctl, p, path), n, p
 
 
 CASES = {

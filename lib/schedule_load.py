@@ -91,9 +91,10 @@ def column(name, size, a=None):
 def store():
     """The arrays of one compiled schedule at the format's limit: (starts, ends, {field:
     column}), allocated once and filled in place by every load given them. The device makes
-    them at start, before the telemetry ring, and keeps them: checks no longer allocate a new set
-    wherever the heap has room, which over days of schedules cut the free heap into pieces the
-    command path cannot use (docs/resources.md). A schedule loaded into a store has a
+    them with the first schedule it checks (at boot when one is persisted) and keeps them: later
+    checks no longer allocate a new set wherever the heap has room, which over days of schedules
+    cut the free heap into pieces the command path cannot use (docs/resources.md; making them
+    before the telemetry ring was measured no better). A schedule loaded into a store has a
     column for every field (the unused ones read NOT_SET) and shares the arrays with the next
     load: the caller drops the one in force before loading another (firmware/sched_rx.py). A
     tuple of arrays, not an object of a class here: that would keep this module's code in the
