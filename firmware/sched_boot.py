@@ -14,8 +14,8 @@ def build(cfg, rt, rep):
     heap): the wall clock, the plan, the persisted schedule, the link's schedule topic. A broken
     clock setting costs the clock (schedules run their default block), never battery control.
     Out of memory part way: nothing of it stays wired or loaded (the link does not subscribe to
-    schedules, the ring is sized without their reserve, telemetry names no schedule) and the
-    MemoryError goes on to the caller, which says so (firmware/cycle.py)."""
+    schedules, the ring is sized without their reserve, the controller and telemetry carry no
+    schedule) and the MemoryError goes on to the caller, which says so (firmware/cycle.py)."""
     lk = rep.link if rep is not None else None
     reserve = lk.cfg['ring_reserve_bytes'] if lk is not None else 0
     try:
@@ -23,6 +23,7 @@ def build(cfg, rt, rep):
     except MemoryError:
         rt.plan = None
         rt.clock = None
+        rt.ctl.clear_plan()             # a persisted schedule may have been put in force already
         if lk is not None:
             lk.on_schedule = None
             lk.cfg['ring_reserve_bytes'] = reserve

@@ -3,7 +3,8 @@ review's finding: the link kept its schedule subscription and the ring its extra
 side that did not exist). A MemoryError is injected at one executed line at a time of sched_boot
 and what it calls (sys.settrace). build() then either returns the side, wired, or raises
 MemoryError with nothing of it left: the link not asked to subscribe, the ring's reserve as it
-was, no plan or clock in the runtime, telemetry naming no schedule, its modules unloaded."""
+was, no plan or clock in the runtime, no schedule's fields in the controller, telemetry naming no
+schedule, its modules unloaded."""
 import os
 import random
 import sys
@@ -65,4 +66,5 @@ def test_out_of_memory_at_any_point_leaves_the_side_whole_or_absent(tmp_path):
         assert link.on_schedule is None and link.cfg['ring_reserve_bytes'] == RESERVE, k
         assert rt.plan is None and rt.clock is None, k
         assert link.sch_id is None and link.sch_version == 0, k
+        assert rt.ctl.fields() == Ctl().fields(), k      # no schedule's fields (plan_version: telemetry's)
         assert not loaded & set(sched_boot.SIDE), (k, loaded & set(sched_boot.SIDE))
