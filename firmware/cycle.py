@@ -385,9 +385,7 @@ def run_job(job, cycles=0):
             import sched_boot
             ps = sched_boot.build(job.ps, rt, rep)
             unload(sched_boot.MODULES)
-        except MemoryError as e:        # build() left nothing of the side wired; its modules go too
-            rt.plan = None
-            unload(('sched_boot', 'sched_rx', 'schedule_load'))     # sched_boot.MODULES, if it loaded
+        except MemoryError as e:        # build() left nothing of the side wired or loaded
             print('SCHEDULE DISABLED (OUT OF MEMORY building the schedule side: %r; %s): the controller '
                   'runs its commissioned config (docs/resources.md)' % (e, heap_text()))
     job.ps = None

@@ -126,9 +126,10 @@ def _wrap(lk, raw):
 
 
 def connected(lk, now_ms):
+    """CONNACK, in state HANDSHAKE (mqtt_link's _receive checks the state before loading this)."""
     sk = lk.sock
     r = sk.rbuf
-    if lk.state != HANDSHAKE or sk.prem != 2 or sk.plen != 2:
+    if sk.prem != 2 or sk.plen != 2:
         raise MQTTException('bad CONNACK')
     if r[3] != 0:
         raise MQTTException(r[3])     # 4 = bad user/password, 5 = not authorised

@@ -5,7 +5,7 @@ import os
 from ondemand import unload
 
 MODULES = ('sched_boot', 'sched_rx', 'schedule_load')
-# what the schedule side loads and keeps resident (dropped again when building it runs out of memory)
+# what the schedule side keeps resident (dropped again, with MODULES, when building it runs out of memory)
 SIDE = ('plan_side', 'plan', 'wallclock', 'ntp_exchange', 'schedule')
 
 
@@ -30,6 +30,7 @@ def build(cfg, rt, rep):
             lk.sch_id = None
             lk.sch_version = 0
         unload(SIDE)
+        unload(MODULES)                 # this module too: the caller's frame keeps it until it returns
         raise
 
 

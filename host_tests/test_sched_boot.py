@@ -36,7 +36,7 @@ def fakes(path):
 def build_with_oom_at(path, k):
     rt, rep, cfg = fakes(path)
     saved = dict(sys.modules)
-    for m in sched_boot.SIDE:           # as on the device: not loaded before build()
+    for m in sched_boot.SIDE + sched_boot.MODULES:      # as on the device: not loaded before build()
         sys.modules.pop(m, None)
     try:
         ps, err, n = call_with_oom_at(FILES, k, sched_boot.build, cfg, rt, rep)
@@ -67,4 +67,5 @@ def test_out_of_memory_at_any_point_leaves_the_side_whole_or_absent(tmp_path):
         assert rt.plan is None and rt.clock is None, k
         assert link.sch_id is None and link.sch_version == 0, k
         assert rt.ctl.fields() == Ctl().fields(), k      # no schedule's fields (plan_version: telemetry's)
-        assert not loaded & set(sched_boot.SIDE), (k, loaded & set(sched_boot.SIDE))
+        gone = set(sched_boot.SIDE + sched_boot.MODULES)
+        assert not loaded & gone, (k, loaded & gone)
