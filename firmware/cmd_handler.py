@@ -33,26 +33,8 @@ def handle(h, name, topic, payload, retained):
     """Handle one command for h (reporting.CommandHandler: the state that outlives this module);
     return the ack dict for <prefix>/<id>/cmd/ack. topic, payload: bytes, or the length (an int)
     of one too long for the link to read (then name is '?')."""
-    auth = commands.Auth(h.key, h.last_ctr)
     try:
-        if retained:
-            raise commands.Rejected('rejected: retained commands are not accepted')
-        if isinstance(topic, int):
-            raise commands.Rejected('oversized: topic %d bytes (not read)' % topic)
-        if isinstance(payload, int):
-            raise commands.Rejected('oversized: payload %d bytes > %d (not read)' % (payload, commands.MAX_PAYLOAD))
-        cmd = commands.check(name, payload, h.ctl.cfg, auth, topic)
-        signed = h.key is not None
-        if cmd.kind == commands.K_CONFIG or signed:
-            cfg = cmd.data if cmd.kind == commands.K_CONFIG else h.ctl.cfg
-            ctr = cmd.ctr if signed else h.last_ctr
-            try:
-                persist.save_settings(h.path, cfg, ctr, h.base)
-            except OSError as e:
-                raise commands.Rejected('storage: could not save settings (%s); nothing changed' % e)
-        commands.apply(h.ctl, cmd)
-        if signed:
-            h.last_ctr = cmd.ctr
+        cmd = _run(h, name, topic, payload, retained)
     except commands.Rejected as e:
         h.rejected += 1
         if h.stats is not None:
@@ -62,3 +44,27 @@ def handle(h, name, topic, payload, retained):
     if cmd.kind == commands.K_CONFIG and h.on_change is not None:
         h.on_change(h.ctl.cfg)
     return commands.ack(name, True, None, cmd.id, cmd.ctr)
+
+
+def _run(h, name, topic, payload, retained):
+    """validate -> persist -> apply (apart from handle(): a function's bytecode is one block of
+    heap, loaded into a fragmented one; docs/resources.md). Raises commands.Rejected."""
+    if retained:
+        raise commands.Rejected('rejected: retained commands are not accepted')
+    if isinstance(topic, int):
+        raise commands.Rejected('oversized: topic %d bytes (not read)' % topic)
+    if isinstance(payload, int):
+        raise commands.Rejected('oversized: payload %d bytes > %d (not read)' % (payload, commands.MAX_PAYLOAD))
+    cmd = commands.check(name, payload, h.ctl.cfg, commands.Auth(h.key, h.last_ctr), topic)
+    signed = h.key is not None
+    if cmd.kind == commands.K_CONFIG or signed:
+        cfg = cmd.data if cmd.kind == commands.K_CONFIG else h.ctl.cfg
+        ctr = cmd.ctr if signed else h.last_ctr
+        try:
+            persist.save_settings(h.path, cfg, ctr, h.base)
+        except OSError as e:
+            raise commands.Rejected('storage: could not save settings (%s); nothing changed' % e)
+    commands.apply(h.ctl, cmd)
+    if signed:
+        h.last_ctr = cmd.ctr
+    return cmd

@@ -388,6 +388,9 @@ def run_job(job, cycles=0):
         except MemoryError as e:        # build() left nothing of the side wired or loaded
             print('SCHEDULE DISABLED (OUT OF MEMORY building the schedule side: %r; %s): the controller '
                   'runs its commissioned config (docs/resources.md)' % (e, heap_text()))
+        # a local lives as long as this frame, i.e. the whole run: still bound, it would keep the
+        # module unloaded above, its code and globals, in the heap for good
+        sched_boot = None
     job.ps = None
     if rep is not None:
         try:
@@ -402,6 +405,7 @@ def run_job(job, cycles=0):
     except Exception:                   # MemoryError, or a port without class setattr: they stay
         pass                            # (an optimisation only: the loop must start)
     unload(('boot_strip',))
+    boot_strip = None                   # (as sched_boot above)
     wdt = machine.WDT(timeout=job.wdt_ms)
     after = rep.after_cycle if rep is not None else None
     if ps is not None:

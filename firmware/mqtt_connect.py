@@ -155,7 +155,7 @@ def connected(lk, now_ms):
     lk.last_ping = now_ms
     sk.publish(lk.t_status, b'online', True)
     lk.state_dirty = lk.state_msg is not None
-    lk.config_dirty = lk.config_msg is not None
+    lk.config_dirty = lk.config_src is not None
     sk.flush()
     if c['ha_discovery'] and not lk.disc_done:
         # HA discovery: one message per slot, after the first connect since boot only (the

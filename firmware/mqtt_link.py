@@ -89,8 +89,12 @@ UP = 3
 TLS = 4            # TLS handshake in progress (non-blocking), CONNECT queued behind it
 STATE_NAMES = ('down', 'connecting', 'handshake', 'up', 'tls')
 
-ACK_REJECTED = 8   # acks of rejected commands waiting at most: beyond, counted, not acked
-ACK_MAX = 16       # acks waiting at most: further commands wait unread (socket, broker) meanwhile
+ACK_REJECTED = 3   # acks of rejected commands waiting at most: beyond, counted, not acked
+ACK_MAX = 4        # acks waiting at most: further commands wait unread (socket, broker) meanwhile.
+# Few: a waiting ack is ~130 B of heap made while the command path's code is loaded, and acks
+# leave at max_pub_per_poll // 2 a poll (2 at the default 4) however many wait: at the defaults
+# more waiting ones only hold more heap during a burst (docs/resources.md), they do not ack it
+# sooner. (A site with max_pub_per_poll above 8 now sends at most 4 acks a poll, not 8 or more.)
 
 # what a broken connection or a hostile peer can raise in the link or mqtt_sock
 _ERRS = (OSError, IndexError, TypeError, ValueError, MemoryError, MQTTException)
@@ -152,7 +156,7 @@ class MqttLink:
         self.ack_skipped = 0        # rejected commands not acked since the last ack queued
         self.state_msg = None       # latest retained state payload to (re)publish
         self.state_dirty = False
-        self.config_msg = None
+        self.config_src = None      # the config dict in force (updated in place by commands)
         self.config_dirty = False
         self.notice = None          # e.g. the boot message about a corrupt config file
         self._st = -1
@@ -206,8 +210,11 @@ class MqttLink:
         self.state_dirty = True
 
     def set_config(self, cfg):
-        """Retained <prefix>/<id>/config: the config in force (after boot and accepted commands)."""
-        self.config_msg = json.dumps(cfg).encode()
+        """Retained <prefix>/<id>/config: the config in force (after boot and accepted commands).
+        Encoded when published, not here: a message kept from here would be made while the
+        command path's code is loaded and stay among it once that is dropped (a hole the next
+        command cannot use; docs/resources.md)."""
+        self.config_src = cfg
         self.config_dirty = True
 
     def poll(self, now_ms):
@@ -343,8 +350,15 @@ class MqttLink:
             self.state_dirty = False
             n -= 1
         if self.config_dirty and n > 0:
-            sk.publish(self.t_config, self.config_msg, True)
-            self.config_dirty = False
+            try:
+                m = json.dumps(self.config_src).encode()
+            except MemoryError:         # no room now: publish it at a later poll
+                m = None
+                self._oom('config not published yet')
+            if m is not None:
+                sk.publish(self.t_config, m, True)
+                m = None
+                self.config_dirty = False
             n -= 1
         while self.extra and n > 0:
             t, p = self.extra.pop(0)
@@ -397,7 +411,11 @@ class MqttLink:
         stop = time.ticks_add(self.t_end, -(self.cfg['poll_budget_ms'] // 2))
         left = self.cfg['max_cmd_per_poll']
         self.rx_more = 1
-        while left > 0 and len(self.out) < ACK_MAX and time.ticks_diff(stop, time.ticks_ms()) > 0:
+        # ACK_MAX holds commands back only while up: acks leave only then, and while connecting
+        # the CONNACK must be read whatever waits (a link lost with 4 acks waiting never came
+        # back up)
+        while (left > 0 and (len(self.out) < ACK_MAX or self.state != UP)
+               and time.ticks_diff(stop, time.ticks_ms()) > 0):
             if not sk.packet():
                 self.rx_more = 0
                 return

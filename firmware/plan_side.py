@@ -141,6 +141,7 @@ class PlanSide:
                     sched_rx.rejected(self, self.rx_why, None, 0)
             finally:
                 unload(sched_rx.MODULES)
+            sched_rx = None             # not kept by this frame while _report() loads it afresh
         self._report(now)
 
     def _report(self, now):
@@ -171,6 +172,7 @@ class PlanSide:
         key = (p.src, p.k, status, reason, s.version if s is not None else 0)
         if key != self._sent:
             self._sent = key
+            gc.collect()                # (as before a check: its code then fills the lowest holes)
             import sched_rx             # the message is built on demand: it changes rarely
             try:
                 lk.publish_retained(lk.t_sched_st, sched_rx.status_payload(self, status, reason))

@@ -113,6 +113,11 @@ class CommandHandler:
                                         # ticks_ms of the first idle() after the last command
 
     def __call__(self, name, topic, payload, retained):
+        if self.t_last is None:
+            # the code is not loaded: collect first, so that it fills the lowest free blocks. Left to
+            # the collection a failing allocation starts, its first pieces would land above the
+            # garbage of the moment and stay there, cutting the heap (docs/resources.md)
+            gc.collect()
         import cmd_handler
         self.t_last = -1
         return cmd_handler.handle(self, name, topic, payload, retained)

@@ -165,26 +165,7 @@ def _check(ps, p, old_idv):
         what = 'out of memory' if isinstance(e, MemoryError) else 'cannot check or store it'
         status, why, sid, ver, sched = 'rejected', '%s (%r)' % (what, e), None, 0, None
     if status != 'accepted' and old_idv is not None:
-        # read back without the commissioned bounds: it was accepted under them, and a config
-        # changed since is enforced by the core every step (it only ever narrows)
-        for _ in (0, 1):
-            try:
-                p.s = load_file(ps.path, None, 0, store=ps.store)
-                break
-            except MemoryError as e:
-                gc.collect()
-                err = e
-            except Exception as e:
-                err = e
-                break
-        if p.s is None:                 # the config alone is safe; say so in the status
-            print('schedule: the one in force could not be read back (%r): none in force' % (err,))
-            p.load(None)
-            why = '%s; and the schedule in force could not be read back (%r): none in force' % (why, err)
-        elif (p.s.id, p.s.version) != old_idv:
-            # the failure came after the new one was renamed into place: it is the one in force
-            status, why, sched = 'accepted', None, p.s
-        # (the same one read back: the plan's interval and the controller's fields are its own)
+        status, why, sched = _read_back(ps, p, old_idv, status, why, sched)
     if status == 'same':
         return                          # the retained copy of the one in force (a reconnect)
     if status == 'rejected':
@@ -199,6 +180,32 @@ def _check(ps, p, old_idv):
         rejected(ps, 'accepted but not put in force (%r): none in force' % (e,), sched.id, sched.version)
         return
     ps.rej_key = None
+
+
+def _read_back(ps, p, old_idv, status, why, sched):
+    """The schedule in force again after a refusal (_check(), apart: a function's bytecode is one
+    block of heap; docs/resources.md). Read back without the commissioned bounds: it was
+    accepted under them, and a config changed since is enforced by the core every step (it only
+    ever narrows). Returns (status, why, sched) as they stand after it."""
+    for _ in (0, 1):
+        try:
+            p.s = load_file(ps.path, None, 0, store=ps.store)
+            break
+        except MemoryError as e:
+            gc.collect()
+            err = e
+        except Exception as e:
+            err = e
+            break
+    if p.s is None:                     # the config alone is safe; say so in the status
+        print('schedule: the one in force could not be read back (%r): none in force' % (err,))
+        p.load(None)
+        why = '%s; and the schedule in force could not be read back (%r): none in force' % (why, err)
+    elif (p.s.id, p.s.version) != old_idv:
+        # the failure came after the new one was renamed into place: it is the one in force
+        status, why, sched = 'accepted', None, p.s
+    # (the same one read back: the plan's interval and the controller's fields are its own)
+    return status, why, sched
 
 
 def put(ps, sched):

@@ -82,6 +82,17 @@ def test_rejected_reconfigure_changes_nothing():
     assert c.import_limit_w == 100000 and c.cfg['import_limit_w'] == 100000
 
 
+def test_reconfigure_updates_the_config_dict_in_place():
+    """A command's config lands in the dict already in force (no new long-lived dict made while
+    the command path's code is loaded: docs/resources.md), every value the new one's."""
+    c = mk()
+    d = c.cfg
+    got = c.configure(dict(BASE, import_limit_w=90000, objective='ss'))
+    assert got is d and c.cfg is d and d['import_limit_w'] == 90000 and d['objective'] == 'ss'
+    assert c.import_limit_w == 90000 and c.objective == bc.OBJ_SS
+    assert d == validate(dict(BASE, import_limit_w=90000, objective='ss'))
+
+
 # --- grid capacity expansion -------------------------------------------------------------------
 
 def test_gce_discharges_exactly_the_excess_immediately():

@@ -22,3 +22,12 @@ def test_a_map_is_read_block_by_block():
 def test_no_map_is_a_clear_error():
     with pytest.raises(RuntimeError, match='no heap map'):
         heapmap.parse(['done: 300 cycles'])
+
+
+def test_what_a_phase_left_behind_is_what_lies_where_the_heap_was_free():
+    a = ['X-START', '00000000: hh==......S.' + '.' * 52, 'X-END']
+    b = ['X-START', '00000000: hh==h=.S..S.' + '.' * 52, 'X-END']
+    kept, ra, rb = heapmap.left_behind(heapmap.blocks(a, 'X'), heapmap.blocks(b, 'X'))
+    assert kept == {'h': 32, 'S': 16} and ra[0] == 16 * 53 and rb[:2] == [16 * 53, 32]
+    with pytest.raises(RuntimeError, match='no Y map'):
+        heapmap.blocks(a, 'Y')

@@ -482,7 +482,7 @@ def test_a_command_flood_is_counted_and_a_valid_command_behind_it_runs(tmp_path,
     """Issue 10 #6: 2 000 wrong-MAC commands, then one valid signed command. The link reads the
     backlog at most max_cmd_per_poll commands per poll; its PINGRESP, behind the backlog, does not
     make it declare the link dead while data is still unread; acks take at most half of each
-    poll's publishes and rejected commands beyond 8 waiting rejections are only counted; so the link
+    poll's publishes and rejected commands beyond 3 waiting rejections are only counted; so the link
     stays up, telemetry keeps flowing without a gap, every rejected command is counted
     (err.cmd_rejected) and the valid command is executed and acked. QoS 0 flood: the whole
     backlog sits in the device's socket. QoS 1 flood: the broker sends 20 at a time (its in-flight
@@ -544,7 +544,7 @@ def test_a_command_sent_while_the_link_is_down_runs_after_the_reconnect(tmp_path
 
 def test_a_burst_of_commands_is_acked_in_full(tmp_path, broker, procs):
     """A burst is not a flood: 30 commands at once (10 rejected, 20 accepted) get 30 acks. Rejected
-    acks are only counted beyond 8 waiting; accepted ones are always acked, and while 16 acks wait
+    acks are only counted beyond 3 waiting; accepted ones are always acked, and while 4 acks wait
     the link leaves further commands unread (QoS 1: at the broker) instead of dropping acks."""
     col = Collector(broker.port, ('bess/devB/#',))
     procs.append(col)
@@ -559,6 +559,20 @@ def test_a_burst_of_commands_is_acked_in_full(tmp_path, broker, procs):
     assert sorted(a['id'] for a in acks) == sorted('b%d' % k for k in range(30))
     assert [a['ok'] for a in acks].count(False) == 10 and not any('skipped' in a for a in acks)
     assert dev.last()['lost'] == 0
+
+
+def test_a_link_lost_while_acks_wait_comes_back_up(tmp_path, broker):
+    """Acks leave only while the link is up, and commands are held back while ACK_MAX acks wait:
+    a link lost with ACK_MAX acks waiting (a burst handled, then a reset before they were sent)
+    must still read the CONNACK of its reconnect and then send them. It used to wait in
+    'handshake' until the connect timeout, again and again (found in review)."""
+    r = subprocess.run([micropython_exe(), os.path.join(ROOT, 'host_tests', 'mp', 'ack_reconnect_mp.py'),
+                        str(broker.port), str(tmp_path / 'settings.json')], capture_output=True, text=True,
+                       env=dict(os.environ, MICROPYPATH=MICROPYPATH), timeout=60)
+    lines = [ln for ln in r.stdout.split('\n') if ln.startswith(('up ', 'waiting ', 'after '))]
+    assert r.returncode == 0 and lines[0] == 'up True', r.stdout + r.stderr
+    assert lines[1] == 'waiting 4', r.stdout
+    assert lines[2] == 'after up 2 0', r.stdout         # reconnected, every waiting ack sent
 
 
 def test_a_topic_longer_than_the_inbound_buffer_is_rejected_not_fatal(tmp_path, broker, procs):

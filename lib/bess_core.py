@@ -220,6 +220,13 @@ class Controller:
         self.commit_reserve_bp = commitment_reserve_bp(c)
         if self.commit_reserve_bp > self.reserve_soc_bp:
             self.reserve_soc_bp = self.commit_reserve_bp
+        o = self.cfg
+        if o is not None and len(o) == len(c) and all(k in o for k in c):
+            # in place: a command's new config dict would be made while the command path's code
+            # is loaded and, kept, stay among it once that is dropped (docs/resources.md)
+            for k in c:
+                o[k] = c[k]
+            return o
         self.cfg = c
         return c
 

@@ -186,23 +186,31 @@ def check(name, payload, cfg, auth, topic=b''):
     req_id = obj.get('id')
     if req_id is not None and not (isinstance(req_id, str) and len(req_id) <= ID_MAX):
         raise Rejected('malformed: id must be a string of at most %d characters' % ID_MAX)
-    if name in SETTINGS:
-        _only(obj, _SETTING_KEYS)
-        if 'value' not in obj:
-            raise Rejected('malformed: missing "value"')
-        new = dict(cfg)
-        new[SETTINGS[name]] = obj['value']
-        if name == 'min_soc' and cfg['reserve_soc_bp'] == cfg['min_soc_bp']:
-            # a reserve equal to min SoC is the default "no reserve": it follows min SoC
-            new['reserve_soc_bp'] = obj['value']
-        try:
-            new = validate(new)
-        except ConfigError as e:
-            # validate() lists every problem; report the lines after its header
-            msg = str(e)
-            i = msg.find('\n')
-            raise Rejected(('invalid: ' + msg[i + 1:].strip()) if i >= 0 else msg)
-        return Command(name, K_CONFIG, new, ctr, req_id)
+    # two functions, not one: a function's bytecode is one block of heap, and the command path
+    # is loaded into a fragmented heap (docs/resources.md)
+    return (_setting if name in SETTINGS else _action)(name, obj, cfg, ctr, req_id)
+
+
+def _setting(name, obj, cfg, ctr, req_id):
+    _only(obj, _SETTING_KEYS)
+    if 'value' not in obj:
+        raise Rejected('malformed: missing "value"')
+    new = dict(cfg)
+    new[SETTINGS[name]] = obj['value']
+    if name == 'min_soc' and cfg['reserve_soc_bp'] == cfg['min_soc_bp']:
+        # a reserve equal to min SoC is the default "no reserve": it follows min SoC
+        new['reserve_soc_bp'] = obj['value']
+    try:
+        new = validate(new)
+    except ConfigError as e:
+        # validate() lists every problem; report the lines after its header
+        msg = str(e)
+        i = msg.find('\n')
+        raise Rejected(('invalid: ' + msg[i + 1:].strip()) if i >= 0 else msg)
+    return Command(name, K_CONFIG, new, ctr, req_id)
+
+
+def _action(name, obj, cfg, ctr, req_id):
     _only(obj, _ACTION_KEYS)
     p = obj.get('power_w')
     d = obj.get('duration_ms')

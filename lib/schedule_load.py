@@ -74,14 +74,15 @@ def code(name, v):
     return OBJECTIVES.index(v) if name == 'objective' else int(v)
 
 
-def column(name, size, a=None):
+def column(name, size, a=None, zeros=None):
     """A compiled column for field `name` (schedule.Schedule), every entry unset: 'i' for the
     fields in W, 'b' for codes and booleans, 'h' for the others (SoC in bp). a: a column of
-    that field to reset and return instead of a new one (a store()'s)."""
+    that field to reset and return instead of a new one (a store()'s). zeros: {bytes per value:
+    size * that many zero bytes} to make it from (store(): no temporary between the arrays)."""
     r = FIELDS[name]
     b = 4 if name.endswith('_w') else 1 if r is None or r is OBJECTIVES else 2
     if a is None:
-        a = array(' bh i'[b], bytes(size * b))     # the typecode of a b-byte int
+        a = array(' bh i'[b], bytes(size * b) if zeros is None else zeros[b])   # typecode of a b-byte int
     u = NOT_SET if b == 4 else UNSET_NARROW
     for k in range(size):
         a[k] = u
@@ -99,10 +100,20 @@ def store():
     load: the caller drops the one in force before loading another (firmware/sched_rx.py). A
     tuple of arrays, not an object of a class here: that would keep this module's code in the
     heap."""
+    # Made back to back: every temporary first (the zero bytes the arrays are made from, the
+    # dict's growing tables), then the 13 arrays. Made from a bytes(n) each, every array had a
+    # freed block of its own size beside it: the store lay across ~10 KB of heap in ~400-byte
+    # pieces with ~400-byte holes between them (tools/heapmap.py).
+    n = MAX_INTERVALS + 1
     cols = {}
     for f in FIELDS:
-        cols[f] = column(f, MAX_INTERVALS + 1)
-    return array('i', bytes(4 * MAX_INTERVALS)), array('i', bytes(4 * MAX_INTERVALS)), cols
+        cols[f] = None
+    z = {1: bytes(n), 2: bytes(2 * n), 4: bytes(4 * n)}
+    ts = array('i', z[4])               # n long (one more than MAX_INTERVALS): Schedule.n counts
+    te = array('i', z[4])
+    for f in FIELDS:
+        cols[f] = column(f, n, None, z)
+    return ts, te, cols
 
 
 class _Load:
@@ -301,26 +312,46 @@ class _Load:
 
     # --- the rules --------------------------------------------------------------------------
     def block(self, k, d):
-        """Interval k (its times, fields and compiled codes) or, k = -1, the default block."""
+        """Interval k (its times, fields and compiled codes) or, k = -1, the default block. (In
+        parts: a function's bytecode is one block of heap, and a schedule is checked in a
+        fragmented heap; docs/resources.md.)"""
         if k >= 0:
-            s = d.get('start')
-            du = d.get('duration_s')
-            ok = is_int(s)
-            if not ok:
-                self.err(k, 'start', '%.20r not %s' % (s, 'unix s'))
-            if not is_int(du) or du <= 0:
-                ok = False
-                self.err(k, 'duration_s', '%.20r not %s' % (du, '> 0'))
-            if ok:
-                if self.p is None:
-                    self.p = s
-                a = s - self.p
-                b = a + du
-                self.ts[k] = max(-_LIM, min(a, _LIM - 1))   # clamped (see above), end > start
-                self.te[k] = max(1 - _LIM, min(b, _LIM))
-                if self.prev is not None and s < self.prev:
-                    self.err(k, 'start', 'overlaps previous')
-                self.prev = s + du
+            self._times(k, d)
+        self._fields(k, d)
+        self._bounds(k, d)
+        cols = self.cols
+        if k >= 0 and cols is not None:
+            for f in d:
+                if f in FIELDS:
+                    a = cols.get(f)
+                    if a is None:
+                        st = self.store
+                        a = cols[f] = column(f, MAX_INTERVALS + 1, st and st[2][f])
+                    a[k] = code(f, d[f])
+
+    def _times(self, k, d):
+        """Interval k's start and duration_s: offsets from p into ts / te."""
+        s = d.get('start')
+        du = d.get('duration_s')
+        ok = is_int(s)
+        if not ok:
+            self.err(k, 'start', '%.20r not %s' % (s, 'unix s'))
+        if not is_int(du) or du <= 0:
+            ok = False
+            self.err(k, 'duration_s', '%.20r not %s' % (du, '> 0'))
+        if ok:
+            if self.p is None:
+                self.p = s
+            a = s - self.p
+            b = a + du
+            self.ts[k] = max(-_LIM, min(a, _LIM - 1))   # clamped (see above), end > start
+            self.te[k] = max(1 - _LIM, min(b, _LIM))
+            if self.prev is not None and s < self.prev:
+                self.err(k, 'start', 'overlaps previous')
+            self.prev = s + du
+
+    def _fields(self, k, d):
+        """Every field of block k known and in its range."""
         for f in d:
             v = d[f]
             r = FIELDS.get(f, 0)
@@ -338,7 +369,9 @@ class _Load:
                     self.err(k, f, '%.20r not %s' % (v, '/'.join(r)))
             else:
                 self.rng(k, f, v, r[0], r[1])
-        # never outside what was commissioned: the schedule may narrow, not widen
+
+    def _bounds(self, k, d):
+        """Block k never outside what was commissioned: the schedule may narrow, not widen."""
         c = self.comm
         lo = d.get('soc_min_bp')
         hi = d.get('soc_max_bp')
@@ -356,23 +389,14 @@ class _Load:
                 self.err(k, f, '%d %s %s %d' % (v, 'above', whose, lim))
         if 'power_w' in d and 'target_soc_bp' in d:
             self.err(k, 'power_w', 'and target_soc_bp')
-        cols = self.cols
-        if k >= 0 and cols is not None:
-            for f in d:
-                if f in FIELDS:
-                    a = cols.get(f)
-                    if a is None:
-                        st = self.store
-                        a = cols[f] = column(f, MAX_INTERVALS + 1, st and st[2][f])
-                    a[k] = code(f, d[f])
 
     def finish(self):
-        """The compiled Schedule, or ScheduleError listing the problems."""
-        top = self.top
-        g = top.get
+        """The compiled Schedule, or ScheduleError listing the problems. (In four functions, not
+        one: a function's bytecode is one block of heap, and a schedule is checked in a
+        fragmented heap; docs/resources.md.)"""
+        g = self.top.get
         cr = g('created')
         vu = g('valid_until')
-        df = g('default')
         times = is_int(cr) and cr > 0 and is_int(vu)
         if self.fatal is None and self.d != -1:
             self.fatal = 'schedule: byte %d: %s' % (self.pos, 'ends early')
@@ -380,50 +404,64 @@ class _Load:
             self.errs.insert(0, self.fatal)
             self.nerr += 1
         else:
-            for f in top:
-                if f not in TOP:
-                    self.err(-2, f[:24], 'unknown')
-            v = g('v')
-            if v != FORMAT:
-                self.err(-2, 'v', '%.20r not %s' % (v, FORMAT))
-            v = g('id')
-            if type(v) is not str or not 0 < len(v) <= ID_MAX:
-                self.err(-2, 'id', '%.20r not %s' % (v, 'str 1..%d' % ID_MAX))
-            v = g('version')
-            if self.rng(-2, 'version', v, 1, VERSION_MAX) and v <= self.last:
-                self.err(-2, 'version', '%d %s %s %d' % (v, 'not newer', 'than', self.last))
-            if not is_int(cr) or cr <= 0:
-                self.err(-2, 'created', '%.20r not %s' % (cr, 'unix s'))
-            if not is_int(vu):
-                self.err(-2, 'valid_until', '%.20r not %s' % (vu, 'unix s'))
-            if times:
-                self.rng(-2, 'valid_until-created', vu - cr, 1, MAX_HORIZON_S)
-            self.rng(-2, 'randomize_s', g('randomize_s', 0), 0, 3600)
-            if type(df) is dict:
-                self.block(-1, df)
-            else:
-                self.err(-2, 'default', '%.20r not %s' % (df, 'an object'))
-            v = g('intervals')
-            if v is not self:
-                self.err(-2, 'intervals', '%.20r not %s' % (v, 'a list'))
-                self.iv(0)
-            elif not self.rng(-2, 'intervals', self.ni, 0, MAX_INTERVALS):
-                self.iv(0)
-            if times and self.p is not None:
-                ts = self.ts
-                te = self.te
-                c = cr - self.p
-                v = vu - self.p
-                for k in range(self.ni):
-                    if te[k] > ts[k] and (ts[k] < c or te[k] > v):     # (te = ts = 0: no valid times)
-                        self.err(k, '', 'outside created..valid_until')
+            self._members(g, cr, vu, times)
+            self._parts(g, cr, vu, times)
         n = self.nerr + self.nierr
         if n:
             e = (self.errs + self.ierrs)[:self.maxe]
             if n > len(e):
                 e.append('... and %d more' % (n - len(e)))
             raise ScheduleError('schedule rejected:\n  ' + '\n  '.join(e))
-        # valid: offsets from created (at most 7 days: small ints), the default block at [n]
+        return self._compiled(g, cr, vu)
+
+    def _members(self, g, cr, vu, times):
+        """The top-level members but the default block and the intervals."""
+        for f in self.top:
+            if f not in TOP:
+                self.err(-2, f[:24], 'unknown')
+        v = g('v')
+        if v != FORMAT:
+            self.err(-2, 'v', '%.20r not %s' % (v, FORMAT))
+        v = g('id')
+        if type(v) is not str or not 0 < len(v) <= ID_MAX:
+            self.err(-2, 'id', '%.20r not %s' % (v, 'str 1..%d' % ID_MAX))
+        v = g('version')
+        if self.rng(-2, 'version', v, 1, VERSION_MAX) and v <= self.last:
+            self.err(-2, 'version', '%d %s %s %d' % (v, 'not newer', 'than', self.last))
+        if not is_int(cr) or cr <= 0:
+            self.err(-2, 'created', '%.20r not %s' % (cr, 'unix s'))
+        if not is_int(vu):
+            self.err(-2, 'valid_until', '%.20r not %s' % (vu, 'unix s'))
+        if times:
+            self.rng(-2, 'valid_until-created', vu - cr, 1, MAX_HORIZON_S)
+        self.rng(-2, 'randomize_s', g('randomize_s', 0), 0, 3600)
+
+    def _parts(self, g, cr, vu, times):
+        """The default block, the intervals' count and their times against created..valid_until."""
+        df = g('default')
+        if type(df) is dict:
+            self.block(-1, df)
+        else:
+            self.err(-2, 'default', '%.20r not %s' % (df, 'an object'))
+        v = g('intervals')
+        if v is not self:
+            self.err(-2, 'intervals', '%.20r not %s' % (v, 'a list'))
+            self.iv(0)
+        elif not self.rng(-2, 'intervals', self.ni, 0, MAX_INTERVALS):
+            self.iv(0)
+        if times and self.p is not None:
+            ts = self.ts
+            te = self.te
+            c = cr - self.p
+            v = vu - self.p
+            for k in range(self.ni):
+                if te[k] > ts[k] and (ts[k] < c or te[k] > v):     # (te = ts = 0: no valid times)
+                    self.err(k, '', 'outside created..valid_until')
+
+    def _compiled(self, g, cr, vu):
+        """A valid schedule compiled: offsets from created (at most 7 days: small ints), the
+        default block at [n]."""
+        df = g('default')
         self.cap = None
         n = self.ni
         ts = self.ts
@@ -451,8 +489,8 @@ class _Load:
                     a[n] = code(f, df[f])
                 cols[f] = a
         if st is not None:
-            return Schedule(top['id'], top['version'], cr, vu - cr, g('randomize_s', 0), ts, te, st[2], n)
-        return Schedule(top['id'], top['version'], cr, vu - cr, g('randomize_s', 0), ts, te, cols)
+            return Schedule(g('id'), g('version'), cr, vu - cr, g('randomize_s', 0), ts, te, st[2], n)
+        return Schedule(g('id'), g('version'), cr, vu - cr, g('randomize_s', 0), ts, te, cols)
 
 
 def load_stream(read, commissioned=None, last_version=0, mac=None, buf=None, max_errors=MAX_ERRORS,

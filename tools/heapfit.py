@@ -156,7 +156,9 @@ class Run:
         exe = mp32fixed.exe(frozen=self.frozen)
         env = dict(os.environ, MICROPYPATH='lib:.frozen')
         t0 = time.monotonic()
-        proc = subprocess.Popen([exe, '-X', 'heapsize=%d' % self.heap, 'main.py', 'site.json', '.',
+        # -m main, not the script path: sys.path[0] stays '' as on a board, so every module's
+        # __file__ (a qstr, interned for good) is 'cycle.mpy', not '/tmp/heapfit-.../cycle.mpy'
+        proc = subprocess.Popen([exe, '-X', 'heapsize=%d' % self.heap, '-m', 'main', 'site.json', '.',
                                  str(self.cycles)], cwd=self.root, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env)
         rd = threading.Thread(target=self._read, args=(proc,), daemon=True)
