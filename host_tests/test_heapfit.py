@@ -77,9 +77,11 @@ def test_the_whole_cycle_heap_lock_catches_an_allocation(tmp_path):
 
 
 # With the schedule side and a full 96-interval schedule (every field) in force, the same script
-# passes from ~125 000 bytes (shim included), measured 2026-11-27: ~19 KB over the budget. Issue 11
-# stays open on this (docs/resources.md, "Schedules"); this test keeps the figure from growing.
-SCHEDULE_HEAP = 128000
+# passes from ~112 000 bytes (shim included; 110 000 passes or refuses a command), measured
+# 2026-11-28 (it was ~125 000 the day before): ~6 KB over the budget. Issue 11 stays open on this
+# (docs/resources.md, "Schedules"); this test keeps the figure from growing, with a margin for
+# where things land on another machine.
+SCHEDULE_HEAP = 118000
 
 
 def test_with_a_full_schedule_in_force_the_firmware_runs_1000_cycles(root):
