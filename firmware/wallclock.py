@@ -98,9 +98,10 @@ class Clock:
             self.last_error = 'expired'
             x = 1
         r = self._exchange(now)
-        if x and not self.valid:
-            # a request that timed out in the same poll does not hide why the clock is invalid
-            # (the status said 'timeout'; a test that failed once under load found it)
+        if x and not self.valid and self.last_error == 'timeout':
+            # a request that timed out in the same poll (the same silence) does not hide why the
+            # clock is invalid: last_error said 'timeout' (a test that failed once under load
+            # found it); another reason (kod, recv, MemoryError) is news and stays
             self.last_error = 'expired'
         return r
 
