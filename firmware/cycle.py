@@ -21,7 +21,7 @@ import machine
 
 import bess_core as bc
 from rtu import OK, EXC
-from ondemand import unload, heap_text
+from ondemand import load, unload, heap_text
 
 AGE_NEVER_MS = 600001           # > the largest stale_ms: "never read" is always stale
 HEARTBEAT_MS = 5000             # rewrite an unchanged setpoint this often (revert timers, resets)
@@ -151,8 +151,7 @@ class Poller:
 
 def _identify(p):
     """Confirm or refuse the device (firmware/identify.py, loaded until it has decided)."""
-    import identify
-    r = identify.check(p)
+    r = load('identify').check(p)
     if r != 0:
         unload(('identify',))
     return r

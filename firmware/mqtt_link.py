@@ -45,7 +45,7 @@ except (ImportError, AttributeError):
 
 import telemetry
 from mqtt_sock import MQTTException, der
-from ondemand import unload
+from ondemand import load, unload
 
 config = {
     'client_id': None,          # device id: also the topic level <id>
@@ -275,7 +275,7 @@ class MqttLink:
         """A connect step. Its code (firmware/mqtt_connect.py) is loaded while the link is not
         up and dropped once it is: it is not in the heap while the link runs."""
         try:
-            import mqtt_connect
+            mqtt_connect = load('mqtt_connect')
         except MemoryError as e:        # no room for it now: a later try
             self._fail(now_ms, e)
             return
@@ -431,8 +431,7 @@ class MqttLink:
             elif t == 0x20:
                 if self.state != HANDSHAKE:
                     raise MQTTException('bad CONNACK')
-                import mqtt_connect     # loaded: the link is connecting
-                mqtt_connect.connected(self, now_ms)
+                load('mqtt_connect').connected(self, now_ms)
                 return                  # the rest is read by the next poll: without the connect code
             elif t == 0x90:             # SUBACK: the granted QoS, or 0x80: refused (the ACL?)
                 if sk.plen >= 3 and r[sk.poff + 2] == 0x80:
@@ -543,5 +542,4 @@ class MqttLink:
 
 
 def _discovery(link, k):
-    import ha_discovery              # load-on-demand: only while discovery messages are sent
-    return ha_discovery.message(link, k)
+    return load('ha_discovery').message(link, k)   # loaded only while discovery messages are sent

@@ -15,7 +15,7 @@ import gc
 import json
 import time
 
-from ondemand import unload
+from ondemand import load, unload
 from plan import SOURCE_NAMES, REASON_NAMES, SRC_FALLBACK, R_EXPIRED
 
 RX_IDLE = 0
@@ -102,7 +102,7 @@ class PlanSide:
         in force, again at a reconnect): checked with two small buffers before any refusal."""
         if self.plan.s is None:
             return False
-        import sched_rx
+        sched_rx = load('sched_rx')
         try:
             return sched_rx._same(self.path + '.new', self.path)
         finally:
@@ -132,7 +132,7 @@ class PlanSide:
                                % (f, CHECK_FREE_B))
         if st == RX_DONE or st == -RX_DISCARD:
             self.rx_state = RX_IDLE
-            import sched_rx             # on demand: what is done once per schedule received
+            sched_rx = load('sched_rx')     # on demand: what is done once per schedule received
             try:
                 if st == RX_DONE:
                     sched_rx.received(self)
@@ -172,8 +172,7 @@ class PlanSide:
         key = (p.src, p.k, status, reason, s.version if s is not None else 0)
         if key != self._sent:
             self._sent = key
-            gc.collect()                # (as before a check: its code then fills the lowest holes)
-            import sched_rx             # the message is built on demand: it changes rarely
+            sched_rx = load('sched_rx')     # the message is built on demand: it changes rarely
             try:
                 lk.publish_retained(lk.t_sched_st, sched_rx.status_payload(self, status, reason))
             finally:

@@ -14,7 +14,7 @@ import gc
 import time
 
 import telemetry
-from ondemand import unload
+from ondemand import load, unload
 
 
 class Reporter:
@@ -113,14 +113,9 @@ class CommandHandler:
                                         # ticks_ms of the first idle() after the last command
 
     def __call__(self, name, topic, payload, retained):
-        if self.t_last is None:
-            # the code is not loaded: collect first, so that it fills the lowest free blocks. Left to
-            # the collection a failing allocation starts, its first pieces would land above the
-            # garbage of the moment and stay there, cutting the heap (docs/resources.md)
-            gc.collect()
-        import cmd_handler
+        h = load('cmd_handler')         # collects first when it is not loaded (ondemand.load)
         self.t_last = -1
-        return cmd_handler.handle(self, name, topic, payload, retained)
+        return h.handle(self, name, topic, payload, retained)
 
     def idle(self, now):
         t = self.t_last

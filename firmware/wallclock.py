@@ -29,6 +29,7 @@
 # request. No room to load it (MemoryError) is a failed attempt, last_error 'MemoryError' (a
 # built-in name: no new string in the heap), retried after retry_s.
 import time
+from ondemand import load
 
 MAX_AGE_S = 5 * 86400           # a base is used at most this long: inside ticks_diff's 2**29 ms
 
@@ -111,7 +112,7 @@ class Clock:
                 return 0
             self.due = time.ticks_add(now, self.retry_s * 1000)  # the next try, whatever happens now
         try:
-            import ntp_exchange         # leaves sys.modules itself when the attempt ends
+            ntp_exchange = load('ntp_exchange')     # leaves sys.modules itself when the attempt ends
         except MemoryError:             # no room for its code now: a failed attempt, retried at due
             self.fails += 1
             self.last_error = 'MemoryError'

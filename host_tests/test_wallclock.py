@@ -208,6 +208,7 @@ IMPORT_COST = """
 import gc, sys
 sys.path.insert(0, sys.argv[1])
 import socket, select, time, os       # built in, and resident anyway (the MQTT link)
+import ondemand                       # resident anyway (every on-demand load)
 gc.collect()
 a = gc.mem_alloc()
 import wallclock
@@ -226,9 +227,10 @@ def test_import_cost_on_32_bit_from_py_and_mpy(tmp_path):
     exe = mp32fixed.build()
     src = tmp_path / 'py'
     src.mkdir()
-    (src / 'wallclock.py').write_text(open(os.path.join(FIRMWARE, 'wallclock.py')).read())
-    subprocess.check_call([os.path.join(BIN, 'mpy-cross'), '-O3', '-o', str(tmp_path / 'wallclock.mpy'),
-                           '-s', 'wallclock.py', str(src / 'wallclock.py')])
+    for m in ('wallclock', 'ondemand'):
+        (src / (m + '.py')).write_text(open(os.path.join(FIRMWARE, m + '.py')).read())
+        subprocess.check_call([os.path.join(BIN, 'mpy-cross'), '-O3', '-o', str(tmp_path / (m + '.mpy')),
+                               '-s', m + '.py', str(src / (m + '.py'))])
     sizes = {}
     for kind, d in (('py', src), ('mpy', tmp_path)):
         r = subprocess.run([exe, '-X', 'heapsize=200000', '-c', IMPORT_COST, str(d)], capture_output=True,
@@ -263,6 +265,7 @@ SYNC_COST = """
 import gc, sys, time
 sys.path.insert(0, sys.argv[1])
 import socket, select, os             # built in, and resident anyway (the MQTT link)
+import ondemand                       # resident anyway (every on-demand load)
 def alloc():
     gc.collect()
     return gc.mem_alloc()
@@ -287,7 +290,7 @@ def test_the_heap_a_sync_costs_on_32_bit_from_mpy(tmp_path, srv):
     sync) and after two syncs (what stays: the Clock, its socket, the names the exchange
     interned). The exchange's code must be gone again: well over 1 KB freed when it ends."""
     exe = mp32fixed.build()
-    for name in ('wallclock', 'ntp_exchange'):
+    for name in ('wallclock', 'ntp_exchange', 'ondemand'):
         subprocess.check_call([os.path.join(BIN, 'mpy-cross'), '-O3', '-o', str(tmp_path / (name + '.mpy')),
                                '-s', name + '.py', os.path.join(FIRMWARE, name + '.py')])
     r = subprocess.run([exe, '-X', 'heapsize=200000', '-c', SYNC_COST, str(tmp_path), str(srv.port)],
