@@ -1,4 +1,6 @@
 """Unit tests: one rule of the control core each (docs/control.md lists the rules)."""
+import os
+
 import pytest
 
 import bess_core as bc
@@ -360,3 +362,14 @@ def test_muldiv_is_exact_and_stays_small():
     for a, b, cc in ((10000000, 10000, 10000), (10000000, 1, 10000), (9999999, 9999, 10000), (7, 3, 2)):
         assert bc.muldiv(a, b, cc) == a * b // cc
         assert (a // cc) * b < 2 ** 30 and (a % cc) * b < 2 ** 30
+
+
+def test_the_runtime_s_copy_of_the_failsafe_state_code_matches_the_core():
+    """firmware/cycle.py keeps its own private const of ST_FAILSAFE: bess_core's codes are private
+    consts on a board (no global to read there, docs/resources.md)."""
+    import ast
+    src = open(os.path.join(os.path.dirname(__file__), '..', 'firmware', 'cycle.py')).read()
+    consts = {n.targets[0].id: n.value.args[0].value for n in ast.parse(src).body
+              if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+              and getattr(n.value.func, 'id', '') == 'const'}
+    assert consts['_ST_FAILSAFE'] == bc.ST_FAILSAFE

@@ -25,66 +25,74 @@ NOT_SET = const(-0x3FFFFFFF)    # a plan field the schedule leaves unset: a smal
 _LEFT_MAX_S = const(298000)     # charge-to-target horizon cap: keeps need_wh % left * 3600 < 2**30
 
 OBJECTIVES = ('gce', 'ss', 'zfi')   # index = objective code (bess_config validates names)
-OBJ_GCE = const(0)
-OBJ_SS = const(1)
-OBJ_ZFI = const(2)
+_OBJ_GCE = const(0)
+_OBJ_SS = const(1)
+_OBJ_ZFI = const(2)
 
 # Outputs.state
-ST_IDLE = const(0)
-ST_CHARGING = const(1)
-ST_DISCHARGING = const(2)
-ST_TAPERING = const(3)
-ST_MIN_SOC_LOCK = const(4)
-ST_MAX_SOC_LOCK = const(5)
-ST_FAILSAFE = const(6)
-ST_DISPATCH = const(7)
-ST_OVERRIDE = const(8)
+_ST_IDLE = const(0)
+_ST_CHARGING = const(1)
+_ST_DISCHARGING = const(2)
+_ST_TAPERING = const(3)
+_ST_MIN_SOC_LOCK = const(4)
+_ST_MAX_SOC_LOCK = const(5)
+_ST_FAILSAFE = const(6)
+_ST_DISPATCH = const(7)
+_ST_OVERRIDE = const(8)
 STATE_NAMES = ('idle', 'charging', 'discharging', 'tapering', 'min_soc_lock', 'max_soc_lock',
                'failsafe', 'dispatch', 'override')
 
 # Outputs.binding: what decided the setpoint this cycle (the last rule that changed it).
-B_NONE = const(0)           # the objective's own target, nothing clipped it
-B_IMPORT = const(1)         # total import limit (discharge needed, or charge capped)
-B_PHASE = const(2)          # per-phase import limit (3 x worst phase excess)
-B_HEADROOM = const(3)       # grid charging sized by spare capacity minus EV headroom
-B_CFG_DIS = const(4)        # configured max discharge
-B_CFG_CHG = const(5)        # configured max charge
-B_BMS_DIS = const(6)        # battery-reported allowed discharge
-B_BMS_CHG = const(7)        # battery-reported allowed charge
-B_TAPER = const(8)          # min-SoC taper
-B_MIN_SOC = const(9)        # min-SoC lock
-B_MAX_SOC = const(10)       # max-SoC lock
-B_RESERVE = const(11)       # reserve SoC stops self-sufficiency discharge
-B_FEED_IN = const(12)       # zero feed-in cap
-B_RAMP = const(13)          # rate limit on moves away from 0 W
-B_DEADBAND = const(14)      # change smaller than the deadband: kept the previous setpoint
-B_FAILSAFE = const(15)      # missing, stale or out-of-range data
-B_DISPATCH = const(16)      # dispatch event sets the target
-B_OVERRIDE = const(17)      # operator override sets the target
-B_SCHEDULE = const(18)      # the schedule's storage power target (firm obligation or economic)
-B_TARGET = const(19)        # charging at the pace that reaches the interval's target SoC by its end
+_B_NONE = const(0)           # the objective's own target, nothing clipped it
+_B_IMPORT = const(1)         # total import limit (discharge needed, or charge capped)
+_B_PHASE = const(2)          # per-phase import limit (3 x worst phase excess)
+_B_HEADROOM = const(3)       # grid charging sized by spare capacity minus EV headroom
+_B_CFG_DIS = const(4)        # configured max discharge
+_B_CFG_CHG = const(5)        # configured max charge
+_B_BMS_DIS = const(6)        # battery-reported allowed discharge
+_B_BMS_CHG = const(7)        # battery-reported allowed charge
+_B_TAPER = const(8)          # min-SoC taper
+_B_MIN_SOC = const(9)        # min-SoC lock
+_B_MAX_SOC = const(10)       # max-SoC lock
+_B_RESERVE = const(11)       # reserve SoC stops self-sufficiency discharge
+_B_FEED_IN = const(12)       # zero feed-in cap
+_B_RAMP = const(13)          # rate limit on moves away from 0 W
+_B_DEADBAND = const(14)      # change smaller than the deadband: kept the previous setpoint
+_B_FAILSAFE = const(15)      # missing, stale or out-of-range data
+_B_DISPATCH = const(16)      # dispatch event sets the target
+_B_OVERRIDE = const(17)      # operator override sets the target
+_B_SCHEDULE = const(18)      # the schedule's storage power target (firm obligation or economic)
+_B_TARGET = const(19)        # charging at the pace that reaches the interval's target SoC by its end
 BINDING_NAMES = ('none', 'import_limit', 'phase_limit', 'ev_headroom', 'max_discharge_cfg',
                  'max_charge_cfg', 'max_discharge_bms', 'max_charge_bms', 'taper', 'min_soc',
                  'max_soc', 'reserve_soc', 'feed_in', 'ramp', 'deadband', 'failsafe', 'dispatch',
                  'override', 'schedule', 'target_soc')
 
 # Outputs.flags bits
-F_MIN_LOCK = const(1)
-F_MAX_LOCK = const(2)
-F_RESERVE_LOCK = const(4)
-F_TAPER = const(8)          # SoC inside the taper band
-F_METER_BAD = const(16)     # meter invalid or stale
-F_BAT_BAD = const(32)       # battery invalid or stale
-F_PHASE_BAD = const(64)     # per-phase limit configured but per-phase values missing
-F_RANGE = const(128)        # an input outside its documented range
-F_BMS_LIMITS = const(256)   # battery reported its own power limits this cycle
+_F_MIN_LOCK = const(1)
+_F_MAX_LOCK = const(2)
+_F_RESERVE_LOCK = const(4)
+_F_TAPER = const(8)          # SoC inside the taper band
+_F_METER_BAD = const(16)     # meter invalid or stale
+_F_BAT_BAD = const(32)       # battery invalid or stale
+_F_PHASE_BAD = const(64)     # per-phase limit configured but per-phase values missing
+_F_RANGE = const(128)        # an input outside its documented range
+_F_BMS_LIMITS = const(256)   # battery reported its own power limits this cycle
 # 512 meter_frozen, 1024 battery_frozen (the device answers but its data does not move: profile
 # 'freshness'; the runtime marks the data invalid, so meter_bad / battery_bad come with them) and
 # 2048 sp_unsent (the previous setpoint write failed) are set by the runtime after step()
 # (firmware/cycle.py), not by the core
-F_FAILSAFE_MASK = const(16 | 32 | 64 | 128 | 512 | 1024)
+_F_FAILSAFE_MASK = const(16 | 32 | 64 | 128 | 512 | 1024)
 FLAG_NAMES = ('min_lock', 'max_lock', 'reserve_lock', 'taper', 'meter_bad', 'battery_bad',
               'phase_bad', 'range', 'bms_limits', 'meter_frozen', 'battery_frozen', 'sp_unsent')
+
+# The codes above are private consts: on MicroPython they are folded into the bytecode, with no
+# global and no name in the heap (42 names, ~0.9 KB of a 32-bit heap: docs/resources.md). Host
+# tools and tests on CPython use them by their public names (ST_FAILSAFE, B_IMPORT, ...).
+try:
+    import micropython  # noqa: F401
+except ImportError:
+    globals().update([(k[1:], v) for k, v in globals().items() if k.startswith(('_ST_', '_B_', '_F_', '_OBJ_'))])
 
 
 class Inputs:
@@ -110,8 +118,8 @@ class Inputs:
 class Outputs:
     def __init__(self):
         self.setpoint_w = 0         # battery setpoint, + discharge
-        self.state = ST_FAILSAFE
-        self.binding = B_FAILSAFE
+        self.state = _ST_FAILSAFE
+        self.binding = _B_FAILSAFE
         self.flags = 0
         self.avail_chg_w = 0        # what the battery may charge right now (config, BMS, max-SoC lock)
         self.avail_dis_w = 0        # what it may discharge right now (config, BMS, taper, min-SoC lock)
@@ -293,32 +301,32 @@ class Controller:
         flags = 0
         stale = self.stale_ms
         if not i.meter_valid or i.meter_age_ms > stale or i.meter_age_ms < 0:
-            flags |= F_METER_BAD
+            flags |= _F_METER_BAD
         if not i.bat_valid or i.bat_age_ms > stale or i.bat_age_ms < 0:
-            flags |= F_BAT_BAD
+            flags |= _F_BAT_BAD
         gcp = i.gcp_w
         bat = i.bat_w
         soc = i.soc_bp
         if gcp > _PMAX or gcp < -_PMAX or bat > _PMAX or bat < -_PMAX or soc < 0 or soc > _SOC_FULL:
-            flags |= F_RANGE
+            flags |= _F_RANGE
         plim = self.phase_limit_w
         if plim > 0:
             if not i.phases_valid:
-                flags |= F_PHASE_BAD
+                flags |= _F_PHASE_BAD
             else:
                 l1 = i.gcp_l1_w
                 l2 = i.gcp_l2_w
                 l3 = i.gcp_l3_w
                 if (l1 > _PMAX or l1 < -_PMAX or l2 > _PMAX or l2 < -_PMAX
                         or l3 > _PMAX or l3 < -_PMAX):
-                    flags |= F_RANGE
+                    flags |= _F_RANGE
         if flags:
             self.prev_w = 0
             o.setpoint_w = 0
-            o.state = ST_FAILSAFE
-            o.binding = B_FAILSAFE
-            o.flags = (flags | (self.min_lock * F_MIN_LOCK) | (self.max_lock * F_MAX_LOCK)
-                       | (self.reserve_lock * F_RESERVE_LOCK))
+            o.state = _ST_FAILSAFE
+            o.binding = _B_FAILSAFE
+            o.flags = (flags | (self.min_lock * _F_MIN_LOCK) | (self.max_lock * _F_MAX_LOCK)
+                       | (self.reserve_lock * _F_RESERVE_LOCK))
             o.avail_chg_w = 0
             o.avail_dis_w = 0
             o.net_w = 0
@@ -355,47 +363,47 @@ class Controller:
             self.rsv_lock = 1
         elif soc >= rsv + hy:
             self.rsv_lock = 0
-        flags = self.min_lock * F_MIN_LOCK + self.max_lock * F_MAX_LOCK + self.reserve_lock * F_RESERVE_LOCK
+        flags = self.min_lock * _F_MIN_LOCK + self.max_lock * _F_MAX_LOCK + self.reserve_lock * _F_RESERVE_LOCK
 
         # --- 3. what the battery may do right now (hard bounds, safety first) -----------------
         dis_cap = self.max_discharge_w
-        dis_bind = B_CFG_DIS
+        dis_bind = _B_CFG_DIS
         b = i.bms_max_dis_w
         if b >= 0:
-            flags |= F_BMS_LIMITS
+            flags |= _F_BMS_LIMITS
             if b < dis_cap:
                 dis_cap = b
-                dis_bind = B_BMS_DIS
+                dis_bind = _B_BMS_DIS
         band = self.taper_band_bp
         if soc < mn + band:
-            flags |= F_TAPER
+            flags |= _F_TAPER
             num = soc - mn
             # scales what the battery may discharge now (config and BMS), not a nominal rating
             taper = muldiv(dis_cap, num, band) if num > 0 else 0
             if taper < dis_cap:
                 dis_cap = taper
-                dis_bind = B_TAPER
+                dis_bind = _B_TAPER
         if self.min_lock:
             dis_cap = 0
-            dis_bind = B_MIN_SOC
+            dis_bind = _B_MIN_SOC
         chg_cap = self.max_charge_w
-        chg_bind = B_CFG_CHG
+        chg_bind = _B_CFG_CHG
         b = i.bms_max_chg_w
         if b >= 0:
-            flags |= F_BMS_LIMITS
+            flags |= _F_BMS_LIMITS
             if b < chg_cap:
                 chg_cap = b
-                chg_bind = B_BMS_CHG
+                chg_bind = _B_BMS_CHG
         if self.max_lock:
             chg_cap = 0
-            chg_bind = B_MAX_SOC
+            chg_bind = _B_MAX_SOC
         o.avail_dis_w = dis_cap
         o.avail_chg_w = chg_cap
 
         # --- 4. what the import limits require ------------------------------------------------
         net = gcp + bat                     # GCP power if the battery were at 0 W
         req = net - lim                     # > 0: discharge needed; < 0: spare import capacity
-        req_bind = B_IMPORT
+        req_bind = _B_IMPORT
         o.phase_excess_w = 0
         o.phase_cost_w = 0
         if plim > 0:
@@ -414,7 +422,7 @@ class Controller:
                 o.phase_cost_w = pr
             if pr > req:
                 req = pr
-                req_bind = B_PHASE
+                req_bind = _B_PHASE
         # what protection requires now. At or below the reserve (not a target floor) the battery
         # protects only the physical limits -- the commissioned ones, not a limit the schedule
         # lowered -- or the plan's higher levels (it spends the battery where the excess costs
@@ -443,45 +451,45 @@ class Controller:
         chg_floor = req + self.ev_headroom_w
         if oleft > 0:
             tgt = self.override_w
-            bind = B_OVERRIDE
+            bind = _B_OVERRIDE
         elif left > 0:
             tgt = self.dispatch_w
-            bind = B_DISPATCH
+            bind = _B_DISPATCH
         elif self.plan_power_w != NOT_SET:
             tgt = self.plan_power_w
-            bind = B_SCHEDULE
+            bind = _B_SCHEDULE
             if not self.plan_firm:
                 # arbitrage: discharges only above the reserve, charges only within the headroom
                 if tgt > 0 and rlock:
                     tgt = 0
-                    bind = B_RESERVE
+                    bind = _B_RESERVE
                 elif tgt < 0 and tgt < chg_floor:
                     tgt = chg_floor if chg_floor < 0 else 0
-                    bind = B_HEADROOM
-        elif obj == OBJ_GCE:
+                    bind = _B_HEADROOM
+        elif obj == _OBJ_GCE:
             if req > 0:
                 tgt = reqp if reqp > 0 else 0
                 bind = req_bind
                 if self.rsv_lock and not self.protect_below_reserve:
                     tgt = 0
-                    bind = B_RESERVE
+                    bind = _B_RESERVE
             else:
                 # spare capacity (total or 3x worst phase) less the headroom kept for EVs
                 spare = -req - self.ev_headroom_w
                 if spare > 0:
                     tgt = -spare
-                    bind = B_HEADROOM
+                    bind = _B_HEADROOM
                 else:
                     tgt = 0
-                    bind = B_NONE
+                    bind = _B_NONE
         else:
             tgt = net
-            if obj == OBJ_ZFI:
+            if obj == _OBJ_ZFI:
                 tgt = net - self.min_import_w
-            bind = B_NONE
+            bind = _B_NONE
             if tgt > 0 and rlock:
                 tgt = 0
-                bind = B_RESERVE
+                bind = _B_RESERVE
         tb = self.plan_target_bp
         if not command and soc < tb:
             # charge at the pace that reaches the target by the interval's end (aiming 5 min early
@@ -504,10 +512,10 @@ class Controller:
             else:
                 pace = _PMAX        # energy unknown: as fast as the limits allow
             c = -pace
-            cb = B_TARGET
+            cb = _B_TARGET
             if c < chg_floor:
                 c = chg_floor
-                cb = B_HEADROOM
+                cb = _B_HEADROOM
             if c < 0 and c < tgt:
                 tgt = c
                 bind = cb
@@ -522,7 +530,7 @@ class Controller:
                 d = -d
             if 0 < d < self.deadband_w:     # d == 0: the target is met, nothing held it
                 sp = prev
-                bind = B_DEADBAND
+                bind = _B_DEADBAND
             r = self.ramp_w_per_s
             # (r // 1000) * dt <= 10000 * 60000 and (r % 1000) * dt < 1000 * 60000: both < 2**30
             rstep = (r // 1000) * dt + ((r % 1000) * dt) // 1000
@@ -530,12 +538,12 @@ class Controller:
                 base = prev if prev > 0 else 0
                 if sp > base + rstep:
                     sp = base + rstep
-                    bind = B_RAMP
+                    bind = _B_RAMP
             elif sp < 0:
                 base = prev if prev < 0 else 0
                 if sp < base - rstep:
                     sp = base - rstep
-                    bind = B_RAMP
+                    bind = _B_RAMP
 
         # --- 7. import-limit protection (immediate), then hard bounds (immediate) -------------
         # An override or dispatch event may leave an import excess the battery did not cause, but
@@ -558,7 +566,7 @@ class Controller:
                 give = 0
         o.ev_limit_w = lim + give
         fcap = dis_cap
-        if obj == OBJ_ZFI:
+        if obj == _OBJ_ZFI:
             # zero feed-in: the battery never discharges below the site's own demand + min import
             fcap = net - self.min_import_w
         elif self.plan_export == 0:
@@ -567,7 +575,7 @@ class Controller:
             if fcap < 0:
                 fcap = 0
             dis_cap = fcap
-            dis_bind = B_FEED_IN
+            dis_bind = _B_FEED_IN
         if sp > dis_cap:
             sp = dis_cap
             bind = dis_bind
@@ -578,19 +586,19 @@ class Controller:
 
         # --- 8. report -----------------------------------------------------------------------
         if oleft > 0:
-            st = ST_OVERRIDE
+            st = _ST_OVERRIDE
         elif left > 0:
-            st = ST_DISPATCH
+            st = _ST_DISPATCH
         elif sp > 0:
-            st = ST_TAPERING if flags & F_TAPER else ST_DISCHARGING
+            st = _ST_TAPERING if flags & _F_TAPER else _ST_DISCHARGING
         elif sp < 0:
-            st = ST_CHARGING
+            st = _ST_CHARGING
         elif self.min_lock:
-            st = ST_MIN_SOC_LOCK
+            st = _ST_MIN_SOC_LOCK
         elif self.max_lock:
-            st = ST_MAX_SOC_LOCK
+            st = _ST_MAX_SOC_LOCK
         else:
-            st = ST_IDLE
+            st = _ST_IDLE
         o.setpoint_w = sp
         o.state = st
         o.binding = bind
