@@ -385,9 +385,12 @@ def compile_point(blocks, name, p, unit):
     if 'scale_sf' in p:
         sfb, sfo = block_for(blocks, p['fc'], p['scale_sf'], 1)
     limit = p.get('limit', UNITS.get(unit, rd.LIMIT_W))
-    return Point(name, b, off, typ, 1 if p.get('order', 'msw') == 'lsw' else 0,
-                 p.get('scale', 0), p.get('sign', 1), limit,
-                 1 if p.get('sunspec_na', False) else 0, sfb, sfo, p['fc'], p['addr'], unit)
+    pt = Point(b, off, typ, 1 if p.get('order', 'msw') == 'lsw' else 0, p.get('scale', 0), p.get('sign', 1),
+               limit, 1 if p.get('sunspec_na', False) else 0, sfb, sfo)
+    # the register map, for the simulator, the compiled profile and the docs (not on a board)
+    pt.name, pt.fc, pt.addr, pt.unit = name, p['fc'], p['addr'], unit
+    pt.sf_addr = -1 if sfb is None else sfb.start + sfo
+    return pt
 
 
 def plan_writes(regs, write_fc):

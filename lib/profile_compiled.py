@@ -67,6 +67,6 @@ def from_compiled(c):
 
 
 def _point(blocks, pt):
-    name, bi, off, typ, lsw, exp10, sign, limit, na, sbi, soff, fc, addr, unit = pt
-    return Point(name, blocks[bi], off, typ, lsw, exp10, sign, limit, na,
-                 None if sbi < 0 else blocks[sbi], soff, fc, addr, unit)
+    # pt[0] (the name) keys Profile.points; fc, addr and unit (pt[11:]) are the host's
+    bi, off, typ, lsw, exp10, sign, limit, na, sbi, soff = pt[1:11]
+    return Point(blocks[bi], off, typ, lsw, exp10, sign, limit, na, None if sbi < 0 else blocks[sbi], soff)

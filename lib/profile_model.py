@@ -33,11 +33,12 @@ def _regs(n):
 
 
 class Point:
-    """One named value. value() decodes it from its block's buffer (None if invalid)."""
+    """One value (Profile.points: by its name). value() decodes it from its block's buffer (None if
+    invalid). Only what decoding needs: on a board every attribute of the ~16 points costs ~6 B
+    and their tables grow in steps (15 attributes: 162 B a point, these 10: 98 B; docs/resources.md).
+    The host (lib/devprofile.py) adds the register map, for the simulator and the docs."""
 
-    def __init__(self, name, block, off, typ, lsw, exp10, sign, limit, na, sf_block, sf_off,
-                 fc, addr, unit):
-        self.name = name
+    def __init__(self, block, off, typ, lsw, exp10, sign, limit, na, sf_block, sf_off):
         self.block = block
         self.off = off
         self.typ = typ
@@ -48,10 +49,6 @@ class Point:
         self.na = na
         self.sf_block = sf_block    # None: fixed scale
         self.sf_off = sf_off
-        self.fc = fc
-        self.addr = addr
-        self.sf_addr = -1 if sf_block is None else sf_block.start + sf_off
-        self.unit = unit
 
     def value(self):
         b = self.block
