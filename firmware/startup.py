@@ -16,7 +16,7 @@ import machine
 from bess_config import ConfigError
 
 # + the command path: loaded again when a command arrives (reporting.CommandHandler)
-BOOT_ONLY = ('startup', 'devprofile', 'profile_compiled', 'sitecfg', 'safe_state', 'net', 'settings', 'commands', 'persist',
+BOOT_ONLY = ('startup', 'devprofile', 'profile_compiled', 'sitecfg', 'safe_state', 'net', 'settings', 'commands', 'command_mac', 'persist',
              'cmd_handler', 'bess_config', 'reserve')
 # Where profiles live: at the root on a board (deploy flattens), in firmware/ in a checkout
 PROFILE_DIRS = ('profiles', 'firmware/profiles')
@@ -149,8 +149,8 @@ def mqtt_key(site):
     mq = site.get('mqtt') or {}
     if not mq.get('hmac_key'):
         return None
-    import commands
-    return commands.parse_key(mq['hmac_key'])
+    import command_mac
+    return command_mac.parse_key(mq['hmac_key'])
 
 
 def mqtt_side(site, s, rt, key):
@@ -240,7 +240,7 @@ def boot(config_path='/site.json', root='', cycles=0):
             key = e
         # the checks are done: drop their code before the profiles, the peak of boot
         del sitecfg, settings
-        _unload(('sitecfg', 'settings', 'persist', 'commands'))
+        _unload(('sitecfg', 'settings', 'persist', 'commands', 'command_mac'))
         # profiles (compiled: a small JSON list each; from source only without `make build`)
         mp = load_profile(root, site['meter']['profile'])
         bp = load_profile(root, site['battery']['profile'])

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import commands
+import command_mac
 import faults_mqtt
 import telemetry
 import telemetry_schema
@@ -65,7 +65,7 @@ def cmd(col, dev, name, body, retain=False, timeout=3.0):
 
 def signed(dev, name, body, key=KEY):
     b = json.dumps(body, separators=(',', ':')).encode()
-    return commands.sign(bytes.fromhex(key), 'bess/%s/cmd/%s' % (dev, name), b)
+    return command_mac.sign(bytes.fromhex(key), 'bess/%s/cmd/%s' % (dev, name), b)
 
 
 def retained_config(col, dev):
@@ -333,7 +333,7 @@ def test_hmac_replay_and_restart(tmp_path, broker, procs):
     assert wait_for(lambda: retained_config(col, 'devH'), 5)
     body = {'value': 9000, 'ctr': 1}
     good = signed('devH', 'import_limit', body)
-    bad_key = commands.sign(b'k' * 32, 'bess/devH/cmd/import_limit', b'{"value":9000,"ctr":1}')
+    bad_key = command_mac.sign(b'k' * 32, 'bess/devH/cmd/import_limit', b'{"value":9000,"ctr":1}')
     other_dev = signed('devX', 'import_limit', body)
     other_cmd = signed('devH', 'max_discharge', body)
     tampered = good.replace(b'9000', b'9900')

@@ -6,7 +6,7 @@ valid -> clock lost: the default block -> a schedule that expires: the default b
 import json
 import time
 
-import commands
+import command_mac
 from fil import Rig
 from modbus_sim import Scenario
 from mqtt_fixtures import Broker, Collector, wait_for
@@ -21,7 +21,7 @@ TOPIC = 'bess/site1/schedule'
 
 def signed(d):
     body = json.dumps(d, separators=(',', ':')).encode()
-    return commands.sign(bytes.fromhex(KEY), TOPIC, body)
+    return command_mac.sign(bytes.fromhex(KEY), TOPIC, body)
 
 
 def schedule(version, power_w, valid_s=3600, **kw):

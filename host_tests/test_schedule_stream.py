@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 import commands
+import command_mac
 from bess_core import is_int
 import schedule as sc
 import schedule_host as sh
@@ -445,12 +446,12 @@ TOPIC = b'bess/dev-1/schedule'
 
 
 def test_macstream_agrees_with_commands_for_every_split():
-    assert sm._MAC_HEAD == commands._MAC_HEAD and sm._MAC_TAIL_LEN == commands._MAC_TAIL_LEN
+    assert sm._MAC_HEAD == command_mac._MAC_HEAD and sm._MAC_TAIL_LEN == command_mac._MAC_TAIL_LEN
     r = random.Random(1)
     body = _payload(full(3))
     for key in (KEY, b'k' * 16, b'long' * 20):
         signed = sh.sign_schedule(key, TOPIC, body)
-        assert signed == commands.sign(key, TOPIC, body)
+        assert signed == command_mac.sign(key, TOPIC, body)
         assert commands.Auth(key).verify(TOPIC, signed)[0] == body
         for chunk in (1, 7, 73, 74, 75, 256, len(signed)):
             m = sm.MacStream(key, TOPIC, len(signed))

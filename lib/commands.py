@@ -5,17 +5,12 @@
 # validated config, or a dispatch / override start or stop) or raises Rejected(reason); it never
 # changes the config it was given. apply() hands an accepted Command to a bess_core.Controller.
 #
-# Optional authentication: HMAC-SHA256 (implemented here over hashlib.sha256; MicroPython has
-# no hmac module) with a per-device key over "<topic>\n<payload without the mac member>", and a
-# counter that must increase (replay protection). The counter advances only when a command is
+# Optional authentication (lib/command_mac.py, loaded only when a key is configured): HMAC-SHA256
+# with a per-device key over "<topic>\n<payload without the mac member>", and a counter that must
+# increase (replay protection). The counter advances only when a command is
 # accepted, so a rejected command changes nothing at all (docs/telemetry.md, "Security").
 
 import json
-import hashlib
-try:
-    import binascii
-except ImportError:     # very old MicroPython
-    import ubinascii as binascii
 
 from bess_config import validate, ConfigError, POWER_MAX_W, is_int
 from bess_core import COMMAND_MAX_MS
@@ -42,9 +37,6 @@ K_CONFIG = 'config'
 K_DISPATCH = 'dispatch'
 K_OVERRIDE = 'override'
 
-_MAC_HEAD = b',"mac":"'
-_MAC_LEN = 64
-_MAC_TAIL_LEN = len(_MAC_HEAD) + _MAC_LEN + 2     # ,"mac":"<64 hex>"}
 _SETTING_KEYS = ('value', 'id', 'ctr')
 _ACTION_KEYS = ('power_w', 'duration_ms', 'id', 'ctr')
 
@@ -65,51 +57,6 @@ class Command:
         self.id = req_id
 
 
-
-# --- HMAC-SHA256 (RFC 2104) -------------------------------------------------------------------
-def hmac_sha256(key, msg):
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    key = key + bytes(64 - len(key))
-    inner = hashlib.sha256(bytes([b ^ 0x36 for b in key]))
-    inner.update(msg)
-    outer = hashlib.sha256(bytes([b ^ 0x5C for b in key]))
-    outer.update(inner.digest())
-    return outer.digest()
-
-
-def equal_ct(a, b):
-    """Constant-time comparison of two byte strings (time independent of where they differ)."""
-    if len(a) != len(b):
-        return False
-    r = 0
-    for i in range(len(a)):
-        r |= a[i] ^ b[i]
-    return r == 0
-
-
-def sign(key, topic, body):
-    """Client side: body is the JSON object (bytes, compact, no mac member, with "ctr"). Returns
-    the payload to publish: body with ,"mac":"<hex>" appended as its last member."""
-    if isinstance(topic, str):
-        topic = topic.encode()
-    if isinstance(body, str):
-        body = body.encode()
-    mac = binascii.hexlify(hmac_sha256(key, topic + b'\n' + body))
-    return body[:-1] + _MAC_HEAD + mac + b'"}'
-
-
-def parse_key(hexkey):
-    """Per-device key from its hex form (config / provisioning). 16..64 bytes."""
-    try:
-        k = binascii.unhexlify(hexkey)
-    except Exception:
-        raise ValueError('hmac key: must be hex')
-    if not 16 <= len(k) <= 64:
-        raise ValueError('hmac key: must be 16..64 bytes')
-    return k
-
-
 class Auth:
     """Command authentication state: key (bytes or None = off) and the last accepted counter."""
 
@@ -118,23 +65,12 @@ class Auth:
         self.last_ctr = last_ctr
 
     def verify(self, topic, payload):
-        """Return (body bytes to parse, counter or None). Raises Rejected. Changes nothing."""
+        """Return (body bytes to parse, True or None: signed). Raises Rejected. Changes nothing.
+        The HMAC code (lib/command_mac.py) is loaded only by a site with a key."""
         if self.key is None:
             return payload, None
-        n = len(payload)
-        if n < _MAC_TAIL_LEN + 2 or payload[n - _MAC_TAIL_LEN:n - _MAC_TAIL_LEN + len(_MAC_HEAD)] != _MAC_HEAD \
-                or payload[n - 2:] != b'"}':
-            raise Rejected('unauthorized: mac required as the last member ,"mac":"<64 hex>"}')
-        body = payload[:n - _MAC_TAIL_LEN] + b'}'
-        try:
-            mac = binascii.unhexlify(payload[n - 2 - _MAC_LEN:n - 2])
-        except Exception:
-            raise Rejected('unauthorized: mac is not hex')
-        if isinstance(topic, str):
-            topic = topic.encode()
-        if not equal_ct(hmac_sha256(self.key, topic + b'\n' + body), mac):
-            raise Rejected('unauthorized: bad mac')
-        return body, True
+        import command_mac
+        return command_mac.verify(self.key, topic, payload)
 
     def check_ctr(self, obj):
         ctr = obj.get('ctr')

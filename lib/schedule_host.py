@@ -164,6 +164,6 @@ def loads(payload, commissioned=None, last_version=0, mac=None, chunk=CHUNK, max
 
 def sign_schedule(key, topic, body):
     """The payload to publish for a schedule (body: compact JSON object, bytes or str, without
-    the mac member): commands.sign, the same scheme as the commands."""
-    from commands import sign
+    the mac member): command_mac.sign, the same scheme as the commands."""
+    from command_mac import sign
     return sign(key, topic, body)

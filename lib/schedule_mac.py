@@ -1,10 +1,10 @@
 # HMAC of a signed schedule, checked as the payload streams in (lib/schedule_load.py's
 # load_stream; loaded on demand, only for a signed topic).
 #
-# The scheme of lib/commands.py (Auth.verify / sign): HMAC-SHA256 with the device key over
+# The scheme of lib/command_mac.py (verify / sign): HMAC-SHA256 with the device key over
 # "<topic>\n<payload without the mac member>", the mac being the payload's last member
-# ,"mac":"<64 hex>"}. Importing commands here would bring it and bess_config into the heap
-# (~9 KB on 32-bit) while a schedule loads, so the few lines are repeated here;
+# ,"mac":"<64 hex>"}. Its hmac_sha256 hashes a whole message; this one hashes chunks as they come,
+# so the few lines are repeated here;
 # host_tests/test_schedule_stream.py checks both agree.
 import hashlib
 try:

@@ -36,7 +36,7 @@ sys.path.insert(0, HERE)
 import paths  # noqa: E402,F401 (lib/ on sys.path)
 sys.path.insert(1, os.path.join(ROOT, 'host_tests'))
 
-import commands  # noqa: E402
+import command_mac  # noqa: E402
 from broker import Broker, wait_for  # noqa: E402
 from mqtt_fixtures import Collector, Device  # noqa: E402
 
@@ -220,7 +220,7 @@ def flood(port, dev, n, qos, key=b'w' * 32):
         last = None
         for k in range(n):
             body = json.dumps({'value': 9000 + k, 'ctr': 1000 + k, 'id': 'f%d' % k}, separators=(',', ':'))
-            last = c.publish(topic, commands.sign(key, topic, body.encode()), qos=qos)
+            last = c.publish(topic, command_mac.sign(key, topic, body.encode()), qos=qos)
         last.wait_for_publish(30)
         time.sleep(0.2)
     finally:
@@ -250,7 +250,7 @@ def flood_run(workdir, n=2000, qos=0, dev_id='devF', timeout=45, procs=None,
         flood(br.port, dev_id, n, qos)
         topic = 'bess/%s/cmd/import_limit' % dev_id
         body = json.dumps({'value': 9000, 'ctr': 1, 'id': 'valid'}, separators=(',', ':')).encode()
-        col.publish(topic, commands.sign(bytes.fromhex(KEY), topic, body))
+        col.publish(topic, command_mac.sign(bytes.fromhex(KEY), topic, body))
         t_sent = time.monotonic()
 
         def acked():
@@ -324,18 +324,18 @@ def forged_run(workdir, dev_id='devX'):
 
         def body(v, ctr, i):
             return json.dumps({'value': v, 'ctr': ctr, 'id': i}, separators=(',', ':')).encode()
-        good = commands.sign(key, topic, body(55000, 5, 'good'))
+        good = command_mac.sign(key, topic, body(55000, 5, 'good'))
         col.publish(topic, good)
         wait_for(lambda: any(b'"good"' in m[1] for m in col.get('bess/%s/cmd/ack' % dev_id)), 5)
-        other = commands.sign(key, topic, body(1000, 6, 'x'))
+        other = command_mac.sign(key, topic, body(1000, 6, 'x'))
         forged = [
-            ('wrong key', commands.sign(b'k' * 32, topic, body(1000, 7, 'f1')), False),
+            ('wrong key', command_mac.sign(b'k' * 32, topic, body(1000, 7, 'f1')), False),
             ('no mac', body(1000, 8, 'f2'), False),
             ('replayed', good, False),
             ('mac of another body', body(1000, 9, 'f4')[:-1] + b',"mac":' + json.dumps(
                 json.loads(other)['mac']).encode() + b'}', False),
             ('malformed', b'{"value": 1000, "ctr": 11, "id": "f6"', False),
-            ('unknown member', commands.sign(key, topic, json.dumps(
+            ('unknown member', command_mac.sign(key, topic, json.dumps(
                 {'value': 1000, 'ctr': 12, 'id': 'f7', 'x': 1}).encode()), False),
         ]
         for _, payload, retain in forged:

@@ -719,17 +719,17 @@ def plan(site, t0, step_s, base_w, pv_w, ev_w, prices, risk=False, created=None,
 
 # --- CLI -----------------------------------------------------------------------------------------
 def publish(url, payload, key=None):
-    """Send the schedule retained at QoS 1 to mqtt://host:port/<topic>; signed (lib/commands.sign:
+    """Send the schedule retained at QoS 1 to mqtt://host:port/<topic>; signed (lib/command_mac.sign:
     HMAC-SHA256 over "<topic>\\n<body>", the mac as the last member) when a key is given."""
     from urllib.parse import urlparse
     import paho.mqtt.client as mqtt
-    import commands
+    import command_mac
     u = urlparse(url)
     topic = u.path.lstrip('/')
     if u.scheme != 'mqtt' or not u.hostname or not topic:
         raise PlanError('--publish: expected mqtt://host[:port]/<topic>, got %r' % url)
     if key is not None:
-        payload = commands.sign(commands.parse_key(key), topic, payload)
+        payload = command_mac.sign(command_mac.parse_key(key), topic, payload)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     if u.username:
         c.username_pw_set(u.username, u.password)

@@ -17,7 +17,7 @@ import bess_core
 import bess_config
 import telemetry
 import mqtt_link
-import commands
+import command_mac
 import settings
 import reporting
 
@@ -27,7 +27,7 @@ if msg:
     sys.stderr.write(msg + '\n')
 ctl = bess_core.Controller(cfg)
 stats = telemetry.Stats()
-key = commands.parse_key(p['hmac_key']) if p.get('hmac_key') else None
+key = command_mac.parse_key(p['hmac_key']) if p.get('hmac_key') else None
 handler = reporting.CommandHandler(ctl, p['state_path'], key, ctr, stats,
                                      base=bess_config.validate(p['base_cfg']))
 mc = dict(p['mqtt'])

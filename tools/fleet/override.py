@@ -28,7 +28,7 @@ import time
 
 import fleetpath  # noqa: E402,F401 (tools/ and lib/ on sys.path)
 
-import commands  # noqa: E402
+import command_mac  # noqa: E402
 import plan_fleet  # noqa: E402
 import push  # noqa: E402
 
@@ -96,7 +96,7 @@ def dispatch_payload(key_hex, dev, power_w, duration_s, prefix='bess', ctr=None,
     if req_id:
         body['id'] = req_id
     raw = json.dumps(body, separators=(',', ':')).encode()
-    return topic, commands.sign(bytes.fromhex(key_hex), topic, raw)
+    return topic, command_mac.sign(bytes.fromhex(key_hex), topic, raw)
 
 
 def schedules(plan_dir, ids, kind, until_s, reserve_bp=None, version=None, fleet_dir=None):
