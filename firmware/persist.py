@@ -45,13 +45,25 @@ def _exists(path):
 
 def save(path, obj):
     """Write obj (JSON-serialisable) to path atomically. Raises OSError on a storage failure
-    (then the previous file is untouched)."""
-    data = json.dumps(obj).encode()
+    (then the previous file is untouched). The JSON goes to the file in pieces (json.dump) and
+    its digest is taken by reading it back in 64-byte chunks: the whole text never sits in the
+    heap (the settings, two configs, are ~0.9 KB, and a command saves them in a fragmented heap:
+    docs/resources.md)."""
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(data)
+    with open(tmp, 'w') as f:
+        json.dump(obj, f)
+    h = hashlib.sha256()
+    buf = bytearray(64)
+    mv = memoryview(buf)
+    with open(tmp, 'rb') as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(mv[:n])
+    with open(tmp, 'ab') as f:
         f.write(b'\n')
-        f.write(_digest(data))
+        f.write(binascii.hexlify(h.digest()))
         f.write(b'\n')
         _sync(f)
     try:
