@@ -36,12 +36,16 @@ import mp32fixed  # noqa: E402
 from broker import Broker, wait_for  # noqa: E402
 from modbus_sim import SiteSimulator  # noqa: E402
 from ntp_server import NtpServer  # noqa: E402
+from command_mac import sign  # noqa: E402
+from schedule_host import sign_schedule  # noqa: E402
 
 CONTROL = {'import_limit_w': 60000, 'phase_limit_w': 25000, 'max_charge_w': 30000,
            'max_discharge_w': 30000, 'stale_ms': 2000, 'usable_wh': 100000}
 FAIL_MARKS = ('MemoryError', 'SAFE STATE', 'MQTT DISABLED', 'FIRMWARE INCOMPLETE', 'OUT OF MEMORY',
               'cycle failed', 'on_cycle failed', 'Traceback', 'schedule rejected', 'SCHEDULE DISABLED',
               'could not be read back')
+GOOD_IDS = ['b%d' % k for k in range(20) if k % 4] + ['o1', 'o2']    # the burst's valid commands
+KEY = bytes(range(32))          # --signed: the site's HMAC key (commands and schedules)
 
 
 def prepare_root(board='esp32', frozen=False, dest=None):
@@ -72,7 +76,7 @@ class Run:
     """One fixed-heap run. Figures in self.result after run()."""
 
     def __init__(self, heap, root, cycles=1000, period_ms=100, telemetry_ms=1000, frozen=False,
-                 echo=None, schedule=True, tolerate=(), schedules=1, oom_acks_ok=0):
+                 echo=None, schedule=True, tolerate=(), schedules=1, oom_acks_ok=0, signed=False):
         self.heap = heap
         self.root = root
         self.cycles = cycles
@@ -83,6 +87,8 @@ class Run:
         self.schedule = schedule        # push a full 96-interval schedule and keep it in force
         self.schedules = schedules      # how many, one after the other (a new version each)
         self.oom_acks_ok = oom_acks_ok  # commands refused for memory that do not fail the run
+        self.key = KEY if signed else None  # a signed site: commands and schedules carry a mac
+        self.ctr = 0                    # the last command counter sent (signed)
         self.marks = tuple(m for m in FAIL_MARKS if m not in tolerate)    # what ends the run as failed
         self.tolerate = tolerate        # marks reported in 'seen', not as problems
         self.ntp = None
@@ -98,7 +104,19 @@ class Run:
                 'control': dict(CONTROL),
                 'mqtt': {'server': '127.0.0.1', 'port': port, 'client_id': 'fit1',
                          'telemetry_ms': self.telemetry_ms, 'keepalive': 10,
-                         'backoff_min_ms': 300, 'backoff_max_ms': 1000}}
+                         'backoff_min_ms': 300, 'backoff_max_ms': 1000,
+                         **({'hmac_key': self.key.hex()} if self.key else {})}}
+
+    def _signed(self, topic, payload):
+        """payload as the site wants it: with a counter and a mac on a signed site."""
+        if self.key is None:
+            return payload
+        if topic.endswith('/schedule'):
+            return sign_schedule(self.key, topic, payload)
+        self.ctr += 1
+        body = json.loads(payload)
+        body['ctr'] = self.ctr
+        return sign(self.key, topic, json.dumps(body))
 
     def _schedule_section(self):
         return {'ntp_host': '127.0.0.1', 'ntp_port': self.ntp.port, 'ntp_period_s': 30, 'ntp_retry_s': 2}
@@ -180,7 +198,8 @@ class Run:
                 # is streamed to flash, checked, compiled and kept in force for the rest of the run
                 for j in range(self.schedules):
                     d = full_schedule(int(time.time()), version=7 + j)
-                    col.publish('bess/fit1/schedule', json.dumps(d, separators=(',', ':')), qos=1, retain=True)
+                    col.publish('bess/fit1/schedule', self._signed('bess/fit1/schedule', json.dumps(
+                        d, separators=(',', ':'))), qos=1, retain=True)
                     ok = wait_for(lambda: [s for s in self.schedule_status() if s.get('status') == 'active'
                                            and s.get('version') == d['version']] or proc.poll() is not None
                                   or self.failed(), 30)
@@ -193,9 +212,11 @@ class Run:
                 for k in range(20):
                     body = ({'value': 50000 + 100 * k, 'id': 'b%d' % k} if k % 4 else
                             {'value': 'not-a-number', 'id': 'b%d' % k})
-                    col.publish('bess/fit1/cmd/import_limit', json.dumps(body), qos=1)
-                col.publish('bess/fit1/cmd/objective', json.dumps({'value': 'ss', 'id': 'o1'}), qos=1)
-                col.publish('bess/fit1/cmd/objective', json.dumps({'value': 'gce', 'id': 'o2'}), qos=1)
+                    col.publish('bess/fit1/cmd/import_limit', self._signed('bess/fit1/cmd/import_limit',
+                                                                           json.dumps(body)), qos=1)
+                for v, i in (('ss', 'o1'), ('gce', 'o2')):
+                    col.publish('bess/fit1/cmd/objective', self._signed('bess/fit1/cmd/objective', json.dumps(
+                        {'value': v, 'id': i})), qos=1)
                 ok = wait_for(lambda: len(self.acks()) >= n_ack + 22 or proc.poll() is not None or self.failed(), 30)
                 events.append(('command burst 22', time.monotonic() - t0, bool(ok)))
             if proc.poll() is None and not self.failed():   # bus faults
@@ -247,9 +268,15 @@ class Run:
         oom_acks = [a for a in self.acks() if 'MemoryError' in str(a.get('reason', ''))]
         if len(oom_acks) > self.oom_acks_ok:
             problems.append('%d command(s) acked with a MemoryError: %s' % (len(oom_acks), oom_acks[0].get('reason')))
+        # the burst's valid commands (15 import limits, 2 objectives) must be accepted, signed or not:
+        # a mac the device refuses would otherwise pass unnoticed
+        burst = [a for a in self.acks() if str(a.get('id', '')).startswith(('b', 'o'))]
+        wrong = [a for a in burst if bool(a.get('ok')) != (a.get('id') in GOOD_IDS)]
+        if wrong and not oom_acks:
+            problems.append('%d command(s) of the burst acked wrongly: %s' % (len(wrong), wrong[0]))
         heap = [r.get('heap_free') for r in tele if isinstance(r.get('heap_free'), int)]
         cyc = [r.get('cycle_max_us') for r in tele if isinstance(r.get('cycle_max_us'), int)]
-        return {'heap': self.heap, 'frozen': self.frozen, 'pass': not problems, 'problems': problems,
+        return {'heap': self.heap, 'frozen': self.frozen, 'signed': self.key is not None, 'pass': not problems, 'problems': problems,
                 'seen': [m for m in self.tolerate if m in text],
                 'records': len(seqs), 'acks': len(self.acks()), 'oom_acks': len(oom_acks), 'events': events,
                 'heap_free_min': min(heap) if heap else None, 'heap_free_last': heap[-1] if heap else None,
@@ -309,9 +336,11 @@ def main(argv=None):
                     help='without the schedule side (no clock, no 96-interval schedule pushed)')
     ap.add_argument('--schedules', type=int, default=1,
                     help='full schedules pushed one after the other (each a new version), default 1')
+    ap.add_argument('--signed', action='store_true',
+                    help='a site with an HMAC key: every command and schedule signed (command_mac, schedule_mac)')
     a = ap.parse_args(argv)
     kw = dict(cycles=a.cycles, period_ms=a.period_ms, frozen=a.frozen, schedule=not a.no_schedule,
-              schedules=a.schedules,
+              schedules=a.schedules, signed=a.signed,
               echo=(lambda s: print('  fw: ' + s, file=sys.stderr)) if a.echo else None)
     if a.search:
         best, runs = search(a.search[0], a.search[1], a.step, board=a.board, **kw)
