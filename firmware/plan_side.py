@@ -22,11 +22,12 @@ RX_IDLE = 0
 RX_WRITING = 1          # bytes go to <path>.new
 RX_DISCARD = 2          # too long (or the file could not be opened): read and dropped
 RX_DONE = 3             # complete, to be checked by after_cycle()
-# Free heap a check needs (a full schedule: the loader ~5.5 K, its data ~2 K, the store's arrays
-# 3.9 K the first time, after that reused; plus room for fragmentation: at 110 000 B, 11.8 KB free
-# were not enough). With less, the schedule is refused before anything is loaded: a check that runs
-# out of memory half-way fragments the heap the command path needs (docs/resources.md).
+# Free heap a check needs (a full schedule: the loader ~5.9 K, its data ~2 K, the store's arrays
+# 3.9 K the first time, after that reused; plus room for fragmentation). With less, the schedule is
+# refused before anything is loaded: a check that runs out of memory half-way fragments the heap
+# the command path needs (docs/resources.md). Once the store exists, STORE_B less is needed.
 CHECK_FREE_B = 16000
+STORE_B = 3904          # schedule_load.store() for 96 intervals, measured on 32-bit
 
 
 class PlanSide:
@@ -126,10 +127,11 @@ class PlanSide:
         if st == RX_DONE:
             gc.collect()
             f = gc.mem_free()
-            if f < CHECK_FREE_B and not self._same():
+            need = CHECK_FREE_B if self.store is None else CHECK_FREE_B - STORE_B
+            if f < need and not self._same():
                 st = -RX_DISCARD
                 self.rx_why = ('not enough memory to check it: %d bytes free, %d needed (docs/resources.md)'
-                               % (f, CHECK_FREE_B))
+                               % (f, need))
         if st == RX_DONE or st == -RX_DISCARD:
             self.rx_state = RX_IDLE
             sched_rx = load('sched_rx')     # on demand: what is done once per schedule received
