@@ -96,7 +96,7 @@ class CommandHandler:
     came for IDLE_MS (idle(), from after_cycle). key: HMAC key bytes or None; last_ctr: the
     last accepted counter (replay guard); base: the commissioned config (validated)."""
 
-    MODULES = ('cmd_handler', 'commands', 'command_mac', 'settings', 'persist', 'bess_config')
+    MODULES = ('cmd_handler', 'commands', 'schedule_mac', 'settings', 'persist', 'bess_config')
     IDLE_MS = 10000
 
     def __init__(self, ctl, path, key=None, last_ctr=0, stats=None, on_change=None, base=None):

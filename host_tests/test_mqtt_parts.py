@@ -245,3 +245,29 @@ def test_mqtt_keepalive_is_checked_as_the_16_bit_field_connect_carries():
         errs = []
         sitecfg.check_mqtt({'mqtt': {'server': '127.0.0.1', 'client_id': 'd1', 'keepalive': ka}}, errs)
         assert (not any('keepalive' in e for e in errs)) == ok, (ka, errs)
+
+
+def test_the_device_s_streamed_mac_check_agrees_with_the_reference():
+    """commands.Auth.verify (schedule_mac.MacStream, hashed in place on the device) and
+    command_mac.verify (the whole-message reference) accept the same payloads with the same body
+    and refuse the others with the same reason."""
+    key = b'k' * 32
+    good = command_mac.sign(key, TOPIC, b'{"value":9000,"ctr":7,"id":"r1"}')
+    n = len(good)
+    cases = [good, command_mac.sign(b'x' * 32, TOPIC, b'{"value":9000,"ctr":7}'),
+             good.replace(b'9000', b'9001'), good[:-2] + b'x}', good[:n - 5] + b'zz"}',
+             b'{"value":9000,"ctr":7}', b'{}', b'', good[:40], good + b' ']
+    for k in range(0, n, 7):                      # every byte flipped somewhere
+        cases.append(good[:k] + bytes([good[k] ^ 1]) + good[k + 1:])
+    for p in cases:
+        got = want = None
+        try:
+            got = commands.Auth(key).verify(TOPIC, p)
+        except commands.Rejected as e:
+            got = str(e)
+        try:
+            want = command_mac.verify(key, TOPIC, p)
+        except commands.Rejected as e:
+            want = str(e)
+        assert got == want, (p, got, want)
+    assert commands.Auth(key).verify(TOPIC, good) == (b'{"value":9000,"ctr":7,"id":"r1"}', True)

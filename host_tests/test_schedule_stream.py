@@ -477,13 +477,13 @@ def test_a_signed_schedule_loads_and_a_bad_mac_is_the_only_problem_reported():
     assert compiled(s) == compiled(sc.compile_(json.loads(body), COMM, 2))
     other = sh.sign_schedule(KEY, b'bess/dev-2/schedule', body)
     assert 'bad mac' in _reason(other, mac=sl.MacStream(KEY, TOPIC, len(other)))
-    assert 'no mac' in _reason(body, mac=sl.MacStream(KEY, TOPIC, len(body)))
-    assert 'no mac' in _reason(signed, mac=sl.MacStream(KEY, TOPIC, len(signed) + 1))   # short
+    assert 'mac required' in _reason(body, mac=sl.MacStream(KEY, TOPIC, len(body)))
+    assert 'mac required' in _reason(signed, mac=sl.MacStream(KEY, TOPIC, len(signed) + 1))   # short
     garbled = signed[:-10] + b'zz' + signed[-8:]
-    assert 'bad mac' in _reason(garbled, mac=sl.MacStream(KEY, TOPIC, len(garbled)))
+    assert 'mac is not hex' in _reason(garbled, mac=sl.MacStream(KEY, TOPIC, len(garbled)))
     junk = sh.sign_schedule(KEY, TOPIC, body.replace(b'"v":1', b'"v":[[[[[[[[[['))
     assert _reason(junk + b'x', mac=sl.MacStream(KEY, TOPIC, len(junk) + 1)) == \
-        'schedule rejected:\n  unauthorized: no mac as the last member'
+        'schedule rejected:\n  unauthorized: mac required as the last member ,"mac":"<64 hex>"}'
 
 
 def test_the_mac_code_leaves_with_the_last_macstream():

@@ -1,6 +1,7 @@
 # HMAC-SHA256 of the commands (RFC 2104, over hashlib.sha256: MicroPython has no hmac module);
-# pure, no I/O. Loaded on a board only by a site with a key (commands.Auth.verify), so an
-# unsigned site's command path is ~1.1 KB smaller on a 32-bit heap (docs/resources.md).
+# pure, no I/O. What signs (the host: tools, tests) and reads the key (boot). The device checks a
+# signed command with lib/schedule_mac.py's MacStream (commands.Auth.verify), which hashes in place;
+# verify() here is the reference for it (host_tests/test_schedule_stream.py).
 #
 # Scheme (docs/telemetry.md, "Security"): the mac is HMAC-SHA256 with the per-device key over
 # "<topic>\n<payload without the mac member>", sent as the payload's last member
@@ -62,8 +63,8 @@ def parse_key(hexkey):
 
 
 def verify(key, topic, payload):
-    """Device side (commands.Auth.verify with a key): return (body bytes to parse, True). Raises
-    commands.Rejected. Changes nothing."""
+    """Return (body bytes to parse, True), or raise commands.Rejected: what commands.Auth.verify
+    does with schedule_mac.MacStream, written out whole (the reference the tests compare it with)."""
     from commands import Rejected       # loaded: commands is what calls this
     n = len(payload)
     if n < _MAC_TAIL_LEN + 2 or payload[n - _MAC_TAIL_LEN:n - _MAC_TAIL_LEN + len(_MAC_HEAD)] != _MAC_HEAD \

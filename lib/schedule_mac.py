@@ -60,14 +60,15 @@ class MacStream:
     def ok(self):
         """True when the payload carried a valid mac. Call once, after the last update()."""
         t = self.tail
-        self.why = 'unauthorized: no mac as the last member'
+        self.why = 'unauthorized: mac required as the last member ,"mac":"<64 hex>"}'
         if self.pos != self.total or self.body < 2 or t[:8] != _MAC_HEAD or t[72:] != b'"}':
             return False
-        self.why = 'unauthorized: bad mac'
         try:
             mac = binascii.unhexlify(t[8:72])
         except Exception:
+            self.why = 'unauthorized: mac is not hex'
             return False
+        self.why = 'unauthorized: bad mac'
         self.inner.update(b'}')
         o = hashlib.sha256(self.key)
         o.update(self.inner.digest())
