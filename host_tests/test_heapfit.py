@@ -30,8 +30,7 @@ def root():
 
 
 def test_the_deployed_firmware_runs_1000_cycles_in_the_budget(root):
-    # without the schedule side: with a full 96-interval schedule the budget is not met yet
-    # (below, and docs/resources.md, "Schedules")
+    # without the schedule side (with it: below)
     # at most one of the 22 commands of the burst refused for memory (acked "internal error:
     # MemoryError", the link and control unaffected): seen in 1 of 3 fresh-clone runs once acks
     # were checked (docs/resources.md): the budget has no margin for a command burst
@@ -77,11 +76,9 @@ def test_the_whole_cycle_heap_lock_catches_an_allocation(tmp_path):
 
 
 # With the schedule side and a full 96-interval schedule (every field) in force, the same script
-# passes from ~112 000 bytes (shim included; 110 000 passes or refuses a command), measured
-# 2026-11-28 (it was ~125 000 the day before): ~6 KB over the budget. Issue 11 stays open on this
-# (docs/resources.md, "Schedules"); this test keeps the figure from growing, with a margin for
-# where things land on another machine.
-SCHEDULE_HEAP = 118000
+# in the same budget: 96 000 + the shim (docs/resources.md, "Schedules"; it needed ~125 000 on
+# 2026-11-27 and ~112 000 on the morning of 2026-11-28).
+SCHEDULE_HEAP = BUDGET + SHIM_BYTES
 
 
 def test_with_a_full_schedule_in_force_the_firmware_runs_1000_cycles(root):
