@@ -71,8 +71,13 @@ def save(path, obj):
     except OSError:
         # FAT: rename does not replace. Remove, then rename (load() recovers .tmp if we die here).
         if _exists(path):
-            os.remove(path)
-        os.rename(tmp, path)
+            os.remove(path)             # an error here: the old file is untouched, nothing saved
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            # the old file is gone and the complete new one is <path>.tmp, which load() takes:
+            # it is saved (raising would refuse a command that applies after the next reset)
+            pass
 
 
 # The settings file (firmware/settings.py reads it at boot; firmware/cmd_handler.py writes it for

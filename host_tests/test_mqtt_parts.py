@@ -271,3 +271,51 @@ def test_the_device_s_streamed_mac_check_agrees_with_the_reference():
             want = str(e)
         assert got == want, (p, got, want)
     assert commands.Auth(key).verify(TOPIC, good) == (b'{"value":9000,"ctr":7,"id":"r1"}', True)
+
+
+def test_a_save_whose_last_rename_fails_on_fat_is_saved(tmp_path, monkeypatch):
+    """FAT: rename cannot replace, so save() removes the old file first. If the rename after that
+    fails, the complete new file is <path>.tmp, which load() takes: save() must not raise (the
+    command would be refused, "nothing changed", yet apply after a reset). If the removal fails,
+    the old file stays and save() raises. Either way the caller's view and the file agree."""
+    import os as real_os
+    p = str(tmp_path / 's.json')
+
+    class FatOS:
+        fail = None                     # 'remove' or 'rename2'
+
+        def __init__(self):
+            self.renames = 0
+
+        def rename(self, a, b):
+            self.renames += 1
+            if real_os.path.exists(b):
+                raise OSError(17)       # FAT: the target exists
+            if self.fail == 'rename2' and self.renames == 2:
+                raise OSError(5)
+            real_os.rename(a, b)
+
+        def remove(self, f):
+            if self.fail == 'remove':
+                raise OSError(5)
+            real_os.remove(f)
+
+        def stat(self, f):
+            return real_os.stat(f)
+
+    for fail, raises, want in (('rename2', False, 2), ('remove', True, 1), (None, False, 2)):
+        for f in (p, p + '.tmp'):
+            if real_os.path.exists(f):
+                real_os.remove(f)
+        persist.save(p, {'ctr': 1})
+        fat = FatOS()
+        fat.fail = fail
+        monkeypatch.setattr(persist, 'os', fat)
+        try:
+            persist.save(p, {'ctr': 2})
+            raised = False
+        except OSError:
+            raised = True
+        monkeypatch.setattr(persist, 'os', real_os)
+        assert raised == raises, fail
+        assert persist.load(p) == ({'ctr': want}, None), fail
