@@ -73,7 +73,7 @@ class Auth:
         # HMAC on the device, hashed in place (no copy of the payload, the topic or the key pads)
         from schedule_mac import MacStream
         m = MacStream(self.key, topic, len(payload))
-        m.update(payload)
+        m.update(memoryview(payload))   # its slices are views, not copies of the body
         if not m.ok():
             raise Rejected(m.why)
         return payload[:m.body] + b'}', True        # the body: without ,"mac":"<64 hex>"
