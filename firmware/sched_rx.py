@@ -51,8 +51,10 @@ def load_file(path, commissioned, last_version=0, topic=None, key=None, store=No
     store: the schedule side's schedule_load.store(), compiled into in place."""
     mac = None
     if key is not None:
-        from schedule_mac import MacStream
-        mac = MacStream(key, topic, os.stat(path)[6])
+        # not `from schedule_mac import`: that would leave schedule_mac (~1.1 KB) in sys.modules,
+        # resident for good on a signed site; schedule_load's keeps it out
+        import schedule_load
+        mac = schedule_load.MacStream(key, topic, os.stat(path)[6])
     with open(path, 'rb') as f:
         return schedule.load_stream(f.readinto, commissioned, last_version, mac, store=store)
 
