@@ -319,3 +319,28 @@ def test_a_save_whose_last_rename_fails_on_fat_is_saved(tmp_path, monkeypatch):
         monkeypatch.setattr(persist, 'os', real_os)
         assert raised == raises, fail
         assert persist.load(p) == ({'ctr': want}, None), fail
+
+
+def test_the_command_path_leaves_nothing_loaded_once_idle(tmp_path, monkeypatch):
+    """After a signed setting on a site with a capacity commitment (bess_config then loads
+    lib/reserve.py, commands loads schedule_mac) and IDLE_MS without a command, none of the
+    command path's modules is left in sys.modules: each left behind stays in the heap for good."""
+    import sys
+    import types
+    monkeypatch.setattr(reporting, 'time', types.SimpleNamespace(ticks_diff=lambda a, b: a - b))
+    cfg = validate({'import_limit_w': 10000, 'committed_w': 2000, 'usable_wh': 50000})
+    ctl = bess_core.Controller(cfg)
+    h = reporting.CommandHandler(ctl, str(tmp_path / 'state.json'), b'k' * 32, 0, None, base=cfg)
+    names = reporting.CommandHandler.MODULES + ('reserve', 'schedule_mac')   # (what they load, listed or not)
+    before = {m: sys.modules[m] for m in names if m in sys.modules}
+    try:
+        for m in names:
+            sys.modules.pop(m, None)
+        a = h('import_limit', TOPIC, command_mac.sign(b'k' * 32, TOPIC, b'{"value":9000,"ctr":1}'), False)
+        assert a['ok'] and ctl.import_limit_w == 9000, a
+        assert {'cmd_handler', 'commands', 'schedule_mac', 'reserve'} <= set(sys.modules)
+        h.idle(0)
+        h.idle(reporting.CommandHandler.IDLE_MS + 1)
+        assert not [m for m in names if m in sys.modules]
+    finally:
+        sys.modules.update(before)      # the other tests' module objects (their exception classes)
