@@ -4,9 +4,11 @@
 # The bytes are already on flash in <path>.new (streamed there as the link read them). Here:
 #   1. the same bytes as <path> (the broker's retained copy of the schedule in force, delivered
 #      again at every connect): nothing to do;
-#   2. parse, validate and compile without building the JSON tree (schedule.load_stream), with a
-#      key checking the HMAC over "<topic>\n<payload without the mac member>" in the same pass
-#      (lib/commands.py's scheme; the version inside is the replay guard);
+#   2. with a key, check the HMAC over "<topic>\n<payload without the mac member>" (the commands'
+#      scheme, lib/command_mac.py; the version inside is the replay guard) in a pass of its own,
+#      with only lib/schedule_mac.py loaded: a bad mac is the only problem reported, and the
+#      check's peak of heap is the loader's alone, not the loader's plus the HMAC's;
+#      then parse, validate and compile without building the JSON tree (schedule.load_stream);
 #   3. rename <path>.new over <path>: a reset at any point leaves the old schedule or the new one
 #      (on FAT, where rename does not replace, there is a window with neither: the broker's
 #      retained copy brings it back at the next connect).
@@ -14,6 +16,7 @@ import gc
 import os
 
 import schedule
+from ondemand import unload
 
 MODULES = ('sched_rx', 'schedule_load')    # lib/schedule.py stays: the Schedule class in force
 CHUNK = 256
@@ -47,16 +50,34 @@ def _same(a, b):
 
 def load_file(path, commissioned, last_version=0, topic=None, key=None, store=None):
     """Compiled schedule from a file, or ScheduleError / OSError. With a key the HMAC is checked
-    in the same pass (schedule_load.MacStream: a bad mac is then the only problem reported).
-    store: the schedule side's schedule_load.store(), compiled into in place."""
-    mac = None
+    first, in a pass of its own (_mac_ok: a bad mac is then the only problem reported). store:
+    the schedule side's schedule_load.store(), compiled into in place."""
     if key is not None:
-        # not `from schedule_mac import`: that would leave schedule_mac (~1.1 KB) in sys.modules,
-        # resident for good on a signed site; schedule_load's keeps it out
-        import schedule_load
-        mac = schedule_load.MacStream(key, topic, os.stat(path)[6])
+        why = _mac_why(path, topic, key)
+        if why is not None:
+            raise schedule.ScheduleError('schedule rejected:\n  ' + why)
     with open(path, 'rb') as f:
-        return schedule.load_stream(f.readinto, commissioned, last_version, mac, store=store)
+        return schedule.load_stream(f.readinto, commissioned, last_version, None, store=store)
+
+
+def _mac_why(path, topic, key):
+    """None when the file at path carries a valid mac for topic, else the reason. Only
+    schedule_mac is loaded meanwhile, and it leaves sys.modules (and the heap) again: a module
+    left there would stay resident for good on a signed site."""
+    import schedule_mac
+    try:
+        m = schedule_mac.MacStream(key, topic, os.stat(path)[6])
+        buf = bytearray(128)
+        mv = memoryview(buf)
+        with open(path, 'rb') as f:
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                m.update(mv[:n])
+        return None if m.ok() else m.why
+    finally:
+        unload(('schedule_mac',))
 
 
 def _ident(path):
