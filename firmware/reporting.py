@@ -94,8 +94,9 @@ class CommandHandler:
     """The command path's resident state. Its code (cmd_handler, commands, persist, bess_config;
     reserve on a site with a commitment, schedule_mac on a signed one: ~10-12 KB of a 32-bit heap)
     is imported when a command arrives and dropped once no command came for IDLE_MS (idle(), from
-    after_cycle). key: HMAC key bytes or None; last_ctr: the
-    last accepted counter (replay guard); base: the commissioned config (validated)."""
+    after_cycle; MODULES also lists settings, which the path does not import, in case boot left
+    it). key: HMAC key bytes or None; last_ctr: the last accepted counter (replay guard); base:
+    the commissioned config (validated)."""
 
     MODULES = ('cmd_handler', 'commands', 'schedule_mac', 'settings', 'persist', 'bess_config', 'reserve')
     IDLE_MS = 10000

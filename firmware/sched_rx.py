@@ -50,8 +50,11 @@ def _same(a, b):
 
 def load_file(path, commissioned, last_version=0, topic=None, key=None, store=None):
     """Compiled schedule from a file, or ScheduleError / OSError. With a key the HMAC is checked
-    first, in a pass of its own (_mac_ok: a bad mac is then the only problem reported). store:
-    the schedule side's schedule_load.store(), compiled into in place."""
+    first, in a pass of its own (_mac_why: a bad mac is then the only problem reported), and the
+    file read again to compile it. Nothing may write the file between the two reads: it is
+    <path>.new, written only by PlanSide.rx and closed before RX_DONE, and checked by
+    after_cycle on the same thread (or a copy of the one in force, at boot). store: the schedule
+    side's schedule_load.store(), compiled into in place."""
     if key is not None:
         why = _mac_why(path, topic, key)
         if why is not None:
@@ -64,8 +67,8 @@ def _mac_why(path, topic, key):
     """None when the file at path carries a valid mac for topic, else the reason. Only
     schedule_mac is loaded meanwhile, and it leaves sys.modules (and the heap) again: a module
     left there would stay resident for good on a signed site."""
-    import schedule_mac
     try:
+        import schedule_mac             # (in the try: out of memory right after, it still leaves)
         m = schedule_mac.MacStream(key, topic, os.stat(path)[6])
         buf = bytearray(128)
         mv = memoryview(buf)

@@ -177,3 +177,34 @@ def test_a_signed_check_leaves_no_mac_code_loaded(tmp_path):
     with pytest.raises(sc.ScheduleError, match='bad mac'):
         sched_rx.load_file(path, {}, 0, b'bess/other/schedule', key, store=sched_rx.store())
     assert 'schedule_mac' not in sys.modules
+
+
+@pytest.mark.parametrize('mac', ['good', 'bad'])
+def test_a_failure_at_any_point_of_a_signed_check_leaves_one_whole_schedule_and_no_mac_code(tmp_path, mac):
+    """As above for a signed site (the mac checked in a pass of its own, schedule_mac loaded for it
+    only): whatever fails, one whole schedule in force, and schedule_mac never left in sys.modules
+    (it would stay in the heap for good). The review's setup: an injection right after its import
+    once left it there."""
+    import schedule_mac
+    key, topic = bytes(range(32)), b'bess/d/schedule'
+    old = payload(1, 12, 1000)
+    new = sh.sign_schedule(key, topic if mac == 'good' else b'bess/other/schedule', payload(2, 12, 7000))
+
+    def one(d, k):
+        d.mkdir()
+        ctl, p, ps, path = device(d, old)
+        ps.key, ps.link = key, types.SimpleNamespace(t_sched=topic)
+        open(path + '.new', 'wb').write(new)
+        sys.modules.pop('schedule_mac', None)
+        _, _, n = call_with_oom_at({sl.__file__, sc.__file__, sched_rx.__file__, schedule_mac.__file__}, k,
+                                   sched_rx.received, ps)
+        assert 'schedule_mac' not in sys.modules, k
+        assert consistent(ctl, p, path), k
+        if mac == 'bad':                # never the forged one (none: the read-back failed too)
+            assert p.s is None or p.s.version == 1, k
+        return n
+
+    total = one(tmp_path / 'ref', -1)
+    # every point of the start (the mac's pass comes first), then points up to the end
+    for k in sorted(set(list(range(1, 400)) + list(range(400, total + 1, max(1, total // 150))))):
+        one(tmp_path / str(k), k)
