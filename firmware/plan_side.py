@@ -23,11 +23,11 @@ RX_WRITING = 1          # bytes go to <path>.new
 RX_DISCARD = 2          # too long (or the file could not be opened): read and dropped
 RX_DONE = 3             # complete, to be checked by after_cycle()
 # Free heap a check needs (a full schedule: the loader ~5.9 K, its data ~2 K, the store's arrays
-# 4.5 K the first time, after that reused; plus room for fragmentation). With less, the schedule is
+# 3.9 K the first time, after that reused; plus room for fragmentation). With less, the schedule is
 # refused before anything is loaded: a check that runs out of memory half-way fragments the heap
 # the command path needs (docs/resources.md). Once the store exists, STORE_B less is needed.
 CHECK_FREE_B = 16000
-STORE_B = 4464          # schedule_load.store() for 96 intervals with its capture buffer, measured on 32-bit
+STORE_B = 3904          # schedule_load.store() for 96 intervals, measured on 32-bit
 
 
 class PlanSide:

@@ -90,10 +90,8 @@ def column(name, size, a=None, zeros=None):
 
 
 def store():
-    """The arrays of one compiled schedule at the format's limit, and the loader's capture buffer:
-    (starts, ends, {field: column}, cap), allocated once and filled in place by every load given
-    them (cap: a check then needs no 512-byte block of its own, the largest it asked for: at
-    106 000 B the second of six schedules failed there, docs/resources.md). The device makes
+    """The arrays of one compiled schedule at the format's limit: (starts, ends, {field:
+    column}), allocated once and filled in place by every load given them. The device makes
     them with the first schedule it checks (at boot when one is persisted) and keeps them: later
     checks no longer allocate a new set wherever the heap has room, which over days of schedules
     cut the free heap into pieces the command path cannot use (docs/resources.md; making them
@@ -115,7 +113,7 @@ def store():
     te = array('i', z[4])
     for f in FIELDS:
         cols[f] = column(f, n, None, z)
-    return ts, te, cols, bytearray(_CAP)
+    return ts, te, cols
 
 
 class _Load:
@@ -139,8 +137,7 @@ class _Load:
         self.comm = comm or {}
         self.last = last
         self.maxe = maxe
-        self.cap = bytearray(_CAP) if store is None else store[3]   # cap[0] = '{': a member is
-                                # parsed as {"key": value}
+        self.cap = bytearray(_CAP)   # cap[0] = '{': a member is parsed as {"key": value}
         self.cap[0] = 0x7B
         self.n = 0              # bytes captured in cap[1:], _FULL: more than fit
         self.d = 0              # depth outside strings, -1 after the closing }
