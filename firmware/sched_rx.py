@@ -72,6 +72,8 @@ def _mac_why(path, topic, key):
         m = schedule_mac.MacStream(key, topic, os.stat(path)[6])
         buf = bytearray(128)
         mv = memoryview(buf)
+        # (persist.save's digest reads a file the same way: not shared, as the two modules load
+        # apart and a helper both could import would stay in the heap for good)
         with open(path, 'rb') as f:
             while True:
                 n = f.readinto(buf)
