@@ -1,7 +1,7 @@
 # HMAC-SHA256 of the commands (RFC 2104, over hashlib.sha256: MicroPython has no hmac module);
 # pure, no I/O. What signs (the host: tools, tests) and reads the key (boot). The device checks a
-# signed command with lib/schedule_mac.py's MacStream (commands.Auth.verify), which hashes in place;
-# verify() here is the reference for it (host_tests/test_schedule_stream.py).
+# signed command or schedule with lib/schedule_mac.py's MacStream, which hashes in place
+# (commands.Auth.verify, firmware/sched_rx.py).
 #
 # Scheme (docs/telemetry.md, "Security"): the mac is HMAC-SHA256 with the per-device key over
 # "<topic>\n<payload without the mac member>", sent as the payload's last member
@@ -15,8 +15,6 @@ except ImportError:     # very old MicroPython
     import ubinascii as binascii
 
 _MAC_HEAD = b',"mac":"'
-_MAC_LEN = 64
-_MAC_TAIL_LEN = len(_MAC_HEAD) + _MAC_LEN + 2     # ,"mac":"<64 hex>"}
 
 
 def hmac_sha256(key, msg):
@@ -28,16 +26,6 @@ def hmac_sha256(key, msg):
     outer = hashlib.sha256(bytes([b ^ 0x5C for b in key]))
     outer.update(inner.digest())
     return outer.digest()
-
-
-def equal_ct(a, b):
-    """Constant-time comparison of two byte strings (time independent of where they differ)."""
-    if len(a) != len(b):
-        return False
-    r = 0
-    for i in range(len(a)):
-        r |= a[i] ^ b[i]
-    return r == 0
 
 
 def sign(key, topic, body):
@@ -61,22 +49,3 @@ def parse_key(hexkey):
         raise ValueError('hmac key: must be 16..64 bytes')
     return k
 
-
-def verify(key, topic, payload):
-    """Return (body bytes to parse, True), or raise commands.Rejected: what commands.Auth.verify
-    does with schedule_mac.MacStream, written out whole (the reference the tests compare it with)."""
-    from commands import Rejected       # loaded: commands is what calls this
-    n = len(payload)
-    if n < _MAC_TAIL_LEN + 2 or payload[n - _MAC_TAIL_LEN:n - _MAC_TAIL_LEN + len(_MAC_HEAD)] != _MAC_HEAD \
-            or payload[n - 2:] != b'"}':
-        raise Rejected('unauthorized: mac required as the last member ,"mac":"<64 hex>"}')
-    body = payload[:n - _MAC_TAIL_LEN] + b'}'
-    try:
-        mac = binascii.unhexlify(payload[n - 2 - _MAC_LEN:n - 2])
-    except Exception:
-        raise Rejected('unauthorized: mac is not hex')
-    if isinstance(topic, str):
-        topic = topic.encode()
-    if not equal_ct(hmac_sha256(key, topic + b'\n' + body), mac):
-        raise Rejected('unauthorized: bad mac')
-    return body, True

@@ -5,8 +5,8 @@
 # validated config, or a dispatch / override start or stop) or raises Rejected(reason); it never
 # changes the config it was given. apply() hands an accepted Command to a bess_core.Controller.
 #
-# Optional authentication (lib/command_mac.py, loaded only when a key is configured): HMAC-SHA256
-# with a per-device key over "<topic>\n<payload without the mac member>", and a counter that must
+# Optional authentication (lib/schedule_mac.py checks it, loaded only when a key is configured;
+# lib/command_mac.py signs): HMAC-SHA256 with a per-device key over "<topic>\n<payload without the mac member>", and a counter that must
 # increase (replay protection). The counter advances only when a command is
 # accepted, so a rejected command changes nothing at all (docs/telemetry.md, "Security").
 
@@ -66,7 +66,7 @@ class Auth:
 
     def verify(self, topic, payload):
         """Return (body bytes to parse, True or None: signed). Raises Rejected. Changes nothing.
-        The HMAC code (lib/command_mac.py) is loaded only by a site with a key."""
+        The HMAC code (lib/schedule_mac.py) is loaded only by a site with a key."""
         if self.key is None:
             return payload, None
         # the HMAC the schedules are checked with as they stream in (lib/schedule_mac.py): one

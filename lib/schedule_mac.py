@@ -1,7 +1,7 @@
 # HMAC of a signed schedule, checked as the payload streams in (lib/schedule_load.py's
 # load_stream; loaded on demand, only for a signed topic).
 #
-# The scheme of lib/command_mac.py (verify / sign): HMAC-SHA256 with the device key over
+# The scheme of lib/command_mac.py (sign): HMAC-SHA256 with the device key over
 # "<topic>\n<payload without the mac member>", the mac being the payload's last member
 # ,"mac":"<64 hex>"}. Its hmac_sha256 hashes a whole message; this one hashes chunks as they come,
 # so the few lines are repeated here;
