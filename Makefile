@@ -63,7 +63,7 @@ sim-day: $(VENV)/.stamp
 	$(VPY) tools/sim.py
 
 test: prereqs deps $(VENV)/.stamp-bench $(VENV)/.stamp-fleet
-	$(VPY) -m pytest -q host_tests
+	$(VPY) -m pytest -q --durations=15 host_tests
 
 # Bisects the smallest heap that passes the fixed-heap run (tools/heapfit.py), .mpy and frozen.
 bench-heap: deps

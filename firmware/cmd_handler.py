@@ -29,12 +29,13 @@ def _req_id(payload):
     return None
 
 
-def handle(h, name, topic, payload, retained):
+def handle(h, name, topic, payload, retained, mac=None):
     """Handle one command for h (reporting.CommandHandler: the state that outlives this module);
     return the ack dict for <prefix>/<id>/cmd/ack. topic, payload: bytes, or the length (an int)
-    of one too long for the link to read (then name is '?')."""
+    of one too long for the link to read (then name is '?'). mac: schedule_mac.check()'s verdict
+    on a signed site (commands.Auth)."""
     try:
-        cmd = _run(h, name, topic, payload, retained)
+        cmd = _run(h, name, topic, payload, retained, mac)
     except commands.Rejected as e:
         h.rejected += 1
         if h.stats is not None:
@@ -46,7 +47,7 @@ def handle(h, name, topic, payload, retained):
     return commands.ack(name, True, None, cmd.id, cmd.ctr)
 
 
-def _run(h, name, topic, payload, retained):
+def _run(h, name, topic, payload, retained, mac):
     """validate -> persist -> apply (apart from handle(): a function's bytecode is one block of
     heap, loaded into a fragmented one; docs/resources.md). Raises commands.Rejected."""
     if retained:
@@ -55,7 +56,7 @@ def _run(h, name, topic, payload, retained):
         raise commands.Rejected('oversized: topic %d bytes (not read)' % topic)
     if isinstance(payload, int):
         raise commands.Rejected('oversized: payload %d bytes > %d (not read)' % (payload, commands.MAX_PAYLOAD))
-    cmd = commands.check(name, payload, h.ctl.cfg, commands.Auth(h.key, h.last_ctr), topic)
+    cmd = commands.check(name, payload, h.ctl.cfg, commands.Auth(h.key, h.last_ctr, mac), topic)
     signed = h.key is not None
     if cmd.kind == commands.K_CONFIG or signed:
         cfg = cmd.data if cmd.kind == commands.K_CONFIG else h.ctl.cfg

@@ -92,13 +92,13 @@ class Reporter:
 
 class CommandHandler:
     """The command path's resident state. Its code (cmd_handler, commands, persist, bess_config;
-    reserve on a site with a commitment, schedule_mac on a signed one: ~10-12 KB of a 32-bit heap)
+    schedule_mac on a signed one: ~10-11 KB of a 32-bit heap)
     is imported when a command arrives and dropped once no command came for IDLE_MS (idle(), from
-    after_cycle; MODULES also lists settings, which the path does not import, in case boot left
+    after_cycle; schedule_mac is loaded and dropped again before the rest, per command; MODULES also lists settings, which the path does not import, in case boot left
     it). key: HMAC key bytes or None; last_ctr: the last accepted counter (replay guard); base:
     the commissioned config (validated)."""
 
-    MODULES = ('cmd_handler', 'commands', 'schedule_mac', 'settings', 'persist', 'bess_config', 'reserve')
+    MODULES = ('cmd_handler', 'commands', 'schedule_mac', 'settings', 'persist', 'bess_config')
     IDLE_MS = 10000
 
     def __init__(self, ctl, path, key=None, last_ctr=0, stats=None, on_change=None, base=None):
@@ -115,9 +115,22 @@ class CommandHandler:
                                         # ticks_ms of the first idle() after the last command
 
     def __call__(self, name, topic, payload, retained):
+        mac = None
+        if self.key is not None and isinstance(payload, bytes) and isinstance(topic, bytes):
+            # a signed site: the mac is checked first, with only schedule_mac loaded, which leaves
+            # before the command path loads: the two are never in the heap together
+            # (commands.Auth.verify does the same when not given this verdict: the host's path)
+            m = load('schedule_mac')
+            try:
+                m = m.MacStream(self.key, topic, len(payload))
+                m.update(memoryview(payload))       # its slices are views, not copies
+                mac = m.body if m.ok() else m.why   # the body's length, or why not
+            finally:
+                unload(('schedule_mac',))
+            m = None
         h = load('cmd_handler')         # collects first when it is not loaded (ondemand.load)
         self.t_last = -1
-        return h.handle(self, name, topic, payload, retained)
+        return h.handle(self, name, topic, payload, retained, mac)
 
     def idle(self, now):
         t = self.t_last

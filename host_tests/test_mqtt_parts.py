@@ -334,9 +334,11 @@ def test_a_save_whose_last_rename_fails_on_fat_is_saved(tmp_path, monkeypatch):
 
 
 def test_the_command_path_leaves_nothing_loaded_once_idle(tmp_path, monkeypatch):
-    """After a signed setting on a site with a capacity commitment (bess_config then loads
-    lib/reserve.py, commands loads schedule_mac) and IDLE_MS without a command, none of the
-    command path's modules is left in sys.modules: each left behind stays in the heap for good."""
+    """After a signed setting on a site with a capacity commitment (bess_config computes its
+    reserve without lib/reserve.py; the handler checks the mac with schedule_mac before the rest
+    loads) and IDLE_MS
+    without a command, none of the command path's modules is left in sys.modules: each left behind
+    stays in the heap for good. schedule_mac has left already when the command path loads."""
     import sys
     import types
     monkeypatch.setattr(reporting, 'time', types.SimpleNamespace(ticks_diff=lambda a, b: a - b))
@@ -350,9 +352,45 @@ def test_the_command_path_leaves_nothing_loaded_once_idle(tmp_path, monkeypatch)
             sys.modules.pop(m, None)
         a = h('import_limit', TOPIC, command_mac.sign(b'k' * 32, TOPIC, b'{"value":9000,"ctr":1}'), False)
         assert a['ok'] and ctl.import_limit_w == 9000, a
-        assert {'cmd_handler', 'commands', 'schedule_mac', 'reserve'} <= set(sys.modules)
+        assert {'cmd_handler', 'commands', 'bess_config'} <= set(sys.modules)
+        assert 'schedule_mac' not in sys.modules and 'reserve' not in sys.modules
         h.idle(0)
         h.idle(reporting.CommandHandler.IDLE_MS + 1)
         assert not [m for m in names if m in sys.modules]
     finally:
         sys.modules.update(before)      # the other tests' module objects (their exception classes)
+
+
+def test_a_signed_site_checks_the_mac_before_the_command_path_loads(tmp_path, monkeypatch):
+    """reporting.CommandHandler checks a signed command's mac with only schedule_mac loaded, and
+    drops it before cmd_handler loads: the two are never in the heap together. The verdict it
+    hands on decides: a forged or unsigned command is refused with the reason, a good one
+    applies."""
+    import sys
+    cfg = validate({'import_limit_w': 10000})
+    ctl = bess_core.Controller(cfg)
+    key = b'k' * 32
+    h = reporting.CommandHandler(ctl, str(tmp_path / 'state.json'), key, 0, None, base=cfg)
+    seen = []
+    real_load = reporting.load
+
+    def load(name):
+        seen.append((name, 'schedule_mac' in sys.modules))
+        return real_load(name)
+    monkeypatch.setattr(reporting, 'load', load)
+    before = {m: sys.modules[m] for m in reporting.CommandHandler.MODULES if m in sys.modules}
+    try:
+        for m in reporting.CommandHandler.MODULES:
+            sys.modules.pop(m, None)
+        good = command_mac.sign(key, TOPIC, b'{"value":9000,"ctr":1}')
+        forged = command_mac.sign(b'x' * 32, TOPIC, b'{"value":8000,"ctr":2}')
+        a = h('import_limit', TOPIC, forged, False)
+        assert not a['ok'] and a['reason'] == 'unauthorized: bad mac' and ctl.import_limit_w == 10000, a
+        a = h('import_limit', TOPIC, b'{"value":8000,"ctr":2}', False)
+        assert not a['ok'] and a['reason'].startswith('unauthorized: mac required'), a
+        a = h('import_limit', TOPIC, good, False)
+        assert a['ok'] and a['ctr'] == 1 and ctl.import_limit_w == 9000, a
+        assert seen[:2] == [('schedule_mac', False), ('cmd_handler', False)], seen
+        assert ('cmd_handler', True) not in seen
+    finally:
+        sys.modules.update(before)

@@ -92,16 +92,33 @@ def validate(cfg):
     return out
 
 
+def energy_wh(committed_w, event_duration_s):
+    """Energy an event at the committed power for its full duration takes, Wh (rounded up)."""
+    return -(-committed_w * event_duration_s // 3600)
+
+
+def reserve_bp(committed_w, event_duration_s, capacity_wh, derate_bp, availability_bp, min_soc_bp):
+    """The reserve arithmetic (docs/schedule.md, "Reserve"; lib/reserve.py checks the arguments
+    and says what it means, for the host tools): SoC in bp of the rated capacity, rounded up,
+    above SOC_FULL_BP when the commitment cannot be held. Integers in their ranges, capacity_wh
+    > 0. Here, not in lib/reserve.py, so that a command on a site with a commitment does not
+    load a module more (docs/resources.md)."""
+    e = energy_wh(committed_w, event_duration_s)
+    # share of the rated capacity the event needs, counting only what ageing and availability
+    # leave: e / (capacity * (1 - derate) * availability), in bp, rounded up
+    return min_soc_bp + -(-e * SOC_FULL_BP ** 3 // (capacity_wh * (SOC_FULL_BP - derate_bp) * availability_bp))
+
+
 def commitment_reserve_bp(c):
-    """Reserve SoC a validated config's capacity commitment needs (min_soc_bp without one).
-    Raises ValueError when it cannot be held."""
+    """Reserve SoC a validated config's capacity commitment needs (min_soc_bp without one; above
+    SOC_FULL_BP when it cannot be held, which _check_consistency reports). Raises ValueError
+    without usable_wh."""
     if not c['committed_w']:
         return c['min_soc_bp']
     if not c['usable_wh']:
         raise ValueError('committed_w needs usable_wh (the battery\'s usable energy, Wh)')
-    from reserve import reserve_soc_bp
-    return reserve_soc_bp(c['committed_w'], c['event_duration_s'], c['usable_wh'], c['derate_bp'],
-                          c['availability_bp'], c['min_soc_bp'])
+    return reserve_bp(c['committed_w'], c['event_duration_s'], c['usable_wh'], c['derate_bp'],
+                      c['availability_bp'], c['min_soc_bp'])
 
 
 def _check_consistency(c, errs):

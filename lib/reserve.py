@@ -1,17 +1,12 @@
 # Capacity reserve from a commitment (issue 11 groundwork; docs/schedule.md, "Reserve").
 #
-# Pure integer arithmetic, run at configuration time on the device and by the host tools (the
-# planner), never per cycle: the products below exceed 2**30 for MW-scale commitments, which is
+# Pure integer arithmetic (lib/bess_config.py's reserve_bp, which the device runs on every
+# config it validates; here its arguments are checked, for the host tools: the planner), never
+# per cycle: the products below exceed 2**30 for MW-scale commitments, which is
 # fine outside the control path. Units: W, s, Wh, SoC and shares in basis points (bp, 0.01 %).
 
 from bess_core import is_int
-
-SOC_FULL_BP = 10000
-
-
-def energy_wh(committed_w, event_duration_s):
-    """Energy an event at the committed power for its full duration takes, Wh (rounded up)."""
-    return -(-committed_w * event_duration_s // 3600)
+from bess_config import SOC_FULL_BP, energy_wh, reserve_bp  # noqa: F401 (energy_wh: part of this module's interface)
 
 
 def reserve_soc_bp(committed_w, event_duration_s, capacity_wh, derate_bp=0, availability_bp=SOC_FULL_BP,
@@ -37,12 +32,9 @@ def reserve_soc_bp(committed_w, event_duration_s, capacity_wh, derate_bp=0, avai
         raise ValueError('derate_bp must be 0..9999 and availability_bp 1..10000')
     if not 0 <= min_soc_bp < SOC_FULL_BP:
         raise ValueError('min_soc_bp must be 0..9999')
-    e = energy_wh(committed_w, event_duration_s)
-    # share of the rated capacity the event needs, counting only what ageing and availability
-    # leave: e / (capacity * (1 - derate) * availability), in bp, rounded up
-    den = capacity_wh * (SOC_FULL_BP - derate_bp) * availability_bp
-    r = min_soc_bp + -(-e * SOC_FULL_BP ** 3 // den)
+    r = reserve_bp(committed_w, event_duration_s, capacity_wh, derate_bp, availability_bp, min_soc_bp)
     if r > SOC_FULL_BP:
         raise ValueError('the commitment needs %d Wh, more than the usable capacity holds above min SoC '
-                         '(reserve %d.%02d %% > 100 %%)' % (e, r // 100, r % 100))
+                         '(reserve %d.%02d %% > 100 %%)' % (energy_wh(committed_w, event_duration_s), r // 100,
+                                                             r % 100))
     return r

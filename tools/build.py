@@ -37,7 +37,7 @@ VERSION = '0.5.0'
 
 # firmware modules that are not for the device filesystem
 FIRMWARE_SKIP = ('main.py', 'bus_umodbus.py')   # bus_umodbus: host comparison only (docs/bus.md)
-LIB_SKIP = ('schedule_host.py',)    # host-only: a schedule as a parsed dict (planner, fleet, tests)
+LIB_SKIP = ('schedule_host.py', 'reserve.py')    # host-only: a schedule as a parsed dict (planner, fleet, tests); the reserve with its arguments checked (planner)
 # third-party device libraries from build/vendor (tools/fetch_vendor.py) bundled into the build as
 # lib/<path>: none today. umodbus and umqtt.simple are fetched for host comparisons only
 # (firmware/bus_umodbus.py; host_tests/test_mqtt_wire.py checks the MQTT link's bytes against
