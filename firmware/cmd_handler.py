@@ -32,8 +32,8 @@ def _req_id(payload):
 def handle(h, name, topic, payload, retained, mac=None):
     """Handle one command for h (reporting.CommandHandler: the state that outlives this module);
     return the ack dict for <prefix>/<id>/cmd/ack. topic, payload: bytes, or the length (an int)
-    of one too long for the link to read (then name is '?'). mac: schedule_mac.check()'s verdict
-    on a signed site (commands.Auth)."""
+    of one too long for the link to read (then name is '?'). mac: the verdict of the mac check
+    reporting.CommandHandler made on a signed site, or None (commands.Auth)."""
     try:
         cmd = _run(h, name, topic, payload, retained, mac)
     except commands.Rejected as e:

@@ -116,17 +116,23 @@ class CommandHandler:
 
     def __call__(self, name, topic, payload, retained):
         mac = None
-        if self.key is not None and isinstance(payload, bytes) and isinstance(topic, bytes):
-            # a signed site: the mac is checked first, with only schedule_mac loaded, which leaves
-            # before the command path loads: the two are never in the heap together
+        if self.key is not None and not retained and isinstance(payload, bytes) and isinstance(topic, bytes):
+            # a signed site: the mac is checked first, with only schedule_mac loaded; when the
+            # command path is not loaded yet (the first command of a burst), schedule_mac leaves
+            # before it loads, so the two are not in the heap together. Within a burst it stays
+            # beside the path until idle() drops both (as commands.Auth.verify would load it).
+            # Out of memory here, the path checks the mac itself, after its cheap refusals.
             # (commands.Auth.verify does the same when not given this verdict: the host's path)
-            m = load('schedule_mac')
+            keep = self.t_last is not None
             try:
-                m = m.MacStream(self.key, topic, len(payload))
+                m = load('schedule_mac').MacStream(self.key, topic, len(payload))
                 m.update(memoryview(payload))       # its slices are views, not copies
-                mac = m.body if m.ok() else m.why   # the body's length, or why not
+                mac = (payload, m.body if m.ok() else m.why)    # the body's length, or why not
+            except MemoryError:
+                pass
             finally:
-                unload(('schedule_mac',))
+                if not keep:
+                    unload(('schedule_mac',))
             m = None
         h = load('cmd_handler')         # collects first when it is not loaded (ondemand.load)
         self.t_last = -1

@@ -17,7 +17,7 @@ from bess_config import ConfigError
 
 # + the command path: loaded again when a command arrives (reporting.CommandHandler)
 BOOT_ONLY = ('startup', 'devprofile', 'profile_compiled', 'sitecfg', 'safe_state', 'net', 'settings', 'commands', 'command_mac', 'persist',
-             'cmd_handler', 'bess_config', 'reserve')
+             'cmd_handler', 'bess_config')
 # Where profiles live: at the root on a board (deploy flattens), in firmware/ in a checkout
 PROFILE_DIRS = ('profiles', 'firmware/profiles')
 # site["mqtt"] keys that are not the link's (the rest go to mqtt_link.config)

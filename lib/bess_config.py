@@ -33,7 +33,7 @@ SCHEMA = {
     # import-limit protection may discharge below the reserve (a breaker trips otherwise); 0: it
     # stops at the reserve like every other discharge (docs/control.md)
     'protect_below_reserve': (1, 0, 1),
-    # capacity commitment -> reserve SoC (lib/reserve.py, docs/schedule.md): the battery keeps
+    # capacity commitment -> reserve SoC (reserve_bp below, docs/schedule.md): the battery keeps
     # what an event at committed_w for event_duration_s takes; 0 W = no commitment
     'committed_w': (0, 0, POWER_MAX_W),
     'event_duration_s': (3600, 1, 86400),
@@ -109,6 +109,12 @@ def reserve_bp(committed_w, event_duration_s, capacity_wh, derate_bp, availabili
     return min_soc_bp + -(-e * SOC_FULL_BP ** 3 // (capacity_wh * (SOC_FULL_BP - derate_bp) * availability_bp))
 
 
+def unheld(committed_w, event_duration_s, r):
+    """Why a commitment whose reserve r is above SOC_FULL_BP cannot be held."""
+    return ('the commitment needs %d Wh, more than the usable capacity holds above min SoC (reserve %d.%02d %% > 100 %%)'
+            % (energy_wh(committed_w, event_duration_s), r // 100, r % 100))
+
+
 def commitment_reserve_bp(c):
     """Reserve SoC a validated config's capacity commitment needs (min_soc_bp without one; above
     SOC_FULL_BP when it cannot be held, which _check_consistency reports). Raises ValueError
@@ -125,7 +131,9 @@ def _check_consistency(c, errs):
     mn, rs, mx, hy = c['min_soc_bp'], c['reserve_soc_bp'], c['max_soc_bp'], c['hysteresis_bp']
     try:
         cr = commitment_reserve_bp(c)
-        if cr + hy >= mx:
+        if cr > SOC_FULL_BP:
+            errs.append('committed_w: ' + unheld(c['committed_w'], c['event_duration_s'], cr))
+        elif cr + hy >= mx:
             errs.append('committed_w: the commitment needs a reserve of %d bp; with hysteresis_bp %d it must '
                         'stay below max_soc_bp %d' % (cr, hy, mx))
     except ValueError as e:

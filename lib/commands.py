@@ -59,8 +59,9 @@ class Command:
 
 class Auth:
     """Command authentication state: key (bytes or None = off) and the last accepted counter.
-    mac: what the caller found checking this payload's mac, when it did (the device does, before
-    this module loads: firmware/reporting.py): the body's length, or why it is refused (a str)."""
+    mac: what the caller found checking a payload's mac, when it did (the device does, before
+    this module loads: firmware/reporting.py): (that payload, the body's length or why it is
+    refused: a str). Used only for that very payload object; any other is checked here."""
 
     def __init__(self, key=None, last_ctr=0, mac=None):
         self.key = key
@@ -72,8 +73,10 @@ class Auth:
         The HMAC code (lib/schedule_mac.py) is loaded only by a site with a key."""
         if self.key is None:
             return payload, None
-        n = self.mac
-        if n is None:
+        v = self.mac
+        if v is not None and v[0] is payload:
+            n = v[1]
+        else:
             # the HMAC the schedules are checked with as they stream in (lib/schedule_mac.py):
             # one HMAC on the device, hashed in place (no copy of the payload or the key pads)
             from schedule_mac import MacStream

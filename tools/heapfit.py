@@ -39,8 +39,8 @@ from ntp_server import NtpServer  # noqa: E402
 from command_mac import sign  # noqa: E402
 from schedule_host import sign_schedule  # noqa: E402
 
-# a VPP site: a capacity commitment (the reserve from it: lib/reserve.py, loaded at boot and by
-# every setting a command changes)
+# a VPP site: a capacity commitment (the reserve from it: bess_config.reserve_bp, run at boot and
+# by every setting a command changes)
 CONTROL = {'import_limit_w': 60000, 'phase_limit_w': 25000, 'max_charge_w': 30000,
            'max_discharge_w': 30000, 'stale_ms': 2000, 'usable_wh': 100000, 'committed_w': 20000}
 FAIL_MARKS = ('MemoryError', 'SAFE STATE', 'MQTT DISABLED', 'FIRMWARE INCOMPLETE', 'OUT OF MEMORY',
