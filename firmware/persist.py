@@ -100,6 +100,8 @@ def _read(path):
         raise ValueError('checksum mismatch (corrupt)')
     try:
         return json.loads(lines[0])
+    except MemoryError:                 # not a damaged file: the saved settings must not be dropped
+        raise
     except Exception:
         raise ValueError('not JSON (corrupt)')
 

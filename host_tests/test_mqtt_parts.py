@@ -422,3 +422,25 @@ def test_a_signed_site_checks_the_mac_before_the_command_path_loads(tmp_path, mo
         assert a['reason'] == 'unauthorized: bad mac' and ctl.import_limit_w == 7000, a
     finally:
         sys.modules.update(before)
+
+
+def test_out_of_memory_is_never_reported_as_a_malformed_command_or_a_corrupt_file(tmp_path, monkeypatch):
+    """A MemoryError while a command's JSON or the settings file is parsed propagates: the link
+    acks "internal error: MemoryError" and boot says OUT OF MEMORY, instead of "malformed:
+    payload is not JSON" or dropping the saved settings as corrupt."""
+    import types
+
+    def loads(s):
+        raise MemoryError('memory allocation failed')
+    cfg = validate({'import_limit_w': 10000})
+    p = str(tmp_path / 's.json')
+    persist.save(p, {'a': 1})
+    monkeypatch.setattr(commands, 'json', types.SimpleNamespace(loads=loads))
+    monkeypatch.setattr(persist, 'json', types.SimpleNamespace(loads=loads))
+    with pytest.raises(MemoryError):
+        commands.check('import_limit', b'{"value":9000}', cfg, commands.Auth())
+    with pytest.raises(MemoryError):
+        persist.load(p)
+    monkeypatch.undo()
+    assert commands.check('import_limit', b'{"value":9000}', cfg, commands.Auth()).data['import_limit_w'] == 9000
+    assert persist.load(p) == ({'a': 1}, None)

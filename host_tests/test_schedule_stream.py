@@ -646,3 +646,33 @@ def test_the_schedule_store_does_not_cut_the_free_heap_on_32_bit(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, 'firmware'))
     import plan_side
     assert held <= plan_side.STORE_B + 64, (held, plan_side.STORE_B)
+
+
+def test_out_of_memory_is_never_reported_as_a_bad_payload(monkeypatch):
+    """A MemoryError while a member is parsed, or while the mac is decoded, is not the payload's
+    fault: it propagates (the check then says "out of memory" and reads the schedule in force
+    back: firmware/sched_rx.py), never "bad JSON" or "mac is not hex". (Seen on the 32-bit
+    build: a signed schedule at the budget was refused as "byte 513: bad JSON".)"""
+    import types
+    payload = _payload(full(96))
+    n = [0]
+
+    def loads(s):
+        n[0] += 1
+        if n[0] == 5:
+            raise MemoryError('memory allocation failed')
+        return json.loads(s)
+    monkeypatch.setattr(sl, 'json', types.SimpleNamespace(loads=loads))
+    with pytest.raises(MemoryError):
+        sh.loads(payload, COMM, 0)
+    monkeypatch.undo()
+    sh.loads(payload, COMM, 0)                  # and without it, the payload is fine
+
+    def unhexlify(s):
+        raise MemoryError('memory allocation failed')
+    signed = sh.sign_schedule(KEY, TOPIC, payload)
+    m = sm.MacStream(KEY, TOPIC, len(signed))
+    m.update(signed)
+    monkeypatch.setattr(sm, 'binascii', types.SimpleNamespace(unhexlify=unhexlify))
+    with pytest.raises(MemoryError):
+        m.ok()

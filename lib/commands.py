@@ -99,6 +99,8 @@ class Auth:
 def _decode(body):
     try:
         obj = json.loads(body)
+    except MemoryError:                 # not the payload's fault: said as such (an internal error)
+        raise
     except Exception:
         raise Rejected('malformed: payload is not JSON')
     if not isinstance(obj, dict):

@@ -195,6 +195,8 @@ class _Load:
         json.loads guess another encoding (a BOM, UTF-16) than the payload's."""
         try:
             v = json.loads(str(memoryview(self.cap)[a:b], 'utf-8'))
+        except MemoryError:     # not the payload's fault: the check says "out of memory" (sched_rx)
+            raise
         except Exception:
             return _BAD
         return v if _keys_ok(v) else _BAD

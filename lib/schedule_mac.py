@@ -65,6 +65,8 @@ class MacStream:
             return False
         try:
             mac = binascii.unhexlify(t[8:72])
+        except MemoryError:                     # not the payload's fault
+            raise
         except Exception:
             self.why = 'unauthorized: mac is not hex'
             return False
