@@ -109,15 +109,9 @@ def reserve_bp(committed_w, event_duration_s, capacity_wh, derate_bp, availabili
     return min_soc_bp + -(-e * SOC_FULL_BP ** 3 // (capacity_wh * (SOC_FULL_BP - derate_bp) * availability_bp))
 
 
-def unheld(committed_w, event_duration_s, r):
-    """Why a commitment whose reserve r is above SOC_FULL_BP cannot be held."""
-    return ('the commitment needs %d Wh, more than the usable capacity holds above min SoC (reserve %d.%02d %% > 100 %%)'
-            % (energy_wh(committed_w, event_duration_s), r // 100, r % 100))
-
-
 def commitment_reserve_bp(c):
     """Reserve SoC a validated config's capacity commitment needs (min_soc_bp without one; above
-    SOC_FULL_BP when it cannot be held, which _check_consistency reports). Raises ValueError
+    SOC_FULL_BP when it cannot be held: _check_consistency refuses it). Raises ValueError
     without usable_wh."""
     if not c['committed_w']:
         return c['min_soc_bp']
@@ -131,9 +125,10 @@ def _check_consistency(c, errs):
     mn, rs, mx, hy = c['min_soc_bp'], c['reserve_soc_bp'], c['max_soc_bp'], c['hysteresis_bp']
     try:
         cr = commitment_reserve_bp(c)
-        if cr > SOC_FULL_BP:
-            errs.append('committed_w: ' + unheld(c['committed_w'], c['event_duration_s'], cr))
-        elif cr + hy >= mx:
+        # (above SOC_FULL_BP, a commitment the battery cannot hold at all, this says so with
+        # the figures: no message more in this module, which loads for every command;
+        # lib/reserve.py words it for the host tools)
+        if cr + hy >= mx:
             errs.append('committed_w: the commitment needs a reserve of %d bp; with hysteresis_bp %d it must '
                         'stay below max_soc_bp %d' % (cr, hy, mx))
     except ValueError as e:

@@ -6,7 +6,7 @@
 # fine outside the control path. Units: W, s, Wh, SoC and shares in basis points (bp, 0.01 %).
 
 from bess_core import is_int
-from bess_config import SOC_FULL_BP, energy_wh, reserve_bp, unheld
+from bess_config import SOC_FULL_BP, energy_wh, reserve_bp
 
 __all__ = ('SOC_FULL_BP', 'energy_wh', 'reserve_soc_bp')
 
@@ -36,5 +36,7 @@ def reserve_soc_bp(committed_w, event_duration_s, capacity_wh, derate_bp=0, avai
         raise ValueError('min_soc_bp must be 0..9999')
     r = reserve_bp(committed_w, event_duration_s, capacity_wh, derate_bp, availability_bp, min_soc_bp)
     if r > SOC_FULL_BP:
-        raise ValueError(unheld(committed_w, event_duration_s, r))
+        raise ValueError('the commitment needs %d Wh, more than the usable capacity holds above min SoC '
+                         '(reserve %d.%02d %% > 100 %%)' % (energy_wh(committed_w, event_duration_s), r // 100,
+                                                             r % 100))
     return r
