@@ -75,10 +75,10 @@ def test_the_whole_cycle_heap_lock_catches_an_allocation(tmp_path):
     assert 'MemoryError' in out and 'RESULT cycles=10 cycle_errors=3 fed=7' in out, out
 
 
-# With the schedule side and a full 96-interval schedule (every field) in force, the same script
-# in the same budget: 96 000 + the shim (docs/resources.md, "Schedules"; it needed ~125 000 on
-# 2026-11-27 and ~112 000 on the morning of 2026-11-28). Run 2 000 B over it: at 106 000 it
-# passed 5 of 5 runs at 3f51332 but 2 of 3 at d9e8fe3 (1 or 2 commands refused for memory: a
+# With the schedule side and a full 96-interval schedule (every field) in force, the same script,
+# 2 000 B over the budget (96 000 + the shim; docs/resources.md, "Schedules"; it needed ~125 000
+# on 2026-11-27 and ~112 000 on the morning of 2026-11-28). At the budget, 106 000, it
+# passed 5 of 5 runs at the end of the fifth session but 2 of 3 at d9e8fe3 (1 or 2 commands refused for memory: a
 # 184-byte config dict found no block), while 108 000 passed 3 of 3 (docs/resources.md,
 # "Schedules"). Issue 11 stays open on these 2 KB, on newer
 # schedules replacing this one and on a signed site.

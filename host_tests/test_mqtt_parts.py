@@ -424,23 +424,31 @@ def test_a_signed_site_checks_the_mac_before_the_command_path_loads(tmp_path, mo
         sys.modules.update(before)
 
 
-def test_out_of_memory_is_never_reported_as_a_malformed_command_or_a_corrupt_file(tmp_path, monkeypatch):
-    """A MemoryError while a command's JSON or the settings file is parsed propagates: the link
-    acks "internal error: MemoryError" and boot says OUT OF MEMORY, instead of "malformed:
-    payload is not JSON" or dropping the saved settings as corrupt."""
+def test_out_of_memory_is_never_reported_as_a_corrupt_file_or_a_bad_key(tmp_path, monkeypatch):
+    """A MemoryError while the settings file is parsed, or the HMAC key decoded, propagates (boot
+    says OUT OF MEMORY) instead of dropping the saved settings as corrupt or disabling MQTT for
+    a "bad" key. A command's JSON is the exception: a payload of at most 512 bytes that
+    exhausts the parser (deep nesting) is malformed, and refused and counted as such."""
     import types
 
     def loads(s):
+        raise MemoryError('memory allocation failed')
+
+    def unhexlify(s):
         raise MemoryError('memory allocation failed')
     cfg = validate({'import_limit_w': 10000})
     p = str(tmp_path / 's.json')
     persist.save(p, {'a': 1})
     monkeypatch.setattr(commands, 'json', types.SimpleNamespace(loads=loads))
     monkeypatch.setattr(persist, 'json', types.SimpleNamespace(loads=loads))
-    with pytest.raises(MemoryError):
+    monkeypatch.setattr(command_mac, 'binascii', types.SimpleNamespace(unhexlify=unhexlify))
+    with pytest.raises(commands.Rejected, match='malformed: payload is not JSON'):
         commands.check('import_limit', b'{"value":9000}', cfg, commands.Auth())
     with pytest.raises(MemoryError):
         persist.load(p)
+    with pytest.raises(MemoryError):
+        command_mac.parse_key('00' * 32)
     monkeypatch.undo()
     assert commands.check('import_limit', b'{"value":9000}', cfg, commands.Auth()).data['import_limit_w'] == 9000
     assert persist.load(p) == ({'a': 1}, None)
+    assert command_mac.parse_key('00' * 32) == bytes(32)

@@ -43,6 +43,8 @@ def parse_key(hexkey):
     """Per-device key from its hex form (config / provisioning). 16..64 bytes."""
     try:
         k = binascii.unhexlify(hexkey)
+    except MemoryError:                 # not the key's fault: boot says OUT OF MEMORY
+        raise
     except Exception:
         raise ValueError('hmac key: must be hex')
     if not 16 <= len(k) <= 64:

@@ -99,9 +99,10 @@ class Auth:
 def _decode(body):
     try:
         obj = json.loads(body)
-    except MemoryError:                 # not the payload's fault: said as such (an internal error)
-        raise
     except Exception:
+        # (a MemoryError too: a payload is at most MAX_PAYLOAD bytes, and one that exhausts the
+        # parser, such as 500 nested brackets (~17 KB on 32-bit), is malformed; refused as such
+        # it is counted in err.cmd_rejected like every other refusal)
         raise Rejected('malformed: payload is not JSON')
     if not isinstance(obj, dict):
         raise Rejected('malformed: payload must be a JSON object')
