@@ -133,6 +133,11 @@ class Bus:
                 c[C_ATTEMPTS] += 1
                 try:
                     st = m.transact(unit, fc, addr, arg, values, into)
+                except MemoryError:
+                    # not the line's fault: an allocation in the cycle (under check_alloc's
+                    # heap_lock: the allocation-free proof must see it) or a heap exhausted.
+                    # The cycle fails safe (0 W) and says so; counted as I/O it would hide.
+                    raise
                 except Exception:       # a master must not raise; if it does, count it
                     st = IO_ERROR
                 if st >= EXC:

@@ -719,3 +719,25 @@ if __name__ == '__main__':
         print('%-14s %6d %4d %10d %8d %9d %7d %6d' % (
             x['backend'], x['baud'], x['count'], x['alloc_per_tx'], x['us_per_tx'], x['us_b2b'],
             x['cpu_us'], x['cpu_alloc']))
+
+
+def test_a_master_out_of_memory_is_not_counted_as_a_line_fault():
+    """bus.Bus counts a master's exception as an I/O error (the line), but a MemoryError is not
+    the line's fault: under check_alloc's heap_lock it is an allocation in the cycle, which the
+    allocation-free proof must see (the cycle fails safe and says so), not a flaky bus."""
+    import bus
+
+    class M:
+        timeout_ms = 100
+        exc = MemoryError
+
+        def transact(self, *a):
+            raise self.exc('x')
+    import types
+    m = M()
+    b = bus.Bus(m, retries=1)
+    b._time = types.SimpleNamespace(ticks_ms=lambda: 0, ticks_diff=lambda a, b: a - b, sleep_ms=lambda ms: None)
+    with pytest.raises(MemoryError):
+        b.read(1, 3, 0, 2, [0, 0])
+    m.exc = RuntimeError
+    assert b.read(1, 3, 0, 2, [0, 0]) == bus.IO_ERROR
