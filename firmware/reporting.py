@@ -94,9 +94,10 @@ class CommandHandler:
     """The command path's resident state. Its code (cmd_handler, commands, persist, bess_config;
     schedule_mac on a signed one: ~10-11 KB of a 32-bit heap)
     is imported when a command arrives and dropped once no command came for IDLE_MS (idle(), from
-    after_cycle; schedule_mac is loaded and dropped again before the rest, per command; MODULES also lists settings, which the path does not import, in case boot left
-    it). key: HMAC key bytes or None; last_ctr: the last accepted counter (replay guard); base:
-    the commissioned config (validated)."""
+    after_cycle; on a signed site schedule_mac checks the mac first: alone for the first command
+    of a burst, then beside the loaded path; MODULES also lists settings, which the path does not
+    import, in case boot left it). key: HMAC key bytes or None; last_ctr: the last accepted
+    counter (replay guard); base: the commissioned config (validated)."""
 
     MODULES = ('cmd_handler', 'commands', 'schedule_mac', 'settings', 'persist', 'bess_config')
     IDLE_MS = 10000
@@ -122,7 +123,9 @@ class CommandHandler:
             # before it loads, so the two are not in the heap together. Within a burst it stays
             # beside the path until idle() drops both (as commands.Auth.verify would load it).
             # Out of memory here, the path checks the mac itself, after its cheap refusals.
-            # (commands.Auth.verify does the same when not given this verdict: the host's path)
+            # (commands.Auth.verify does the same when not given this verdict: the host's path.
+            # Not one shared function in schedule_mac: 48 B more there made a signed site's first
+            # schedule check run out of memory at 106 000 in 2 runs of 2; docs/resources.md)
             keep = self.t_last is not None
             try:
                 m = load('schedule_mac').MacStream(self.key, topic, len(payload))

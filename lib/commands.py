@@ -6,9 +6,10 @@
 # changes the config it was given. apply() hands an accepted Command to a bess_core.Controller.
 #
 # Optional authentication (lib/schedule_mac.py checks it, loaded only when a key is configured;
-# lib/command_mac.py signs): HMAC-SHA256 with a per-device key over "<topic>\n<payload without the mac member>", and a counter that must
-# increase (replay protection). The counter advances only when a command is
-# accepted, so a rejected command changes nothing at all (docs/telemetry.md, "Security").
+# lib/command_mac.py signs): HMAC-SHA256 with a per-device key over
+# "<topic>\n<payload without the mac member>", and a counter that must increase (replay
+# protection). The counter advances only when a command is accepted, so a rejected command
+# changes nothing at all (docs/telemetry.md, "Security").
 
 import json
 

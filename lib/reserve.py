@@ -1,7 +1,7 @@
 # Capacity reserve from a commitment (issue 11 groundwork; docs/schedule.md, "Reserve").
 #
 # Pure integer arithmetic (lib/bess_config.py's reserve_bp, which the device runs on every
-# config it validates; here its arguments are checked, for the host tools: the planner), never
+# config with a commitment it validates; here its arguments are checked, for the host tools: the planner), never
 # per cycle: the products below exceed 2**30 for MW-scale commitments, which is
 # fine outside the control path. Units: W, s, Wh, SoC and shares in basis points (bp, 0.01 %).
 
